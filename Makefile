@@ -1,0 +1,84 @@
+# lua-kie - build, test, demo. Variable names are LuaRocks' own, so
+# `luarocks make` and a plain `make` agree. Pick the Lua with LUA=lua5.1|lua5.2|
+# lua5.3|lua5.4|luajit (default lua5.4); the module lands in build/$(LUA)/kie/core.so.
+
+LUA        ?= lua5.4
+PKG_LUA     = $(if $(filter luajit,$(LUA)),luajit,$(LUA))
+LUA_INCDIR ?= $(patsubst -I%,%,$(firstword $(shell pkg-config --cflags-only-I $(PKG_LUA) 2>/dev/null) -I/usr/include/$(LUA)))
+CURL_INCDIR ?= $(patsubst -I%,%,$(firstword $(shell pkg-config --cflags-only-I libcurl 2>/dev/null) -I/usr/include))
+CURL_LIBDIR ?= $(shell pkg-config --variable=libdir libcurl 2>/dev/null)
+LIBFLAG    ?= -shared
+INST_PREFIX ?= /usr/local
+LUA_VERSION_DIR = $(if $(filter luajit,$(LUA)),5.1,$(patsubst lua%,%,$(LUA)))
+INST_LIBDIR ?= $(INST_PREFIX)/lib/lua/$(LUA_VERSION_DIR)
+INST_LUADIR ?= $(INST_PREFIX)/share/lua/$(LUA_VERSION_DIR)
+DESTDIR    ?=
+# one source of truth: the define in the rockspec
+KIE_VERSION = $(shell sed -n 's/.*KIE_VERSION=\\"\([^\\]*\)\\".*/\1/p' kie-scm-1.rockspec)
+
+CFLAGS     ?= -O2 -g
+WARN        = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-function
+ifeq ($(WERROR),1)
+WARN       += -Werror
+endif
+REAL_CFLAGS = $(CFLAGS) $(WARN) -std=gnu99 -fPIC -fvisibility=hidden \
+              -DKIE_VERSION='"$(KIE_VERSION)"' -I$(LUA_INCDIR) -I$(CURL_INCDIR) $(SAN)
+LIBS        = -L$(CURL_LIBDIR) -lcurl -lpthread
+
+BUILD      ?= build/$(LUA)$(if $(SAN),-san,)
+SRCS        = $(wildcard src/*.c)
+OBJS        = $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
+HDRS        = $(wildcard src/*.h)
+SO          = $(BUILD)/kie/core.so
+LUA_SRC     = $(wildcard lua/kie/*.lua)
+
+.PHONY: all build install test test-unit test-asan test-valgrind test-versions demo deps \
+        clean lint rock-check nginx-check
+
+all: build
+build: $(SO)
+
+$(BUILD)/obj/%.o: src/%.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(REAL_CFLAGS) -c $< -o $@
+
+$(SO): $(OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LIBFLAG) $(SAN) -o $@ $(OBJS) $(LIBS) $(LDFLAGS)
+
+install: $(SO)
+	install -d $(DESTDIR)$(INST_LIBDIR)/kie $(DESTDIR)$(INST_LUADIR)/kie
+	install -m 0755 $(SO) $(DESTDIR)$(INST_LIBDIR)/kie/core.so
+	install -m 0644 $(LUA_SRC) $(DESTDIR)$(INST_LUADIR)/kie/
+
+# The two commands of the README. Each installs what is missing first.
+deps:
+	@sh scripts/deps.sh $(DEPS)
+
+demo:
+	@sh scripts/deps.sh runtime
+	@$(MAKE) --no-print-directory build LUA=lua5.4 >/dev/null
+	@lua5.4 examples/demo.lua
+
+test:
+	@sh scripts/deps.sh test
+	@sh scripts/test.sh
+
+# Pieces of `make test`, runnable alone.
+test-unit: build
+	busted --lua=$(LUA) --cpath='./$(BUILD)/?.so' spec
+
+test-asan:
+	@sh scripts/test.sh asan
+
+test-valgrind:
+	@sh scripts/test.sh valgrind
+
+test-versions:
+	@sh scripts/test.sh versions
+
+lint:
+	luacheck lua spec examples
+
+clean:
+	rm -rf build .tree

@@ -1,0 +1,41 @@
+rockspec_format = "3.0"
+package = "kie"
+version = "scm-1"
+source = {
+  url = "git+https://example.invalid/lua-kie.git",
+}
+description = {
+  summary = "Fast, trustworthy client for kie.ai's image-generation job API (Ideogram character models)",
+  detailed = [[
+lua-kie drives kie.ai's asynchronous job API (createTask / recordInfo) from Lua:
+a C core on libcurl and lua-cjson, and a Lua layer with validation, retries that
+never double-charge, waits with deadlines, and non-blocking use for games and
+OpenResty.
+]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.1",
+  "lua-cjson >= 2.1.0",
+}
+external_dependencies = {
+  CURL = { header = "curl/curl.h", library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["kie.core"] = {
+      sources = { "src/kie.c", "src/client.c", "src/transfer.c", "src/json.c", "src/response.c" },
+      libraries = { "curl", "pthread" },
+      incdirs = { "$(CURL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)" },
+      defines = { "KIE_VERSION=\"0.1.0\"" },
+    },
+    ["kie"] = "lua/kie/init.lua",
+    ["kie.client"] = "lua/kie/client.lua",
+    ["kie.errors"] = "lua/kie/errors.lua",
+  },
+  copy_directories = { "examples" },
+}
+test_dependencies = { "busted" }
+test = { type = "busted" }

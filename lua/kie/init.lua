@@ -1,0 +1,37 @@
+--- lua-kie: a client for kie.ai's image-generation job API.
+--
+--    local kie = require "kie"
+--    local client = kie.new{}              -- reads KIE_API_KEY
+--    local task, err = client:create_task{model = "ideogram/character", input = {...}}
+--
+-- Runtime failures return `nil, err` (see `kie.errors`); programmer errors
+-- (wrong argument types, unknown option names) raise.
+-- @module kie
+
+local Client = require "kie.client"
+local errors = require "kie.errors"
+
+local M = {
+  _VERSION = Client.VERSION,
+  errors = errors,
+}
+
+--- Makes a client. Every option is optional:
+-- `api_key` (default `KIE_API_KEY`), `base_url` (`KIE_BASE_URL`, default
+-- https://api.kie.ai), `upload_url` (`KIE_UPLOAD_URL`), `timeout` (30 s per HTTP
+-- request), `connect_timeout` (10 s), `max_retries` (4), `ca_file`, `ca_path`,
+-- `proxy`, `max_response_bytes` (8 MiB), `logger` (function(level, message, fields)).
+-- Raises when no key is found or an option is unknown or of the wrong type.
+-- @tparam[opt] table opts
+-- @treturn kie.Client
+function M.new(opts)
+  return Client.new(opts)
+end
+
+--- Marks a table so that it is sent as a JSON object even when empty
+-- (empty tables are sent as `[]`, which is what every empty list in this API is).
+function M.object(t)
+  return setmetatable(t or {}, { __jsontype = "object" })
+end
+
+return M

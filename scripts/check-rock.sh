@@ -1,0 +1,18 @@
+#!/bin/sh
+# `luarocks make` into a throwaway tree, then load the installed module with lua5.4.
+# Offline here: Debian's lua-cjson is not registered with LuaRocks, hence
+# --deps-mode=none (an online user gets lua-cjson from the rockspec).
+set -eu
+cd "$(dirname "$0")/.."
+tree=$(mktemp -d /tmp/kie-rock.XXXXXX)
+# luarocks' builtin backend leaves src/*.o and kie/core.so in the tree: remove them
+# afterwards so a stale ./kie/core.so never shadows the build/ one.
+trap 'rm -rf "$tree" kie; rm -f src/*.o' EXIT
+# Debian keeps curl.h in a multiarch directory LuaRocks does not search by itself.
+curl_inc=$(pkg-config --cflags-only-I libcurl | sed 's/^-I//; s/ .*//')
+luarocks --lua-version=5.4 make --tree "$tree" --deps-mode=none kie-scm-1.rockspec \
+  ${curl_inc:+CURL_INCDIR="$curl_inc"}
+ls "$tree"/lib/lua/5.4/kie/core.so
+LUA_PATH="$tree/share/lua/5.4/?.lua;$tree/share/lua/5.4/?/init.lua;;" \
+LUA_CPATH="$tree/lib/lua/5.4/?.so;;" \
+  lua5.4 -e 'local kie = require "kie"; assert(package.searchpath("kie.core", package.cpath):find("'"$tree"'", 1, true)); print("loaded kie " .. kie._VERSION)'

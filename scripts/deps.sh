@@ -1,0 +1,48 @@
+#!/bin/sh
+# Installs the Debian packages lua-kie needs, only those missing.
+#   sh scripts/deps.sh runtime   # build + demo (mock server included)
+#   sh scripts/deps.sh test      # everything `make test` runs
+# Without dpkg/apt (another OS) it only says what it would need.
+set -eu
+
+group=${1:-test}
+
+runtime="gcc make pkg-config ca-certificates openssl lua5.4 liblua5.4-dev lua-cjson \
+libcurl4-openssl-dev libssl-dev lua-socket nginx libnginx-mod-http-lua"
+# luajit2 is OpenResty's branch: Debian's own `luajit` package removes nginx's Lua module.
+test="$runtime lua-busted luarocks valgrind lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev \
+lua5.3 liblua5.3-dev luajit2 libluajit2-5.1-dev lua-check curl"
+
+case "$group" in
+  runtime) want=$runtime ;;
+  test) want=$test ;;
+  *) echo "deps.sh: unknown group '$group' (runtime|test)" >&2; exit 2 ;;
+esac
+
+if ! command -v dpkg-query >/dev/null 2>&1; then
+  echo "deps.sh: not a Debian system; make sure these (or equivalents) are installed: $want" >&2
+  exit 0
+fi
+
+missing=""
+for p in $want; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing="$missing $p"
+  fi
+done
+[ -z "$missing" ] && exit 0
+
+echo "deps.sh: installing:$missing" >&2
+if [ "$(id -u)" = 0 ]; then
+  SUDO=""
+elif command -v sudo >/dev/null 2>&1; then
+  SUDO="sudo"
+else
+  echo "deps.sh: not root and no sudo; please install:$missing" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq >/dev/null
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+# nginx's package may start a system nginx on port 80; the tests run their own.

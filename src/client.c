@@ -1,0 +1,316 @@
+/* client.c - the kie.core.Client userdata and its blocking calls.
+ *
+ * Caveats:
+ *  - The userdata is zeroed and given its metatable before any libcurl handle or
+ *    string is created, so __gc is safe on every failure path; close, __gc and
+ *    __close are one idempotent function.
+ *  - Wrong argument types raise (programmer errors); everything that depends on
+ *    the network or the server returns nil, err.
+ *  - The key is kept in C memory only: it is in the Authorization header list and
+ *    in api_key (for redaction), never in a Lua value.
+ *  - A URL given to call() must start with the configured base or upload URL, so
+ *    the key is never sent to another origin.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include "kie.h"
+
+/* Returns the open client at idx or raises: [-0, +0]. */
+static kie_client *check_open(lua_State *L, int idx) {
+  kie_client *c = luaL_checkudata(L, idx, KIE_CLIENT_MT);
+  if (c->closed) luaL_error(L, "kie.core: the client is closed");
+  return c;
+}
+
+static char *dup_str(const char *s, size_t n) {
+  char *d = malloc(n + 1);
+  if (d) {
+    memcpy(d, s, n);
+    d[n] = '\0';
+  }
+  return d;
+}
+
+/* Reads opts[name] as an optional string into *out (trailing '/' trimmed if trim): [-0, +0]. */
+static void opt_string(lua_State *L, const char *name, char **out, int required, int trim) {
+  size_t n;
+  const char *s;
+  lua_getfield(L, 1, name);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    if (required) luaL_error(L, "kie.core.new: option '%s' is required", name);
+    return;
+  }
+  if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "kie.core.new: option '%s' must be a string", name);
+  s = lua_tolstring(L, -1, &n);
+  if (n == 0 || memchr(s, '\0', n) != NULL || memchr(s, '\n', n) != NULL ||
+      memchr(s, '\r', n) != NULL) {
+    luaL_error(L, "kie.core.new: option '%s' must be a non-empty single-line string", name);
+  }
+  while (trim && n > 1 && s[n - 1] == '/') n--;
+  *out = dup_str(s, n);
+  lua_pop(L, 1);
+  if (*out == NULL) luaL_error(L, "kie.core.new: out of memory");
+}
+
+/* Reads opts[name] as a positive number (default def): [-0, +0]. */
+static double opt_number(lua_State *L, const char *name, double def) {
+  double v = 0;
+  lua_getfield(L, 1, name);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return def;
+  }
+  if (lua_type(L, -1) != LUA_TNUMBER || !((v = lua_tonumber(L, -1)) > 0)) {
+    luaL_error(L, "kie.core.new: option '%s' must be a positive number", name);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+static const char *const known_opts[] = {
+  "api_key", "base_url", "upload_url", "timeout", "connect_timeout", "max_response_bytes",
+  "ca_file", "ca_path", "proxy", "user_agent", NULL
+};
+
+/* core.new(opts) -> client: [-0, +1]. */
+static int client_new(lua_State *L) {
+  kie_client *c;
+  const char *why;
+  double mr;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    int i, found = 0;
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      for (i = 0; known_opts[i]; i++) found |= strcmp(known_opts[i], lua_tostring(L, -1)) == 0;
+    }
+    if (!found) {
+      return luaL_error(L, "kie.core.new: unknown option '%s'",
+                        lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?");
+    }
+  }
+  c = lua_newuserdata(L, sizeof(*c));
+  memset(c, 0, sizeof(*c));
+  luaL_getmetatable(L, KIE_CLIENT_MT);
+  lua_setmetatable(L, -2);
+  opt_string(L, "api_key", &c->api_key, 1, 0);
+  opt_string(L, "base_url", &c->base_url, 1, 1);
+  opt_string(L, "upload_url", &c->upload_url, 0, 1);
+  opt_string(L, "ca_file", &c->ca_file, 0, 0);
+  opt_string(L, "ca_path", &c->ca_path, 0, 0);
+  opt_string(L, "proxy", &c->proxy, 0, 0);
+  opt_string(L, "user_agent", &c->user_agent, 0, 0);
+  if (c->user_agent == NULL && (c->user_agent = dup_str("lua-kie/" KIE_VERSION, strlen("lua-kie/" KIE_VERSION))) == NULL) {
+    return luaL_error(L, "kie.core.new: out of memory");
+  }
+  c->timeout_ms = (long)(opt_number(L, "timeout", 30) * 1000);
+  c->connect_timeout_ms = (long)(opt_number(L, "connect_timeout", 10) * 1000);
+  mr = opt_number(L, "max_response_bytes", KIE_DEFAULT_MAX_RESPONSE);
+  c->max_response = (size_t)mr;
+  if (c->timeout_ms < 1) c->timeout_ms = 1;
+  if (c->connect_timeout_ms < 1) c->connect_timeout_ms = 1;
+  if ((why = kie_client_setup(c)) != NULL) return luaL_error(L, "kie.core.new: %s", why);
+  return 1;
+}
+
+/* client:close() / __gc / __close: frees everything, idempotent: [-0, +0]. */
+static int client_close(lua_State *L) {
+  kie_client *c = luaL_checkudata(L, 1, KIE_CLIENT_MT);
+  if (c->closed) return 0;
+  c->closed = 1;
+  kie_client_teardown(c);
+  if (c->api_key) memset(c->api_key, 0, strlen(c->api_key));
+  free(c->api_key);
+  free(c->base_url);
+  free(c->upload_url);
+  free(c->ca_file);
+  free(c->ca_path);
+  free(c->proxy);
+  free(c->user_agent);
+  c->api_key = c->base_url = c->upload_url = NULL;
+  c->ca_file = c->ca_path = c->proxy = c->user_agent = NULL;
+  return 0;
+}
+
+/* Runs one blocking exchange and pushes its decoded result: [-0, +1|+2]. */
+static int exchange(lua_State *L, kie_client *c, kie_op op, const char *method, const char *url,
+                    const char *body, size_t len, const char *task_id) {
+  const char *why = NULL;
+  int n;
+  kie_xfer *x = kie_xfer_start(c, op, method, url, body, len, NULL, 0, &why);
+  if (x == NULL) return kie_push_error(L, c, "network", why, 0);
+  kie_xfer_wait(c, x);
+  n = kie_push_response(L, c, x, task_id);
+  kie_xfer_free(c, x);
+  return n;
+}
+
+/* Pushes base_url .. path: [-0, +1]. */
+static const char *push_url(lua_State *L, const char *base, const char *path) {
+  lua_pushstring(L, base);
+  lua_pushstring(L, path);
+  lua_concat(L, 2);
+  return lua_tostring(L, -1);
+}
+
+/* Encodes the table at idx; on failure pushes nil, validation error: [-0, +1|+2]. */
+static int encode_body(lua_State *L, kie_client *c, int idx, const char *op) {
+  if (kie_json_encode(L, idx)) return 1;
+  lua_pushfstring(L, "%s: the request cannot be encoded as JSON: %s", op, lua_tostring(L, -1));
+  kie_push_error(L, c, "validation", lua_tostring(L, -1), 0);
+  return 0;
+}
+
+/* client:create_task(request) -> {taskId=...} | nil, err: [-0, +1|+2]. */
+static int client_create_task(lua_State *L) {
+  kie_client *c = check_open(L, 1);
+  const char *url, *body;
+  size_t len;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  if (!encode_body(L, c, 2, "create_task")) return 2;
+  body = lua_tolstring(L, 3, &len);
+  url = push_url(L, c->base_url, "/api/v1/jobs/createTask");
+  return exchange(L, c, KIE_OP_CREATE, "POST", url, body, len, NULL);
+}
+
+/* client:get_task(task_id) -> info | nil, err: [-0, +1|+2]. */
+static int client_get_task(lua_State *L) {
+  kie_client *c = check_open(L, 1);
+  size_t n;
+  const char *id = luaL_checklstring(L, 2, &n);
+  char *esc;
+  const char *url;
+  lua_settop(L, 2);
+  if (n == 0) {
+    int r = kie_push_error(L, c, "validation", "get_task: task_id is empty", 0);
+    lua_pushliteral(L, "get_task");
+    lua_setfield(L, -2, "op");
+    return r;
+  }
+  esc = curl_easy_escape(NULL, id, (int)n);
+  if (esc == NULL) return luaL_error(L, "kie.core: out of memory");
+  lua_pushstring(L, c->base_url);
+  lua_pushliteral(L, "/api/v1/jobs/recordInfo?taskId=");
+  lua_pushstring(L, esc);
+  curl_free(esc);
+  lua_concat(L, 3);
+  url = lua_tostring(L, -1);
+  return exchange(L, c, KIE_OP_GET, "GET", url, NULL, 0, id);
+}
+
+/* True if url is base itself or lies below it ("base/..." or "base?..."). */
+static int under(const char *url, const char *base) {
+  size_t n;
+  if (base == NULL) return 0;
+  n = strlen(base);
+  return strncmp(url, base, n) == 0 && (url[n] == '\0' || url[n] == '/' || url[n] == '?');
+}
+
+/* client:call(method, path_or_url[, body_table]) -> data | true | nil, err: [-0, +1|+2]. */
+static int client_call(lua_State *L) {
+  kie_client *c = check_open(L, 1);
+  const char *method = luaL_checkstring(L, 2);
+  const char *path = luaL_checkstring(L, 3);
+  const char *url, *body = NULL;
+  size_t len = 0;
+  if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0) {
+    return luaL_argerror(L, 2, "method must be \"GET\" or \"POST\"");
+  }
+  if (!lua_isnoneornil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
+  lua_settop(L, 4);
+  if (path[0] == '/') {
+    url = push_url(L, c->base_url, path);
+  } else if (under(path, c->base_url) || under(path, c->upload_url)) {
+    lua_pushvalue(L, 3);
+    url = lua_tostring(L, -1);
+  } else {
+    return luaL_argerror(L, 3, "must be a path or a URL under base_url/upload_url "
+                               "(the API key is never sent to another host)");
+  }
+  if (!lua_isnil(L, 4)) {
+    if (!encode_body(L, c, 4, "call")) return 2;
+    body = lua_tolstring(L, -1, &len);
+  }
+  return exchange(L, c, KIE_OP_CALL, method, url, body, len, NULL);
+}
+
+/* client:fetch(url, path[, max_bytes]) -> true, bytes | nil, err: downloads url into
+ * the file at path (created or truncated) without the key: [-0, +2]. */
+static int client_fetch(lua_State *L) {
+  kie_client *c = check_open(L, 1);
+  const char *url = luaL_checkstring(L, 2);
+  const char *path = luaL_checkstring(L, 3);
+  lua_Number cap = luaL_optnumber(L, 4, 0);
+  const char *why = NULL;
+  FILE *f;
+  kie_xfer *x;
+  int n;
+  if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) {
+    return luaL_argerror(L, 2, "must be an http(s) URL");
+  }
+  if (cap < 0) return luaL_argerror(L, 4, "must be >= 0");
+  f = fopen(path, "wb");
+  if (f == NULL) {
+    lua_pushfstring(L, "download: cannot write %s: %s", path, strerror(errno));
+    kie_push_error(L, c, "io", lua_tostring(L, -1), 0);
+    return 2;
+  }
+  x = kie_xfer_start(c, KIE_OP_FETCH, "GET", url, NULL, 0, f, (size_t)cap, &why);
+  if (x == NULL) {
+    fclose(f);
+    return kie_push_error(L, c, "network", why, 0);
+  }
+  kie_xfer_wait(c, x);
+  x->sink = NULL;
+  if (fclose(f) != 0 && x->result == CURLE_OK) {
+    x->result = CURLE_WRITE_ERROR;
+    x->io_error = errno ? errno : EIO;
+  }
+  n = kie_push_fetch_result(L, c, x);
+  kie_xfer_free(c, x);
+  return n;
+}
+
+/* __tostring: never shows the key: [-0, +1]. */
+static int client_tostring(lua_State *L) {
+  kie_client *c = luaL_checkudata(L, 1, KIE_CLIENT_MT);
+  lua_pushfstring(L, "kie.core.Client (%s)", c->closed ? "closed" : "open");
+  return 1;
+}
+
+static const luaL_Reg methods[] = {
+  {"create_task", client_create_task},
+  {"get_task", client_get_task},
+  {"call", client_call},
+  {"fetch", client_fetch},
+  {"close", client_close},
+  {NULL, NULL}
+};
+
+void kie_client_open(lua_State *L) {
+  if (luaL_newmetatable(L, KIE_CLIENT_MT)) {
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, client_close);
+    lua_setfield(L, -2, "__gc");
+#if LUA_VERSION_NUM >= 504
+    lua_pushcfunction(L, client_close);
+    lua_setfield(L, -2, "__close");
+#endif
+    lua_pushcfunction(L, client_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushliteral(L, "kie.core.Client");
+    lua_setfield(L, -2, "__name");
+    lua_pushliteral(L, "locked");
+    lua_setfield(L, -2, "__metatable");
+  }
+  lua_pop(L, 1);
+}
+
+/* core.new is registered by kie.c through this accessor: [-0, +1]. */
+int kie_client_new(lua_State *L) { return client_new(L); }

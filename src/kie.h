@@ -1,0 +1,111 @@
+/* kie.h - private declarations shared by the C files of kie.core.
+ *
+ * Caveats:
+ *  - Nothing here is exported: every function is hidden (KIE_HIDDEN) and only
+ *    luaopen_kie_core is visible from the shared object.
+ *  - transfer.c makes no Lua calls at all; everything that touches a lua_State
+ *    lives in kie.c, client.c, json.c and response.c.
+ */
+#ifndef KIE_H
+#define KIE_H
+
+#include <stddef.h>
+#include <stdio.h>
+#include <curl/curl.h>
+#include "compat.h"
+
+#if defined(__GNUC__)
+#define KIE_HIDDEN __attribute__((visibility("hidden")))
+#else
+#define KIE_HIDDEN
+#endif
+
+#ifndef KIE_VERSION
+#define KIE_VERSION "0.1.0"
+#endif
+
+#define KIE_CLIENT_MT "kie.core.Client"
+#define KIE_DEFAULT_MAX_RESPONSE (8u * 1024u * 1024u)
+#define KIE_IDLE_EASY 8
+
+/* What a transfer is for: decides how its response is decoded and what is retryable. */
+typedef enum { KIE_OP_CREATE = 0, KIE_OP_GET, KIE_OP_CALL, KIE_OP_FETCH } kie_op;
+
+typedef struct kie_buf {
+  char *data;
+  size_t len, cap;
+} kie_buf;
+
+typedef struct kie_client kie_client;
+
+/* One HTTP exchange. Filled by transfer.c; read by response.c once done. */
+typedef struct kie_xfer {
+  kie_client *client;
+  CURL *easy;
+  kie_op op;
+  kie_buf req;              /* request body (owned copy) */
+  kie_buf resp;             /* response body, capped at client->max_response */
+  FILE *sink;               /* KIE_OP_FETCH: the body goes here instead of resp */
+  size_t received;          /* body bytes seen */
+  size_t cap;               /* body size cap for this transfer */
+  int io_error;             /* errno of a failed write to sink, 0 if none */
+  int too_large;            /* the cap was hit */
+  int done;                 /* curl reported completion */
+  CURLcode result;
+  long status;
+  char retry_after[64];     /* raw Retry-After header value, "" if none */
+  char errbuf[CURL_ERROR_SIZE];
+  struct kie_xfer *prev, *next; /* the client's list of live transfers */
+} kie_xfer;
+
+struct kie_client {
+  CURLM *multi;
+  CURLSH *share;
+  struct curl_slist *headers;   /* auth + json headers, built once */
+  char *api_key;
+  char *base_url;               /* no trailing slash */
+  char *upload_url;             /* no trailing slash, may be NULL */
+  char *ca_file, *ca_path, *proxy, *user_agent;
+  long timeout_ms, connect_timeout_ms;
+  size_t max_response;
+  kie_xfer *live;
+  CURL *idle[KIE_IDLE_EASY];
+  int nidle;
+  int closed;
+};
+
+/* buf.c-like helpers (transfer.c) */
+KIE_HIDDEN int kie_buf_append(kie_buf *b, const char *p, size_t n);
+KIE_HIDDEN void kie_buf_free(kie_buf *b);
+
+/* transfer.c: libcurl, no Lua */
+KIE_HIDDEN int kie_global_init(void);
+KIE_HIDDEN const char *kie_client_setup(kie_client *c);
+KIE_HIDDEN void kie_client_teardown(kie_client *c);
+KIE_HIDDEN kie_xfer *kie_xfer_start(kie_client *c, kie_op op, const char *method,
+                                    const char *url, const char *body, size_t len,
+                                    FILE *sink, size_t cap, const char **why);
+KIE_HIDDEN void kie_xfer_wait(kie_client *c, kie_xfer *x);
+KIE_HIDDEN void kie_xfer_free(kie_client *c, kie_xfer *x);
+KIE_HIDDEN double kie_retry_after_seconds(const char *value);
+KIE_HIDDEN int kie_xfer_reached_server(const kie_xfer *x);
+KIE_HIDDEN double kie_monotonic(void);
+
+/* json.c: the lua-cjson bridge */
+KIE_HIDDEN void kie_json_init(lua_State *L);
+KIE_HIDDEN int kie_json_encode(lua_State *L, int idx);
+KIE_HIDDEN int kie_json_decode(lua_State *L, const char *s, size_t len);
+
+/* response.c: envelope decoding and typed errors */
+KIE_HIDDEN int kie_push_response(lua_State *L, kie_client *c, kie_xfer *x, const char *task_id);
+KIE_HIDDEN int kie_push_fetch_result(lua_State *L, kie_client *c, kie_xfer *x);
+KIE_HIDDEN int kie_push_error(lua_State *L, kie_client *c, const char *kind, const char *message,
+                              int retryable);
+KIE_HIDDEN int kie_decode_task(lua_State *L, int idx);
+KIE_HIDDEN void kie_push_redacted(lua_State *L, kie_client *c, const char *s, size_t len);
+
+/* client.c */
+KIE_HIDDEN void kie_client_open(lua_State *L);
+KIE_HIDDEN int kie_client_new(lua_State *L);
+
+#endif /* KIE_H */

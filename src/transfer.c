@@ -1,0 +1,316 @@
+/* transfer.c - HTTP exchanges on the client's libcurl multi handle. No Lua here.
+ *
+ * Caveats:
+ *  - No Lua API call may happen in this file: libcurl callbacks only append to C
+ *    buffers (with a size cap) or copy a header into a fixed array, so a Lua error
+ *    can never unwind through libcurl frames.
+ *  - Connections live in the multi handle's cache, DNS and TLS sessions in a share
+ *    handle, and easy handles are recycled (curl_easy_reset keeps their caches), so
+ *    sequential calls reuse one TCP connection and one TLS session.
+ *  - TLS verification is always on; redirects are never followed (the key would
+ *    travel with them); only http and https are allowed.
+ *  - curl_global_init is not thread-safe before 7.84; kie_global_init is guarded by
+ *    a pthread once so several lua_States in several threads may load the module.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <pthread.h>
+#include <strings.h>
+#include <errno.h>
+#include "kie.h"
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static CURLcode global_rc = CURLE_FAILED_INIT;
+
+static void global_init_once(void) { global_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
+
+int kie_global_init(void) {
+  pthread_once(&global_once, global_init_once);
+  return global_rc == CURLE_OK;
+}
+
+double kie_monotonic(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int kie_buf_append(kie_buf *b, const char *p, size_t n) {
+  if (n == 0) return 1;
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 1024;
+    char *d;
+    while (cap < b->len + n + 1) cap *= 2;
+    d = realloc(b->data, cap);
+    if (d == NULL) return 0;
+    b->data = d;
+    b->cap = cap;
+  }
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
+  b->data[b->len] = '\0';
+  return 1;
+}
+
+void kie_buf_free(kie_buf *b) {
+  free(b->data);
+  b->data = NULL;
+  b->len = b->cap = 0;
+}
+
+/* libcurl write callback: append to the response buffer, refuse past the cap. */
+static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
+  kie_xfer *x = ud;
+  size_t n = size * nmemb;
+  if (x->received + n > x->cap) {
+    x->too_large = 1;
+    return 0;
+  }
+  x->received += n;
+  if (x->sink != NULL) {
+    if (fwrite(ptr, 1, n, x->sink) == n) return n;
+    x->io_error = errno ? errno : EIO;
+    return 0;
+  }
+  return kie_buf_append(&x->resp, ptr, n) ? n : 0;
+}
+
+/* libcurl header callback: keep Retry-After (of the last response) only. */
+static size_t on_header(char *ptr, size_t size, size_t nitems, void *ud) {
+  kie_xfer *x = ud;
+  size_t n = size * nitems;
+  static const char name[] = "retry-after:";
+  if (n > sizeof(name) - 1 && strncasecmp(ptr, name, sizeof(name) - 1) == 0) {
+    const char *v = ptr + sizeof(name) - 1;
+    const char *end = ptr + n;
+    size_t len;
+    while (v < end && (*v == ' ' || *v == '\t')) v++;
+    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ')) end--;
+    len = (size_t)(end - v);
+    if (len >= sizeof(x->retry_after)) len = sizeof(x->retry_after) - 1;
+    memcpy(x->retry_after, v, len);
+    x->retry_after[len] = '\0';
+  } else if (n >= 5 && strncmp(ptr, "HTTP/", 5) == 0) {
+    x->retry_after[0] = '\0'; /* a new response (after 100-continue) starts */
+  }
+  return n;
+}
+
+static void share_lock(CURL *h, curl_lock_data d, curl_lock_access a, void *u) {
+  (void)h; (void)d; (void)a; (void)u; /* one client is used by one thread at a time */
+}
+
+const char *kie_client_setup(kie_client *c) {
+  struct curl_slist *h = NULL, *t;
+  char *auth;
+  size_t n;
+  if (!kie_global_init()) return "curl_global_init failed";
+  c->multi = curl_multi_init();
+  c->share = curl_share_init();
+  if (c->multi == NULL || c->share == NULL) return "out of memory creating libcurl handles";
+  curl_share_setopt(c->share, CURLSHOPT_LOCKFUNC, share_lock);
+  curl_share_setopt(c->share, CURLSHOPT_UNLOCKFUNC, share_lock);
+  curl_share_setopt(c->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+  curl_share_setopt(c->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+  curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, 64L);
+  n = strlen(c->api_key) + sizeof("Authorization: Bearer ");
+  auth = malloc(n);
+  if (auth == NULL) return "out of memory";
+  snprintf(auth, n, "Authorization: Bearer %s", c->api_key);
+  t = curl_slist_append(h, auth);
+  free(auth);
+  if (t == NULL) return "out of memory";
+  h = t;
+  if ((t = curl_slist_append(h, "Accept: application/json")) == NULL) goto oom;
+  h = t;
+  if ((t = curl_slist_append(h, "Content-Type: application/json")) == NULL) goto oom;
+  h = t;
+  if ((t = curl_slist_append(h, "Expect:")) == NULL) goto oom;
+  h = t;
+  c->headers = h;
+  return NULL;
+oom:
+  curl_slist_free_all(h);
+  return "out of memory";
+}
+
+void kie_client_teardown(kie_client *c) {
+  int i;
+  while (c->live != NULL) kie_xfer_free(c, c->live);
+  for (i = 0; i < c->nidle; i++) curl_easy_cleanup(c->idle[i]);
+  c->nidle = 0;
+  if (c->multi) curl_multi_cleanup(c->multi);
+  if (c->share) curl_share_cleanup(c->share);
+  curl_slist_free_all(c->headers);
+  c->multi = NULL;
+  c->share = NULL;
+  c->headers = NULL;
+}
+
+static CURL *take_easy(kie_client *c) {
+  if (c->nidle > 0) {
+    CURL *e = c->idle[--c->nidle];
+    curl_easy_reset(e);
+    return e;
+  }
+  return curl_easy_init();
+}
+
+static void give_easy(kie_client *c, CURL *e) {
+  if (c->nidle < KIE_IDLE_EASY && !c->closed) c->idle[c->nidle++] = e;
+  else curl_easy_cleanup(e);
+}
+
+static int set_common(kie_client *c, kie_xfer *x, const char *url) {
+  CURL *e = x->easy;
+  int bad = 0;
+  bad |= curl_easy_setopt(e, CURLOPT_URL, url) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_SHARE, c->share) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK;
+#if LIBCURL_VERSION_NUM >= 0x075500
+  bad |= curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK;
+#else
+  bad |= curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS)) != CURLE_OK;
+#endif
+  bad |= curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) != CURLE_OK;
+  if (c->ca_file) bad |= curl_easy_setopt(e, CURLOPT_CAINFO, c->ca_file) != CURLE_OK;
+  if (c->ca_path) bad |= curl_easy_setopt(e, CURLOPT_CAPATH, c->ca_path) != CURLE_OK;
+  if (c->proxy) bad |= curl_easy_setopt(e, CURLOPT_PROXY, c->proxy) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_USERAGENT, c->user_agent) != CURLE_OK;
+  /* a download goes to a file host: it never carries the key */
+  if (x->op != KIE_OP_FETCH) bad |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, c->timeout_ms) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->cap) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "") != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_WRITEDATA, x) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_HEADERDATA, x) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_PRIVATE, x) != CURLE_OK;
+  return !bad;
+}
+
+kie_xfer *kie_xfer_start(kie_client *c, kie_op op, const char *method, const char *url,
+                         const char *body, size_t len, FILE *sink, size_t cap,
+                         const char **why) {
+  kie_xfer *x = calloc(1, sizeof(*x));
+  if (x == NULL) { *why = "out of memory"; return NULL; }
+  x->client = c;
+  x->op = op;
+  x->cap = cap ? cap : c->max_response;
+  x->sink = sink;
+  x->easy = take_easy(c);
+  if (x->easy == NULL) { free(x); *why = "out of memory"; return NULL; }
+  /* linked first so that kie_xfer_free cleans up on every path below */
+  x->next = c->live;
+  if (c->live) c->live->prev = x;
+  c->live = x;
+  if (!set_common(c, x, url)) { *why = "libcurl refused an option"; goto fail; }
+  if (body != NULL) {
+    if (!kie_buf_append(&x->req, body, len) && len > 0) { *why = "out of memory"; goto fail; }
+    curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, x->req.data ? x->req.data : "");
+    curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+  }
+  if (strcmp(method, "POST") == 0 && body == NULL) {
+    curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, "");
+    curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0);
+  } else if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0) {
+    curl_easy_setopt(x->easy, CURLOPT_CUSTOMREQUEST, method);
+  }
+  if (curl_multi_add_handle(c->multi, x->easy) != CURLM_OK) {
+    *why = "libcurl refused the transfer";
+    goto fail;
+  }
+  return x;
+fail:
+  kie_xfer_free(c, x);
+  return NULL;
+}
+
+/* Marks every finished transfer of the multi handle as done. */
+static void collect(kie_client *c) {
+  CURLMsg *m;
+  int left;
+  while ((m = curl_multi_info_read(c->multi, &left)) != NULL) {
+    if (m->msg == CURLMSG_DONE) {
+      kie_xfer *x = NULL;
+      curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+      if (x != NULL) {
+        x->done = 1;
+        x->result = m->data.result;
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->status);
+      }
+    }
+  }
+}
+
+void kie_xfer_wait(kie_client *c, kie_xfer *x) {
+  int running = 0;
+  curl_multi_perform(c->multi, &running);
+  collect(c);
+  while (!x->done) {
+    int fds;
+    if (curl_multi_poll(c->multi, NULL, 0, 1000, &fds) != CURLM_OK) break;
+    curl_multi_perform(c->multi, &running);
+    collect(c);
+  }
+  if (!x->done) { /* the multi handle failed: report as a transport failure */
+    x->done = 1;
+    x->result = CURLE_FAILED_INIT;
+  }
+}
+
+int kie_xfer_reached_server(const kie_xfer *x) {
+  curl_off_t pre = 0;
+  long req = 0;
+  switch (x->result) {
+  case CURLE_COULDNT_RESOLVE_HOST:
+  case CURLE_COULDNT_RESOLVE_PROXY:
+  case CURLE_COULDNT_CONNECT:
+  case CURLE_SSL_CONNECT_ERROR:
+  case CURLE_PEER_FAILED_VERIFICATION:
+  case CURLE_SSL_CACERT_BADFILE:
+  case CURLE_SSL_CERTPROBLEM:
+  case CURLE_URL_MALFORMAT:
+  case CURLE_UNSUPPORTED_PROTOCOL:
+  case CURLE_FAILED_INIT:
+    return 0;
+  default:
+    break;
+  }
+  /* a timeout before the request went out (connect phase) never reached the server */
+  curl_easy_getinfo(x->easy, CURLINFO_PRETRANSFER_TIME_T, &pre);
+  curl_easy_getinfo(x->easy, CURLINFO_REQUEST_SIZE, &req);
+  return !(pre == 0 && req == 0);
+}
+
+void kie_xfer_free(kie_client *c, kie_xfer *x) {
+  if (x->prev) x->prev->next = x->next;
+  else c->live = x->next;
+  if (x->next) x->next->prev = x->prev;
+  if (x->easy) {
+    if (c->multi) curl_multi_remove_handle(c->multi, x->easy);
+    give_easy(c, x->easy);
+  }
+  kie_buf_free(&x->req);
+  kie_buf_free(&x->resp);
+  free(x);
+}
+
+double kie_retry_after_seconds(const char *v) {
+  char *end;
+  double s;
+  time_t when;
+  if (v == NULL || *v == '\0') return -1;
+  s = strtod(v, &end);
+  if (end != v && *end == '\0') return s < 0 ? 0 : s;
+  when = curl_getdate(v, NULL);
+  if (when == (time_t)-1) return -1;
+  s = difftime(when, time(NULL));
+  return s < 0 ? 0 : s;
+}
