@@ -23,7 +23,7 @@ WARN       += -Werror
 endif
 REAL_CFLAGS = $(CFLAGS) $(WARN) -std=gnu99 -fPIC -fvisibility=hidden \
               -DKIE_VERSION='"$(KIE_VERSION)"' -I$(LUA_INCDIR) -I$(CURL_INCDIR) $(SAN)
-LIBS        = -L$(CURL_LIBDIR) -lcurl -lpthread
+LIBS        = -L$(CURL_LIBDIR) -lcurl -lcrypto -lpthread
 
 BUILD      ?= build/$(LUA)$(if $(SAN),-san,)
 SRCS        = $(wildcard src/*.c)

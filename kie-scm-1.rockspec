@@ -20,15 +20,17 @@ dependencies = {
 }
 external_dependencies = {
   CURL = { header = "curl/curl.h", library = "curl" },
+  OPENSSL = { header = "openssl/hmac.h", library = "crypto" },
 }
 build = {
   type = "builtin",
   modules = {
     ["kie.core"] = {
-      sources = { "src/kie.c", "src/client.c", "src/transfer.c", "src/json.c", "src/response.c" },
-      libraries = { "curl", "pthread" },
-      incdirs = { "$(CURL_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)" },
+      sources = { "src/kie.c", "src/client.c", "src/transfer.c", "src/json.c", "src/response.c",
+        "src/hmac.c" },
+      libraries = { "curl", "crypto", "pthread" },
+      incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
       defines = { "KIE_VERSION=\"0.1.0\"" },
     },
     ["kie"] = "lua/kie/init.lua",

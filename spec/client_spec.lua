@@ -68,7 +68,9 @@ describe("kie.new #smoke", function()
 
   it("sends empty lists as [] and kie.object() as {}", function()
     local core = require "kie.core"
-    assert.equals('{"a":[],"b":{}}', core.encode{ a = {}, b = kie.object() })
+    local s = core.encode{ a = {}, b = kie.object() }
+    assert.matches('"a":%[%]', s)
+    assert.matches('"b":{}', s)
   end)
 end)
 

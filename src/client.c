@@ -135,17 +135,41 @@ static int client_close(lua_State *L) {
   return 0;
 }
 
-/* Runs one blocking exchange and pushes its decoded result: [-0, +1|+2]. */
-static int exchange(lua_State *L, kie_client *c, kie_op op, const char *method, const char *url,
-                    const char *body, size_t len, const char *task_id) {
-  const char *why = NULL;
+/* Pushes the decoded result of a finished transfer and frees it: [-0, +1|+2]. */
+static int finish(lua_State *L, kie_client *c, kie_xfer *x) {
   int n;
-  kie_xfer *x = kie_xfer_start(c, op, method, url, body, len, NULL, 0, &why);
-  if (x == NULL) return kie_push_error(L, c, "network", why, 0);
-  kie_xfer_wait(c, x);
-  n = kie_push_response(L, c, x, task_id);
+  if (x->op == KIE_OP_FETCH) {
+    FILE *f = x->sink;
+    x->sink = NULL;
+    if (f != NULL && fclose(f) != 0 && x->result == CURLE_OK && !x->io_error) {
+      x->io_error = errno ? errno : EIO;
+    }
+    n = kie_push_fetch_result(L, c, x);
+  } else {
+    n = kie_push_response(L, c, x);
+  }
   kie_xfer_free(c, x);
   return n;
+}
+
+/* Starts a transfer; async: pushes its id; blocking: runs it and pushes its result.
+ * On a failure to start pushes nil, err. Owns sink from here on: [-0, +1|+2]. */
+static int launch(lua_State *L, kie_client *c, kie_op op, const char *method, const char *url,
+                  const char *body, size_t len, FILE *sink, size_t cap, const char *task_id,
+                  int async) {
+  const char *why = NULL;
+  kie_xfer *x = kie_xfer_start(c, op, method, url, body, len, sink, cap, &why);
+  if (x == NULL) {
+    if (sink != NULL) fclose(sink);
+    return kie_push_error(L, c, "network", why, 0);
+  }
+  if (task_id != NULL) x->task_id = dup_str(task_id, strlen(task_id));
+  if (async) {
+    lua_pushinteger(L, (lua_Integer)x->id);
+    return 1;
+  }
+  kie_xfer_wait(c, x);
+  return finish(L, c, x);
 }
 
 /* Pushes base_url .. path: [-0, +1]. */
@@ -164,8 +188,8 @@ static int encode_body(lua_State *L, kie_client *c, int idx, const char *op) {
   return 0;
 }
 
-/* client:create_task(request) -> {taskId=...} | nil, err: [-0, +1|+2]. */
-static int client_create_task(lua_State *L) {
+/* create_task(request): [-0, +1|+2]. */
+static int create_task(lua_State *L, int async) {
   kie_client *c = check_open(L, 1);
   const char *url, *body;
   size_t len;
@@ -174,11 +198,11 @@ static int client_create_task(lua_State *L) {
   if (!encode_body(L, c, 2, "create_task")) return 2;
   body = lua_tolstring(L, 3, &len);
   url = push_url(L, c->base_url, "/api/v1/jobs/createTask");
-  return exchange(L, c, KIE_OP_CREATE, "POST", url, body, len, NULL);
+  return launch(L, c, KIE_OP_CREATE, "POST", url, body, len, NULL, 0, NULL, async);
 }
 
-/* client:get_task(task_id) -> info | nil, err: [-0, +1|+2]. */
-static int client_get_task(lua_State *L) {
+/* get_task(task_id): [-0, +1|+2]. */
+static int get_task(lua_State *L, int async) {
   kie_client *c = check_open(L, 1);
   size_t n;
   const char *id = luaL_checklstring(L, 2, &n);
@@ -199,7 +223,7 @@ static int client_get_task(lua_State *L) {
   curl_free(esc);
   lua_concat(L, 3);
   url = lua_tostring(L, -1);
-  return exchange(L, c, KIE_OP_GET, "GET", url, NULL, 0, id);
+  return launch(L, c, KIE_OP_GET, "GET", url, NULL, 0, NULL, 0, id, async);
 }
 
 /* True if url is base itself or lies below it ("base/..." or "base?..."). */
@@ -210,8 +234,8 @@ static int under(const char *url, const char *base) {
   return strncmp(url, base, n) == 0 && (url[n] == '\0' || url[n] == '/' || url[n] == '?');
 }
 
-/* client:call(method, path_or_url[, body_table]) -> data | true | nil, err: [-0, +1|+2]. */
-static int client_call(lua_State *L) {
+/* call(method, path_or_url[, body_table]): [-0, +1|+2]. */
+static int call(lua_State *L, int async) {
   kie_client *c = check_open(L, 1);
   const char *method = luaL_checkstring(L, 2);
   const char *path = luaL_checkstring(L, 3);
@@ -235,20 +259,17 @@ static int client_call(lua_State *L) {
     if (!encode_body(L, c, 4, "call")) return 2;
     body = lua_tolstring(L, -1, &len);
   }
-  return exchange(L, c, KIE_OP_CALL, method, url, body, len, NULL);
+  return launch(L, c, KIE_OP_CALL, method, url, body, len, NULL, 0, NULL, async);
 }
 
-/* client:fetch(url, path[, max_bytes]) -> true, bytes | nil, err: downloads url into
- * the file at path (created or truncated) without the key: [-0, +2]. */
-static int client_fetch(lua_State *L) {
+/* fetch(url, path[, max_bytes]): downloads url into the file at path (created or
+ * truncated), without the key: [-0, +1|+2]. Result: true, bytes | nil, err. */
+static int fetch(lua_State *L, int async) {
   kie_client *c = check_open(L, 1);
   const char *url = luaL_checkstring(L, 2);
   const char *path = luaL_checkstring(L, 3);
   lua_Number cap = luaL_optnumber(L, 4, 0);
-  const char *why = NULL;
   FILE *f;
-  kie_xfer *x;
-  int n;
   if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) {
     return luaL_argerror(L, 2, "must be an http(s) URL");
   }
@@ -259,20 +280,110 @@ static int client_fetch(lua_State *L) {
     kie_push_error(L, c, "io", lua_tostring(L, -1), 0);
     return 2;
   }
-  x = kie_xfer_start(c, KIE_OP_FETCH, "GET", url, NULL, 0, f, (size_t)cap, &why);
-  if (x == NULL) {
-    fclose(f);
-    return kie_push_error(L, c, "network", why, 0);
+  return launch(L, c, KIE_OP_FETCH, "GET", url, NULL, 0, f, (size_t)cap, NULL, async);
+}
+
+static int client_create_task(lua_State *L) { return create_task(L, 0); }
+static int client_create_task_start(lua_State *L) { return create_task(L, 1); }
+static int client_get_task(lua_State *L) { return get_task(L, 0); }
+static int client_get_task_start(lua_State *L) { return get_task(L, 1); }
+static int client_call(lua_State *L) { return call(L, 0); }
+static int client_call_start(lua_State *L) { return call(L, 1); }
+static int client_fetch(lua_State *L) { return fetch(L, 0); }
+static int client_fetch_start(lua_State *L) { return fetch(L, 1); }
+
+/* client:step([timeout_ms]) -> in_flight, {done ids} | nil. Never blocks with 0;
+ * waits at most timeout_ms for activity otherwise: [-0, +2]. */
+static int client_step(lua_State *L) {
+  kie_client *c = check_open(L, 1);
+  lua_Integer ms = luaL_optinteger(L, 2, 0);
+  kie_xfer *x;
+  int running = 0, done = 0;
+  if (ms < 0) return luaL_argerror(L, 2, "must be >= 0");
+  if (ms > 3600000) ms = 3600000;
+  kie_client_perform(c, (int)ms, NULL);
+  for (x = c->live; x != NULL; x = x->next) {
+    if (!x->done) {
+      running++;
+    } else if (!x->reported) {
+      if (done == 0) {
+        lua_pushinteger(L, 0); /* placeholder for the count, filled below */
+        lua_newtable(L);
+      }
+      x->reported = 1;
+      lua_pushinteger(L, (lua_Integer)x->id);
+      lua_rawseti(L, -2, ++done);
+    }
   }
-  kie_xfer_wait(c, x);
-  x->sink = NULL;
-  if (fclose(f) != 0 && x->result == CURLE_OK) {
-    x->result = CURLE_WRITE_ERROR;
-    x->io_error = errno ? errno : EIO;
+  if (done == 0) {
+    lua_pushinteger(L, running);
+    lua_pushnil(L);
+  } else {
+    lua_pushinteger(L, running);
+    lua_replace(L, -3);
   }
-  n = kie_push_fetch_result(L, c, x);
-  kie_xfer_free(c, x);
-  return n;
+  return 2;
+}
+
+/* Returns the live transfer with the id at idx, or raises: [-0, +0]. */
+static kie_xfer *check_xfer(lua_State *L, kie_client *c, int idx) {
+  kie_xfer *x = kie_xfer_find(c, (unsigned long)luaL_checkinteger(L, idx));
+  if (x == NULL) luaL_argerror(L, idx, "no such transfer (finished, canceled or unknown)");
+  return x;
+}
+
+/* client:result(id) -> the call's results; frees the transfer: [-0, +1|+2]. */
+static int client_result(lua_State *L) {
+  kie_client *c = check_open(L, 1);
+  kie_xfer *x = check_xfer(L, c, 2);
+  if (!x->done) return luaL_argerror(L, 2, "transfer has not finished (see step)");
+  return finish(L, c, x);
+}
+
+/* client:cancel(id) -> true if a live transfer was dropped: [-0, +1]. */
+static int client_cancel(lua_State *L) {
+  kie_client *c = check_open(L, 1);
+  kie_xfer *x = kie_xfer_find(c, (unsigned long)luaL_checkinteger(L, 2));
+  if (x != NULL) kie_xfer_free(c, x);
+  lua_pushboolean(L, x != NULL);
+  return 1;
+}
+
+/* client:poll_timeout() -> ms a host may sleep before the next step, or nil: [-0, +1]. */
+static int client_poll_timeout(lua_State *L) {
+  kie_client *c = check_open(L, 1);
+  long ms = -1;
+  kie_xfer *x;
+  for (x = c->live; x != NULL; x = x->next) {
+    if (x->done && !x->reported) {
+      lua_pushinteger(L, 0);
+      return 1;
+    }
+  }
+  if (c->live == NULL || curl_multi_timeout(c->multi, &ms) != CURLM_OK || ms < 0) {
+    if (c->live == NULL) lua_pushnil(L);
+    else lua_pushinteger(L, 1000); /* transfers but no timer: sockets will wake step */
+    return 1;
+  }
+  lua_pushinteger(L, ms);
+  return 1;
+}
+
+/* client:wakeup(): makes a blocking step() in another thread return: [-0, +0]. */
+static int client_wakeup(lua_State *L) {
+  kie_client *c = check_open(L, 1);
+  curl_multi_wakeup(c->multi);
+  return 0;
+}
+
+/* client:pending() -> number of transfers not yet handed back by result: [-0, +1]. */
+static int client_pending(lua_State *L) {
+  kie_client *c = check_open(L, 1);
+  kie_xfer *x;
+  lua_Integer n = 0;
+  for (x = c->live; x != NULL; x = x->next) n++;
+  lua_pushinteger(L, n);
+  return 1;
 }
 
 /* __tostring: never shows the key: [-0, +1]. */
@@ -287,6 +398,16 @@ static const luaL_Reg methods[] = {
   {"get_task", client_get_task},
   {"call", client_call},
   {"fetch", client_fetch},
+  {"create_task_start", client_create_task_start},
+  {"get_task_start", client_get_task_start},
+  {"call_start", client_call_start},
+  {"fetch_start", client_fetch_start},
+  {"step", client_step},
+  {"result", client_result},
+  {"cancel", client_cancel},
+  {"poll_timeout", client_poll_timeout},
+  {"wakeup", client_wakeup},
+  {"pending", client_pending},
   {"close", client_close},
   {NULL, NULL}
 };

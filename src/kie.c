@@ -8,8 +8,10 @@
  *    meant for scripts (the Lua layer injects its own sleep in games and nginx).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <time.h>
 #include <string.h>
+#include <unistd.h>
 #include "kie.h"
 
 /* core.now() -> monotonic seconds: [-0, +1]. */
@@ -62,7 +64,42 @@ static int core_decode_task(lua_State *L) {
   return 2;
 }
 
+/* core.append_line(path, line) -> true | nil, msg: appends line + "\n" to path
+ * (created 0600) and fsyncs before returning, so the line survives a crash: [-0, +1|+2]. */
+static int core_append_line(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  size_t n, off = 0;
+  const char *line = luaL_checklstring(L, 2, &n);
+  int fd, saved;
+  if (memchr(line, '\n', n) != NULL) return luaL_argerror(L, 2, "must not contain a newline");
+  fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) goto fail;
+  while (off <= n) {
+    /* the line and its newline in one write where possible */
+    char nl = '\n';
+    ssize_t w = off < n ? write(fd, line + off, n - off) : write(fd, &nl, 1);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      goto fail_fd;
+    }
+    off += (size_t)w;
+  }
+  if (fsync(fd) != 0) goto fail_fd;
+  if (close(fd) != 0) goto fail;
+  lua_pushboolean(L, 1);
+  return 1;
+fail_fd:
+  saved = errno;
+  close(fd);
+  errno = saved;
+fail:
+  lua_pushnil(L);
+  lua_pushfstring(L, "%s: %s", path, strerror(errno));
+  return 2;
+}
+
 static const luaL_Reg funcs[] = {
+  {"append_line", core_append_line},
   {"new", kie_client_new},
   {"now", core_now},
   {"sleep", core_sleep},
@@ -86,6 +123,7 @@ int luaopen_kie_core(lua_State *L) {
   kie_json_init(L);
   kie_client_open(L);
   luaL_newlib(L, funcs);
+  kie_hmac_open(L);
   lua_pushliteral(L, KIE_VERSION);
   lua_setfield(L, -2, "_VERSION");
   v = curl_version_info(CURLVERSION_NOW);

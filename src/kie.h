@@ -45,10 +45,13 @@ typedef struct kie_xfer {
   kie_op op;
   kie_buf req;              /* request body (owned copy) */
   kie_buf resp;             /* response body, capped at client->max_response */
-  FILE *sink;               /* KIE_OP_FETCH: the body goes here instead of resp */
+  FILE *sink;               /* KIE_OP_FETCH: the body goes here (owned, closed on free) */
   size_t received;          /* body bytes seen */
   size_t cap;               /* body size cap for this transfer */
   int io_error;             /* errno of a failed write to sink, 0 if none */
+  unsigned long id;         /* handed to Lua for async use */
+  int reported;             /* step() has handed out its id */
+  char *task_id;            /* KIE_OP_GET: the id asked for (for errors) */
   int too_large;            /* the cap was hit */
   int done;                 /* curl reported completion */
   CURLcode result;
@@ -69,6 +72,7 @@ struct kie_client {
   long timeout_ms, connect_timeout_ms;
   size_t max_response;
   kie_xfer *live;
+  unsigned long next_id;
   CURL *idle[KIE_IDLE_EASY];
   int nidle;
   int closed;
@@ -86,6 +90,8 @@ KIE_HIDDEN kie_xfer *kie_xfer_start(kie_client *c, kie_op op, const char *method
                                     const char *url, const char *body, size_t len,
                                     FILE *sink, size_t cap, const char **why);
 KIE_HIDDEN void kie_xfer_wait(kie_client *c, kie_xfer *x);
+KIE_HIDDEN int kie_client_perform(kie_client *c, int timeout_ms, const kie_xfer *target);
+KIE_HIDDEN kie_xfer *kie_xfer_find(kie_client *c, unsigned long id);
 KIE_HIDDEN void kie_xfer_free(kie_client *c, kie_xfer *x);
 KIE_HIDDEN double kie_retry_after_seconds(const char *value);
 KIE_HIDDEN int kie_xfer_reached_server(const kie_xfer *x);
@@ -97,12 +103,15 @@ KIE_HIDDEN int kie_json_encode(lua_State *L, int idx);
 KIE_HIDDEN int kie_json_decode(lua_State *L, const char *s, size_t len);
 
 /* response.c: envelope decoding and typed errors */
-KIE_HIDDEN int kie_push_response(lua_State *L, kie_client *c, kie_xfer *x, const char *task_id);
+KIE_HIDDEN int kie_push_response(lua_State *L, kie_client *c, kie_xfer *x);
 KIE_HIDDEN int kie_push_fetch_result(lua_State *L, kie_client *c, kie_xfer *x);
 KIE_HIDDEN int kie_push_error(lua_State *L, kie_client *c, const char *kind, const char *message,
                               int retryable);
 KIE_HIDDEN int kie_decode_task(lua_State *L, int idx);
 KIE_HIDDEN void kie_push_redacted(lua_State *L, kie_client *c, const char *s, size_t len);
+
+/* hmac.c: adds hmac_sha256_base64 and equal to the module table at -1 */
+KIE_HIDDEN void kie_hmac_open(lua_State *L);
 
 /* client.c */
 KIE_HIDDEN void kie_client_open(lua_State *L);

@@ -242,7 +242,8 @@ static void push_excerpt(lua_State *L, kie_client *c, kie_xfer *x) {
   }
 }
 
-int kie_push_response(lua_State *L, kie_client *c, kie_xfer *x, const char *task_id) {
+int kie_push_response(lua_State *L, kie_client *c, kie_xfer *x) {
+  const char *task_id = x->task_id;
   int ok2xx = x->status >= 200 && x->status < 300;
   int top = lua_gettop(L), body, msg_idx = 0;
   long code;

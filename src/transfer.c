@@ -204,6 +204,7 @@ kie_xfer *kie_xfer_start(kie_client *c, kie_op op, const char *method, const cha
   x->op = op;
   x->cap = cap ? cap : c->max_response;
   x->sink = sink;
+  x->id = ++c->next_id;
   x->easy = take_easy(c);
   if (x->easy == NULL) { free(x); *why = "out of memory"; return NULL; }
   /* linked first so that kie_xfer_free cleans up on every path below */
@@ -249,20 +250,45 @@ static void collect(kie_client *c) {
   }
 }
 
-void kie_xfer_wait(kie_client *c, kie_xfer *x) {
+/* True when the caller has something to pick up: target done, or (no target) any
+ * finished transfer that step() has not handed out yet. */
+static int ready(kie_client *c, const kie_xfer *target) {
+  const kie_xfer *x;
+  if (target != NULL) return target->done;
+  for (x = c->live; x != NULL; x = x->next) {
+    if (x->done && !x->reported) return 1;
+  }
+  return 0;
+}
+
+int kie_client_perform(kie_client *c, int timeout_ms, const kie_xfer *target) {
   int running = 0;
-  curl_multi_perform(c->multi, &running);
+  if (curl_multi_perform(c->multi, &running) != CURLM_OK) return 0;
   collect(c);
-  while (!x->done) {
-    int fds;
-    if (curl_multi_poll(c->multi, NULL, 0, 1000, &fds) != CURLM_OK) break;
-    curl_multi_perform(c->multi, &running);
+  if (timeout_ms > 0 && !ready(c, target)) {
+    if (curl_multi_poll(c->multi, NULL, 0, timeout_ms, NULL) != CURLM_OK) return 0;
+    if (curl_multi_perform(c->multi, &running) != CURLM_OK) return 0;
     collect(c);
+  }
+  return 1;
+}
+
+void kie_xfer_wait(kie_client *c, kie_xfer *x) {
+  while (!x->done) {
+    if (!kie_client_perform(c, 1000, x)) break;
   }
   if (!x->done) { /* the multi handle failed: report as a transport failure */
     x->done = 1;
     x->result = CURLE_FAILED_INIT;
   }
+}
+
+kie_xfer *kie_xfer_find(kie_client *c, unsigned long id) {
+  kie_xfer *x;
+  for (x = c->live; x != NULL; x = x->next) {
+    if (x->id == id) return x;
+  }
+  return NULL;
 }
 
 int kie_xfer_reached_server(const kie_xfer *x) {
@@ -297,8 +323,10 @@ void kie_xfer_free(kie_client *c, kie_xfer *x) {
     if (c->multi) curl_multi_remove_handle(c->multi, x->easy);
     give_easy(c, x->easy);
   }
+  if (x->sink != NULL) fclose(x->sink);
   kie_buf_free(&x->req);
   kie_buf_free(&x->resp);
+  free(x->task_id);
   free(x);
 }
 

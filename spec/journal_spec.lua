@@ -1,0 +1,56 @@
+-- kie.journal: durable append, unfinished tasks, torn lines.
+local core = require "kie.core"
+local journal = require "kie.journal"
+
+local function tmpname()
+  local p = os.tmpname()
+  os.remove(p)
+  return p
+end
+
+describe("kie.journal #smoke", function()
+  it("lists created tasks until they are finished", function()
+    local path = tmpname()
+    local j = journal.open(path, core)
+    assert.same({}, j:unfinished())
+    assert.is_true(j:created("t1", "ideogram/character"))
+    assert.is_true(j:created("t2", "ideogram/v3-reframe"))
+    assert.is_true(j:finished("t1", "success"))
+    local left = journal.open(path, core):unfinished()
+    assert.equals(1, #left)
+    assert.equals("t2", left[1].taskId)
+    assert.equals("ideogram/v3-reframe", left[1].model)
+    assert.is_number(left[1].created)
+    os.remove(path)
+  end)
+
+  it("skips a torn last line", function()
+    local path = tmpname()
+    local j = journal.open(path, core)
+    j:created("t1", "m")
+    local f = assert(io.open(path, "a"))
+    f:write('{"event":"created","taskId":"t2"')
+    f:close()
+    local left = journal.open(path, core):unfinished()
+    assert.equals(1, #left)
+    assert.equals("t1", left[1].taskId)
+    os.remove(path)
+  end)
+
+  it("reports an unwritable journal", function()
+    local j = journal.open("/nonexistent-dir/j.jsonl", core)
+    local ok, msg = j:created("t1", "m")
+    assert.is_nil(ok)
+    assert.matches("No such file", msg)
+  end)
+
+  it("creates the file private to the user", function()
+    local path = tmpname()
+    journal.open(path, core):created("t", "m")
+    local p = io.popen("stat -c %a " .. path)
+    local mode = p:read("*l")
+    p:close()
+    assert.equals("600", mode)
+    os.remove(path)
+  end)
+end)
