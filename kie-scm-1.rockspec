@@ -36,6 +36,13 @@ build = {
     ["kie"] = "lua/kie/init.lua",
     ["kie.client"] = "lua/kie/client.lua",
     ["kie.errors"] = "lua/kie/errors.lua",
+    ["kie.models"] = "lua/kie/models.lua",
+    ["kie.retry"] = "lua/kie/retry.lua",
+    ["kie.ratelimit"] = "lua/kie/ratelimit.lua",
+    ["kie.schedule"] = "lua/kie/schedule.lua",
+    ["kie.scheduler"] = "lua/kie/scheduler.lua",
+    ["kie.journal"] = "lua/kie/journal.lua",
+    ["kie.callback"] = "lua/kie/callback.lua",
   },
   copy_directories = { "examples" },
 }

@@ -1,9 +1,22 @@
---- The client: thin, typed calls over kie.core, with the seams the policies use.
+--- The client: typed calls over kie.core with every policy of DESIGN.md:
+-- validation before sending, retries that never double-charge, client-side rate
+-- limits, waits with deadlines, a durable task journal, logging without the key,
+-- and the same code blocking or inside `kie.spawn` coroutines.
 -- @classmod kie.Client
 
 local errors = require "kie.errors"
+local models = require "kie.models"
+local retry = require "kie.retry"
+local ratelimit = require "kie.ratelimit"
+local schedule = require "kie.schedule"
+local scheduler = require "kie.scheduler"
+local journal = require "kie.journal"
 
-local type, pairs, tostring, setmetatable, getenv = type, pairs, tostring, setmetatable, os.getenv
+local type, pairs, ipairs, tostring, setmetatable, pcall, error, select =
+  type, pairs, ipairs, tostring, setmetatable, pcall, error, select
+local getenv, floor, ceil, huge = os.getenv, math.floor, math.ceil, math.huge
+local sort, concat, remove = table.sort, table.concat, table.remove
+local unpack = table.unpack or unpack
 local wrap = errors.wrap
 
 local Client = {}
@@ -17,7 +30,11 @@ local DEFAULTS = {
   connect_timeout = 10,
   max_retries = 4,
   max_response_bytes = 8 * 1024 * 1024,
+  strict = true,
 }
+
+-- kie.ai's published limits: 20 creates per 10 s per account, 10 status reads per s per key
+local RATE_LIMITS = { create = { limit = 20, window = 10 }, poll = { limit = 10, window = 1 } }
 
 -- option name -> Lua type it must have
 local OPTION_TYPES = {
@@ -25,7 +42,9 @@ local OPTION_TYPES = {
   timeout = "number", connect_timeout = "number", max_retries = "number",
   ca_file = "string", ca_path = "string", proxy = "string",
   max_response_bytes = "number", logger = "function", user_agent = "string",
-  core = "table", -- an injected core module (kie.testing's fake, or tests')
+  journal = "string", strict = "boolean", rate_limits = "table", retry = "table",
+  now = "function", sleep = "function", random = "function",
+  core = "table", -- an injected core module (tests' fakes)
 }
 
 -- options handed to kie.core.new as they are
@@ -69,19 +88,60 @@ local function _options(user)
   return o
 end
 
+local function _limiter(spec, default)
+  if spec == false then return nil end
+  spec = spec or default
+  local ok, lim = pcall(ratelimit.new, { limit = spec.limit, window = spec.window, margin = spec.margin })
+  if not ok then error("kie.new: option 'rate_limits': " .. tostring(lim), 4) end
+  return lim
+end
+
+local function _policy(o, idempotent)
+  local p = { max_retries = o.max_retries, idempotent = idempotent }
+  for k, v in pairs(o.retry or {}) do
+    if k == "max_retries" or k == "idempotent" then
+      error("kie.new: option 'retry' sets base, cap, max_retry_after or rate_limit_floor", 4)
+    end
+    p[k] = v
+  end
+  local ok, pol = pcall(retry.policy, p)
+  if not ok then error("kie.new: option 'retry': " .. tostring(pol), 4) end
+  return pol
+end
+
 --- Makes a client (see `kie.new`).
 function Client.new(user)
   local o = _options(user)
   local core = o.core or require "kie.core"
   local copts = {}
-  for _, k in pairs(CORE_OPTIONS) do copts[k] = o[k] end
+  for _, k in ipairs(CORE_OPTIONS) do copts[k] = o[k] end
   local ok, handle = pcall(core.new, copts)
   if not ok then
     error((tostring(handle):gsub("^kie%.core%.new", "kie.new")), 2)
   end
   o.api_key = nil -- kept only inside the core
   o.core = nil
-  return setmetatable({ _core = handle, _mod = core, _opts = o }, Client)
+  local limits = o.rate_limits or {}
+  local self = setmetatable({
+    _core = handle,
+    _mod = core,
+    _opts = o,
+    _create_policy = _policy(o, false),
+    _read_policy = _policy(o, true),
+    _create_lim = _limiter(limits.create, RATE_LIMITS.create),
+    _poll_lim = _limiter(limits.poll, RATE_LIMITS.poll),
+    _journal = o.journal and journal.open(o.journal, core) or nil,
+    _parked = {},   -- transfer id -> spawned task waiting for it
+    _timers = {},   -- sorted by .at: {at =, task =}
+    _deferred = {}, -- functions to call at the next step
+  }, Client)
+  local blocking_sleep = o.sleep or core.sleep
+  self._env = {
+    now = o.now or core.now,
+    random = o.random or math.random,
+    sleep = function(s) return self:_sleep(s, blocking_sleep) end,
+  }
+  return self
 end
 
 Client.VERSION = (function()
@@ -99,29 +159,337 @@ local function _check(v, want, what, level)
   end
 end
 
---- Creates a task. Returns `{taskId = ...}` or `nil, err`.
+-- logging ---------------------------------------------------------------------
+
+function Client:_log(level, message, fields)
+  local logger = self._opts.logger
+  if not logger then return end
+  local ok, err = pcall(logger, level, message, fields or {})
+  if not ok and level ~= "error" then
+    io.stderr:write("kie: logger raised: ", tostring(err), "\n")
+  end
+end
+
+local function _retry_logger(self, op)
+  return function(err, attempt, delay)
+    self:_log("warn", op .. ": retrying after " .. err.kind, {
+      op = op, attempt = attempt, delay = delay, kind = err.kind, status = err.status,
+      code = err.code, message = err.message,
+    })
+  end
+end
+
+-- one I/O path, blocking or in a coroutine ---------------------------------------
+
+-- Runs core method `name` (blocking) or `name_start` (in a kie.spawn coroutine,
+-- parking it until step() hands back the result).
+function Client:_io(name, ...)
+  local core = self._core
+  if scheduler.current() then
+    local id, err = core[name .. "_start"](core, ...)
+    if type(id) ~= "number" then return id, err end
+    return scheduler.wait_for{ client = self, id = id }
+  end
+  return core[name](core, ...)
+end
+
+function Client:_sleep(seconds, blocking_sleep)
+  if scheduler.current() then
+    return scheduler.wait_for{ client = self, wake = self._env.now() + seconds }
+  end
+  if seconds > 0 then blocking_sleep(seconds) end
+end
+
+function Client:_park(task, req)
+  if req.id then
+    self._parked[req.id] = task
+  else
+    local timers, at = self._timers, req.wake
+    local i = #timers
+    while i > 0 and timers[i].at > at do i = i - 1 end
+    table.insert(timers, i + 1, { at = at, task = task })
+  end
+end
+
+function Client:_unpark(task, req)
+  if req.id then
+    self._parked[req.id] = nil
+    self._core:cancel(req.id)
+  else
+    for i, t in ipairs(self._timers) do
+      if t.task == task then remove(self._timers, i) break end
+    end
+  end
+end
+
+function Client:_defer(fn)
+  self._deferred[#self._deferred + 1] = fn
+end
+
+-- Resumes tasks whose timers are due and runs deferred callbacks. Returns the
+-- errors raised by callbacks.
+function Client:_run_due(raised)
+  local now = self._env.now()
+  local timers = self._timers
+  while timers[1] and timers[1].at <= now do
+    local t = remove(timers, 1)
+    scheduler.resume(t.task)
+  end
+  while #self._deferred > 0 do
+    local fns = self._deferred
+    self._deferred = {}
+    for _, fn in ipairs(fns) do
+      local ok, err = pcall(fn)
+      if not ok then raised[#raised + 1] = err end
+    end
+  end
+end
+
+--- Advances every transfer and timer: never blocks when `timeout_ms` is 0 (the
+-- default), else waits at most that long for activity. Fires callbacks and
+-- resumes coroutines. Returns how many transfers and timers are still pending.
+-- A callback that raised is re-raised here, after the others have run.
+-- @tparam[opt=0] integer timeout_ms
+function Client:step(timeout_ms)
+  timeout_ms = timeout_ms or 0
+  local raised = {}
+  self:_run_due(raised)
+  local ms = timeout_ms
+  if #self._deferred > 0 then ms = 0 end
+  local nt = self._timers[1]
+  if nt and ms > 0 then
+    local d = ceil((nt.at - self._env.now()) * 1000)
+    if d < ms then ms = d > 0 and d or 0 end
+  end
+  local core = self._core
+  local n, ids = core:step(ms)
+  if ids then
+    for i = 1, #ids do
+      local id = ids[i]
+      local t = self._parked[id]
+      self._parked[id] = nil
+      if t then
+        t.parked = nil
+        scheduler.resume(t, core:result(id))
+      else
+        core:result(id) -- nobody waits for it any more
+      end
+    end
+  end
+  self:_run_due(raised)
+  if raised[1] ~= nil then error(raised[1], 0) end
+  return n + #self._timers + #self._deferred
+end
+
+--- Milliseconds a host loop may sleep before the next `step`, or nil when
+-- nothing is pending.
+function Client:poll_timeout()
+  if #self._deferred > 0 then return 0 end
+  local ms = self._core:poll_timeout()
+  local nt = self._timers[1]
+  if nt then
+    local d = ceil((nt.at - self._env.now()) * 1000)
+    if d < 0 then d = 0 end
+    if not ms or d < ms then ms = d end
+  end
+  return ms
+end
+
+--- Interrupts a `step(timeout_ms)` that is blocking in another thread.
+function Client:wakeup()
+  self._core:wakeup()
+end
+
+-- Runs fn in a coroutine; cb(results) is called once, from step.
+function Client:_async(cb, fn)
+  if cb ~= nil and type(cb) ~= "function" then error("callback must be a function", 3) end
+  return scheduler.start(function()
+    local r = { n = 0 }
+    local function keep(...) r = { n = select("#", ...), ... } end
+    keep(fn())
+    scheduler.wait_for{ client = self, wake = -huge } -- hand results over in step
+    return unpack(r, 1, r.n)
+  end, cb)
+end
+
+-- the calls ----------------------------------------------------------------------
+
+-- A stable digest of a request (sorted keys), for matching an unknown_outcome
+-- create against kie.ai's logs or a later callback.
+local function _canonical(v, out)
+  local t = type(v)
+  if t == "table" then
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = tostring(k) end
+    sort(keys)
+    out[#out + 1] = "{"
+    for _, k in ipairs(keys) do
+      out[#out + 1] = k .. "="
+      local val = v[k]
+      if val == nil then val = v[tonumber(k)] end
+      _canonical(val, out)
+      out[#out + 1] = ";"
+    end
+    out[#out + 1] = "}"
+  else
+    out[#out + 1] = t:sub(1, 1) .. tostring(v)
+  end
+  return out
+end
+
+function Client:_fingerprint(req)
+  local digest = self._mod.hmac_sha256_base64("kie-request-fingerprint", concat(_canonical(req, {})))
+  return (digest:gsub("[+/=]", ""):sub(1, 24))
+end
+
+--- Creates a task: validates it (see `kie.models`), paces it within kie.ai's
+-- create limit, and retries only when the request surely never reached the server
+-- (or the server rejected it with 429/455). A create that may have reached it
+-- returns `unknown_outcome` with `fingerprint`; it is never resent. With a
+-- journal, the new taskId is on disk before this returns.
 -- @tparam table request `{model = ..., callBackUrl = ..., input = {...}}`
-function Client:create_task(request)
+-- @tparam[opt] table opts `strict` (false lets unknown input fields through)
+-- @treturn table `{taskId = ...}` or `nil, err`
+function Client:create_task(request, opts)
   _check(request, "table", "create_task: request")
-  local res, err = self._core:create_task(request)
-  if not res then return nil, wrap(err) end
+  local strict = self._opts.strict
+  if opts ~= nil then
+    _check(opts, "table", "create_task: opts")
+    if opts.strict ~= nil then strict = opts.strict end
+  end
+  local req, verr = models.validate(request, { strict = strict })
+  if not req then
+    self:_log("warn", "create_task: invalid request", { op = "create_task", message = verr.message })
+    return nil, verr
+  end
+  local env, lim = self._env, self._create_lim
+  local res, err = retry.call(self._create_policy, env, function()
+    if lim then lim:acquire(env) end
+    self:_log("debug", "request", { op = "create_task", model = req.model })
+    local r, e = self:_io("create_task", req)
+    if not r and lim and e.kind == "rate_limited" then lim:fill(env.now()) end
+    return r, e
+  end, _retry_logger(self, "create_task"))
+  if not res then
+    err = wrap(err)
+    if err.kind == "unknown_outcome" then
+      err.fingerprint = self:_fingerprint(req)
+      err.model = req.model
+    end
+    self:_log("error", "create_task failed: " .. err.kind, { op = "create_task", kind = err.kind,
+      message = err.message, fingerprint = err.fingerprint })
+    return nil, err
+  end
+  if self._journal then
+    local ok, msg = self._journal:created(res.taskId, req.model)
+    if not ok then
+      -- the task exists and is paid for: return it all the same, loudly
+      res.journal_error = msg
+      self:_log("error", "journal write failed: " .. tostring(msg), { task_id = res.taskId })
+    end
+  end
+  self:_log("info", "task created", { op = "create_task", task_id = res.taskId, model = req.model })
   return res
+end
+
+-- An idempotent read: paced by the poll limiter, retried with backoff.
+function Client:_read(op, deadline, name, ...)
+  local env, lim = self._env, self._poll_lim
+  local n, args = select("#", ...), { ... }
+  local res, err = retry.call(self._read_policy, env, function()
+    if lim then lim:acquire(env) end
+    self:_log("debug", "request", { op = op })
+    local r, e = self:_io(name, unpack(args, 1, n))
+    if r == nil and lim and e.kind == "rate_limited" then lim:fill(env.now()) end
+    return r, e
+  end, _retry_logger(self, op), deadline)
+  if res == nil then return nil, wrap(err) end
+  return res
+end
+
+function Client:_get(task_id, deadline)
+  local info, err = self:_read("get_task", deadline, "get_task", task_id)
+  if info and self._journal and (info.state == "success" or info.state == "fail") then
+    self._journal:finished(task_id, info.state)
+  end
+  return info, err
 end
 
 --- Reads a task (recordInfo): the API's data table with `param` and
 -- `resultJson` decoded and `resultUrls` (a list, empty until success).
+-- Retried on network errors, 5xx, 429 and 455.
 -- @tparam string task_id
 function Client:get_task(task_id)
   _check(task_id, "string", "get_task: task_id")
-  local res, err = self._core:get_task(task_id)
-  if not res then return nil, wrap(err) end
-  return res
+  return self:_get(task_id)
+end
+
+local WAIT_OPTIONS = { timeout = "number", interval = "number", max_interval = "number",
+  on_update = "function" }
+
+--- Polls a task on kie.ai's published schedule (2–3 s for the first 30 s, 5–10 s
+-- until 2 min, 15–30 s after, with jitter) until it ends or the deadline passes.
+-- Returns the finished task, or `nil, err`: `task_failed` (failCode, failMsg),
+-- `deadline` (state = last seen), or a non-retryable error.
+-- @tparam string task_id
+-- @tparam[opt] table opts `timeout` (900 s), `interval`, `max_interval`,
+-- `on_update(info)` (once per state change)
+function Client:wait(task_id, opts)
+  _check(task_id, "string", "wait: task_id")
+  opts = opts or {}
+  _check(opts, "table", "wait: opts")
+  for k, v in pairs(opts) do
+    if not WAIT_OPTIONS[k] then error("wait: unknown option '" .. tostring(k) .. "'", 2) end
+    _check(v, WAIT_OPTIONS[k], "wait: option '" .. k .. "'")
+  end
+  local timeout = opts.timeout or 900
+  local deadline = self._env.now() + timeout
+  local user_update = opts.on_update
+  local info, err = schedule.wait(function(id) return self:_get(id, deadline) end, task_id, {
+    timeout = timeout, interval = opts.interval, max_interval = opts.max_interval,
+    on_update = function(i)
+      self:_log("info", "task state", { task_id = task_id, state = i.state })
+      if user_update then user_update(i) end
+    end,
+  }, self._env)
+  if not info and self._journal and err.kind == "task_failed" then
+    self._journal:finished(task_id, "fail")
+  end
+  return info, err
+end
+
+--- Validates, creates and waits: `client:run{model =, input =, callBackUrl =,
+-- wait = {...}, strict = bool}`. Returns the finished task or `nil, err`; an error
+-- after the task was created carries its `task_id`.
+function Client:run(request)
+  _check(request, "table", "run: request")
+  local req = {}
+  for k, v in pairs(request) do
+    if k ~= "wait" and k ~= "strict" then req[k] = v end
+  end
+  local task, err = self:create_task(req, { strict = request.strict })
+  if not task then return nil, err end
+  local info, werr = self:wait(task.taskId, request.wait)
+  if not info then
+    werr.task_id = werr.task_id or task.taskId
+    return nil, werr
+  end
+  return info
+end
+
+--- The journal's unfinished tasks: `{ {taskId =, model =, created =}, ... }`, so a
+-- restarted process can `wait` on them instead of paying again.
+function Client:resume()
+  if not self._journal then
+    error("resume: no journal configured (kie.new{journal = path})", 2)
+  end
+  return self._journal:unfinished()
 end
 
 --- Remaining credits (a number) or `nil, err`.
 function Client:credits()
-  local res, err = self._core:call("GET", "/api/v1/chat/credit")
-  if res == nil then return nil, wrap(err) end
+  local res, err = self:_read("credits", nil, "call", "GET", "/api/v1/chat/credit")
+  if res == nil then return nil, err end
   if type(res) ~= "number" then
     return nil, errors.new("protocol", "credits: data is not a number", { op = "credits" })
   end
@@ -132,8 +500,9 @@ end
 -- @tparam string url
 function Client:download_url(url)
   _check(url, "string", "download_url: url")
-  local res, err = self._core:call("POST", "/api/v1/common/download-url", { url = url })
-  if res == nil then return nil, wrap(err) end
+  local res, err = self:_read("download_url", nil, "call", "POST", "/api/v1/common/download-url",
+    { url = url })
+  if res == nil then return nil, err end
   if type(res) ~= "string" then
     return nil, errors.new("protocol", "download_url: data is not a URL string", { op = "download_url" })
   end
@@ -159,10 +528,10 @@ function Client:download(url, path, opts)
   opts = opts or {}
   local cap = opts.max_bytes or DOWNLOAD_CAP
   local tmp = path .. ".part-" .. tostring(os.time()) .. "-" .. tostring(math.random(1e9))
-  local ok, err = self._core:fetch(url, tmp, cap)
+  local ok, err = self:_io("fetch", url, tmp, cap)
   if not ok and opts.refresh ~= false and _expired(err) then
     local fresh = self:download_url(url)
-    if fresh then ok, err = self._core:fetch(fresh, tmp, cap) end
+    if fresh then ok, err = self:_io("fetch", fresh, tmp, cap) end
   end
   if not ok then
     os.remove(tmp)
@@ -175,6 +544,33 @@ function Client:download(url, path, opts)
       { op = "download" })
   end
   return path
+end
+
+-- callback-style async calls: cb(result, err) once, from step --------------------
+
+--- `create_task` without blocking: returns a handle (`cancel`, `done`, `result`);
+-- `cb(task, err)` is called once from `step`.
+function Client:create_task_async(request, cb)
+  _check(request, "table", "create_task_async: request")
+  return self:_async(cb, function() return self:create_task(request) end)
+end
+
+--- `get_task` without blocking (see `create_task_async`).
+function Client:get_task_async(task_id, cb)
+  _check(task_id, "string", "get_task_async: task_id")
+  return self:_async(cb, function() return self:get_task(task_id) end)
+end
+
+--- `wait` without blocking (see `create_task_async`).
+function Client:wait_async(task_id, opts, cb)
+  _check(task_id, "string", "wait_async: task_id")
+  return self:_async(cb, function() return self:wait(task_id, opts) end)
+end
+
+--- `run` without blocking (see `create_task_async`).
+function Client:run_async(request, cb)
+  _check(request, "table", "run_async: request")
+  return self:_async(cb, function() return self:run(request) end)
 end
 
 --- Frees the connections. Idempotent; also done by the garbage collector.

@@ -34,6 +34,7 @@ M.kinds = {
   deadline = { retryable = false, what = "wait gave up before the task ended (state = last seen)", action = "wait again later with the same task_id" },
   unknown_outcome = { retryable = false, what = "a create may have reached the server; it was not resent", action = "check kie.ai/logs or your callback before creating again" },
   canceled = { retryable = false, what = "the call was canceled", action = "none" },
+  raised = { retryable = false, what = "a function run by kie.spawn raised (traceback kept)", action = "fix the bug in that function" },
   io = { retryable = false, what = "a local file could not be read or written", action = "check the path and permissions" },
   signature = { retryable = false, what = "callback signature missing, wrong or stale", action = "check the HMAC key and clock" },
 }

@@ -10,11 +10,20 @@
 
 local Client = require "kie.client"
 local errors = require "kie.errors"
+local scheduler = require "kie.scheduler"
 
 local M = {
   _VERSION = Client.VERSION,
   errors = errors,
+  models = require "kie.models",
+  callback = require "kie.callback",
 }
+
+--- Runs `fn(...)` at once in a coroutine in which the client calls yield instead
+-- of blocking; the `step` of the client a call used resumes it. Returns a handle
+-- with `done()`, `result()` (fn's results, or `nil, err` if it raised) and
+-- `cancel()`. The same code works blocking and non-blocking.
+M.spawn = scheduler.spawn
 
 --- Makes a client. Every option is optional:
 -- `api_key` (default `KIE_API_KEY`), `base_url` (`KIE_BASE_URL`, default

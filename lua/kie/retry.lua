@@ -1,0 +1,267 @@
+--- Retry policy: exponential backoff with full jitter, Retry-After, deadlines.
+--
+-- Pure policy, no I/O: time and randomness come from an injected `env`
+-- (`env.now()` monotonic seconds, `env.sleep(seconds)`, `env.random()` in [0,1)).
+--
+--     local retry = require "kie.retry"
+--     local policy = retry.policy{ max_retries = 4, base = 0.5, cap = 20 }
+--     local res, err = retry.call(policy, env, function() return core:get_task(id) end)
+--
+-- Delay before retry number `k` (k = 1 for the first retry, i.e. after attempt k):
+-- `random() * min(cap, base * 2^(k-1))` (full jitter). A numeric `err.retry_after`
+-- raises the delay to at least that value; one above `max_retry_after` makes the call
+-- give up at once instead. A `rate_limited` error without `retry_after` waits at least
+-- `rate_limit_floor`. A deadline is never slept past.
+-- @module kie.retry
+
+local errors = require "kie.errors"
+
+local type, pairs, select, error, tostring, tonumber, getmetatable, setmetatable =
+  type, pairs, select, error, tostring, tonumber, getmetatable, setmetatable
+local floor = math.floor
+local unpack = table.unpack or unpack
+
+local M = {}
+
+--- Defaults of `retry.policy` (every field may be overridden).
+M.defaults = {
+  max_retries = 4,        -- retries after the first attempt; 0 = one attempt
+  base = 0.5,             -- seconds; backoff ceiling of the first retry
+  cap = 20,               -- seconds; the backoff ceiling never exceeds this
+  idempotent = true,      -- false: only rate_limited/maintenance/network/timeout are retried
+  max_retry_after = 60,   -- seconds; a longer Retry-After makes the call give up
+  rate_limit_floor = 1,   -- seconds; minimum wait after a 429 without Retry-After
+  deadline = nil,         -- absolute env.now() time; never sleep past it
+}
+
+--- Kinds a non-idempotent policy may retry (still only when `err.retryable == true`).
+M.non_idempotent_kinds = { rate_limited = true, maintenance = true, network = true, timeout = true }
+
+local Policy = {}
+Policy.__index = Policy
+Policy.__name = "kie.retry.Policy"
+
+local function is_number(v)
+  return type(v) == "number" and v == v
+end
+
+local function check_nonneg(opts, name)
+  local v = opts[name]
+  if not is_number(v) or v < 0 then
+    error("kie.retry.policy: " .. name .. " must be a number >= 0, got " .. tostring(v), 3)
+  end
+end
+
+--- Makes a policy. Unknown option names and bad values raise (programmer errors).
+-- @tparam[opt] table opts fields of `retry.defaults`
+-- @treturn table the policy
+function M.policy(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("kie.retry.policy: options must be a table, got " .. type(opts), 2)
+  end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if type(k) ~= "string" or (M.defaults[k] == nil and k ~= "deadline") then
+      error("kie.retry.policy: unknown option '" .. tostring(k) .. "'", 2)
+    end
+  end
+  local p = {}
+  for k, v in pairs(M.defaults) do p[k] = v end
+  for k, v in pairs(opts) do p[k] = v end
+  check_nonneg(p, "max_retries")
+  if floor(p.max_retries) ~= p.max_retries or p.max_retries == math.huge then
+    error("kie.retry.policy: max_retries must be an integer, got " .. tostring(p.max_retries), 2)
+  end
+  check_nonneg(p, "base")
+  check_nonneg(p, "cap")
+  check_nonneg(p, "max_retry_after")
+  check_nonneg(p, "rate_limit_floor")
+  if type(p.idempotent) ~= "boolean" then
+    error("kie.retry.policy: idempotent must be a boolean, got " .. tostring(p.idempotent), 2)
+  end
+  if p.deadline ~= nil and not is_number(p.deadline) then
+    error("kie.retry.policy: deadline must be a number, got " .. tostring(p.deadline), 2)
+  end
+  return setmetatable(p, Policy)
+end
+
+local function as_policy(p)
+  if getmetatable(p) == Policy then return p end
+  return M.policy(p)
+end
+
+--- True when `policy` allows retrying `err` (attempt budget not considered).
+-- Requires `err.retryable == true`; never retries `unknown_outcome`; a non-idempotent
+-- policy further restricts the kinds to `non_idempotent_kinds`.
+function M.retryable(policy, err)
+  policy = as_policy(policy)
+  if type(err) ~= "table" or err.retryable ~= true then return false end
+  if err.kind == "unknown_outcome" then return false end
+  if not policy.idempotent and not M.non_idempotent_kinds[err.kind] then return false end
+  return true
+end
+
+local function retry_after_of(err)
+  local ra = err.retry_after
+  if type(ra) == "string" then ra = tonumber(ra) end
+  if is_number(ra) and ra >= 0 then return ra end
+  return nil
+end
+
+--- The delay before the retry that follows failed attempt number `attempt` (1-based).
+-- @return seconds, or `nil` when the server asked for a wait beyond `max_retry_after`
+function M.delay(policy, err, attempt, random)
+  policy = as_policy(policy)
+  local ceiling = policy.cap
+  local e = attempt - 1
+  if e < 1000 then
+    local c = policy.base * 2 ^ e
+    if c < ceiling then ceiling = c end
+  end
+  local d = random() * ceiling
+  local ra = type(err) == "table" and retry_after_of(err) or nil
+  if ra then
+    if ra > policy.max_retry_after then return nil end
+    if ra > d then d = ra end
+  elseif type(err) == "table" and err.kind == "rate_limited" and d < policy.rate_limit_floor then
+    d = policy.rate_limit_floor
+  end
+  return d
+end
+
+local function pack(...)
+  return { n = select("#", ...), ... }
+end
+
+--- Calls `fn` until it succeeds or the policy says stop.
+-- `fn()` returns results, or `nil, err`. Failure is a nil first result with a non-nil
+-- second one; anything else is success and every result is returned as is.
+-- @tparam table|nil policy from `retry.policy` (a plain options table or nil also works)
+-- @tparam table env `{ now = fn, sleep = fn, random = fn }` (`now` needed only with a deadline)
+-- @tparam function fn
+-- @tparam[opt] function on_retry `on_retry(err, attempt, delay)` before each sleep;
+--   `attempt` is the number of the attempt that just failed (1 for the first)
+-- @tparam[opt] number deadline absolute `env.now()` time; overrides `policy.deadline`
+-- @return fn's results, or `nil, err` with `err.attempts` = attempts made
+function M.call(policy, env, fn, on_retry, deadline)
+  policy = as_policy(policy)
+  if type(env) ~= "table" or type(env.sleep) ~= "function" or type(env.random) ~= "function" then
+    error("kie.retry.call: env must be a table with sleep and random functions", 2)
+  end
+  if type(fn) ~= "function" then error("kie.retry.call: fn must be a function", 2) end
+  if on_retry ~= nil and type(on_retry) ~= "function" then
+    error("kie.retry.call: on_retry must be a function or nil", 2)
+  end
+  if deadline == nil then deadline = policy.deadline end
+  if deadline ~= nil then
+    if not is_number(deadline) then error("kie.retry.call: deadline must be a number", 2) end
+    if type(env.now) ~= "function" then
+      error("kie.retry.call: env.now is required with a deadline", 2)
+    end
+  end
+
+  local attempt = 0
+  while true do
+    attempt = attempt + 1
+    local r = pack(fn())
+    local err = r[2]
+    if r[1] ~= nil or err == nil then return unpack(r, 1, r.n) end
+    if type(err) ~= "table" then return nil, err end -- not ours: no fields to trust
+    err = errors.wrap(err)
+    err.attempts = attempt
+    if attempt > policy.max_retries or not M.retryable(policy, err) then return nil, err end
+    local d = M.delay(policy, err, attempt, env.random)
+    if d == nil then return nil, err end
+    if deadline ~= nil and env.now() + d > deadline then return nil, err end
+    if on_retry then on_retry(err, attempt, d) end
+    env.sleep(d)
+  end
+end
+
+-- Retry-After parsing ------------------------------------------------------
+
+local MONTHS = {
+  jan = 1, feb = 2, mar = 3, apr = 4, may = 5, jun = 6,
+  jul = 7, aug = 8, sep = 9, oct = 10, nov = 11, dec = 12,
+}
+local MONTH_DAYS = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 }
+
+local function is_leap(y)
+  return (y % 4 == 0 and y % 100 ~= 0) or y % 400 == 0
+end
+
+-- Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m + 9) % 12
+  local doy = floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+-- The Gregorian year containing epoch second `t`.
+local function year_of(t)
+  local z = floor(t / 86400) + 719468
+  local era = floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+  local mp = floor((5 * doy + 2) / 153)
+  local y = yoe + era * 400
+  if mp >= 10 then y = y + 1 end -- January, February belong to the next civil year
+  return y
+end
+
+local function epoch_of(y, mon, d, hh, mm, ss)
+  local m = MONTHS[mon:lower()]
+  y, d, hh, mm, ss = tonumber(y), tonumber(d), tonumber(hh), tonumber(mm), tonumber(ss)
+  if not m or d < 1 or hh > 23 or mm > 59 or ss > 60 then return nil end
+  local dim = MONTH_DAYS[m]
+  if m == 2 and is_leap(y) then dim = 29 end
+  if d > dim then return nil end
+  return days_from_civil(y, m, d) * 86400 + hh * 3600 + mm * 60 + ss
+end
+
+local function http_date(s, now_epoch)
+  -- IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT
+  local d, mon, y, hh, mm, ss = s:match("^%a%a%a, (%d%d?) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+  if d then return epoch_of(y, mon, d, hh, mm, ss) end
+  -- obsolete RFC 850: Sunday, 06-Nov-94 08:49:37 GMT (two-digit year, RFC 7231 7.1.1.1)
+  d, mon, y, hh, mm, ss = s:match("^%a+, (%d%d)%-(%a%a%a)%-(%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+  if d then
+    local cy = year_of(now_epoch)
+    local yy = cy - cy % 100 + tonumber(y)
+    if yy > cy + 50 then yy = yy - 100 end
+    return epoch_of(yy, mon, d, hh, mm, ss)
+  end
+  -- asctime: Sun Nov  6 08:49:37 1994
+  mon, d, hh, mm, ss, y = s:match("^%a%a%a (%a%a%a) +(%d%d?) (%d%d):(%d%d):(%d%d) (%d%d%d%d)$")
+  if mon then return epoch_of(y, mon, d, hh, mm, ss) end
+  return nil
+end
+
+--- Parses a `Retry-After` header value.
+-- Accepts delay-seconds ("120", or a number) and the three HTTP-date forms
+-- (IMF-fixdate, RFC 850, asctime), always GMT.
+-- @param value header value (string or number)
+-- @tparam[opt] number now_epoch current Unix time in seconds; required for dates
+-- @return seconds >= 0 (0 for a date in the past), or nil when not understood
+function M.parse_retry_after(value, now_epoch)
+  if type(value) == "number" then
+    if is_number(value) and value >= 0 and value < math.huge then return value end
+    return nil
+  end
+  if type(value) ~= "string" then return nil end
+  local s = value:match("^%s*(.-)%s*$")
+  if s:match("^%d+$") or s:match("^%d+%.%d+$") then return tonumber(s) end
+  if not is_number(now_epoch) then return nil end
+  local t = http_date(s, now_epoch)
+  if not t then return nil end
+  local secs = t - now_epoch
+  if secs < 0 then secs = 0 end
+  return secs
+end
+
+return M
