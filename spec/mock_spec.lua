@@ -256,7 +256,8 @@ describe("mock API basics", function()
     local r = curl{ url = m.url .. "/api/v1/chat/credit" }
     assert.equal(200, r.status)
     assert.same({ code = 200, msg = "success", data = 5 }, r.json)
-    assert.equal("integer", math.type(r.json.data))
+    assert.equal(5, r.json.data)
+    assert.is_nil(r.body:match('"data":5%.'), "credits must be written as an integer")
     assert.equal(200, create(m, character()).status)
     assert.equal(4, credits(m))
     m:config{ credits = 0 }
