@@ -78,8 +78,9 @@ for st in $stages; do
     pre="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
     # the mock's nginx is started with LD_PRELOAD removed (see spec/support/mock.lua)
     log="$out/specs-asan.log"
-    LD_PRELOAD="$pre" ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:exitcode=86" \
-      LSAN_OPTIONS="suppressions=$(pwd)/scripts/lsan.supp:print_suppressions=0" \
+    # Leaks are valgrind's job (stage valgrind): LeakSanitizer's exit-time tracer
+    # crashes intermittently here ("Tracer caught signal 11") on a clean run.
+    LD_PRELOAD="$pre" ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=86" \
       UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
       lua5.4 "$BUSTED" --cpath="./build/lua5.4-san/?.so" -o TAP spec >"$log" 2>&1
     rc=$?
