@@ -1,12 +1,11 @@
--- The main job, end to end: create an Ideogram character task, poll it until it
--- ends, download the first image and print its path.
+-- The main job, end to end: create an Ideogram character task, wait for it
+-- (polling, with a deadline), download the first image and print its path.
 --   make demo                    (no KIE_API_KEY: runs against the built-in mock server)
 --   KIE_API_KEY=... make demo    (the real API; costs credits)
 package.path = "./lua/?.lua;./lua/?/init.lua;./?.lua;" .. package.path
 package.cpath = "./build/lua5.4/?.so;" .. package.cpath
 
 local kie = require "kie"
-local core = require "kie.core"
 
 local key = os.getenv("KIE_API_KEY")
 local opts, mock, pause = {}, nil, 3
@@ -32,7 +31,7 @@ local task, err = client:create_task{
     },
     rendering_speed = "TURBO",
     style = "AUTO",
-    num_images = "1",
+    num_images = 1, -- sent as "1": kie.models coerces losslessly
     image_size = "square_hd",
   },
 }
@@ -42,22 +41,15 @@ if not task then
 end
 io.stderr:write("created ", task.taskId, "\n")
 
--- poll until the task ends (a 15-minute deadline), printing each new state
-local deadline, last, info = core.now() + 900, nil, nil
-repeat
-  info, err = client:get_task(task.taskId)
-  if info and info.state ~= last then
-    last = info.state
-    io.stderr:write("state: ", last, "\n")
-  elseif not info and not err.retryable then
-    io.stderr:write(tostring(err), "\n")
-    finish(1)
-  end
-  if last == "success" or last == "fail" then break end
-  core.sleep(pause)
-until core.now() > deadline
-if last ~= "success" then
-  io.stderr:write("task ended in state ", tostring(last), ": ", tostring(info and info.failMsg), "\n")
+-- poll until the task ends, on kie.ai's published schedule (15-minute deadline)
+local info, werr = client:wait(task.taskId, {
+  timeout = 900,
+  interval = mock and pause or nil, -- the mock is fast; the real API gets the schedule
+  max_interval = mock and pause or nil,
+  on_update = function(i) io.stderr:write("state: ", tostring(i.state), "\n") end,
+})
+if not info then
+  io.stderr:write(tostring(werr), "\n")
   finish(1)
 end
 
