@@ -19,7 +19,7 @@ dependencies = {
   "lua-cjson >= 2.1.0",
 }
 external_dependencies = {
-  CURL = { header = "curl/curl.h", library = "curl" },
+  CURL = { library = "curl" }, -- no header check: Debian keeps curl.h in a multiarch dir the compiler finds
   OPENSSL = { header = "openssl/hmac.h", library = "crypto" },
 }
 build = {

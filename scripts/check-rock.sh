@@ -8,10 +8,7 @@ tree=$(mktemp -d /tmp/kie-rock.XXXXXX)
 # luarocks' builtin backend leaves src/*.o and kie/core.so in the tree: remove them
 # afterwards so a stale ./kie/core.so never shadows the build/ one.
 trap 'rm -rf "$tree" kie; rm -f src/*.o' EXIT
-# Debian keeps curl.h in a multiarch directory LuaRocks does not search by itself.
-curl_inc=$(pkg-config --cflags-only-I libcurl | sed 's/^-I//; s/ .*//')
-luarocks --lua-version=5.4 make --tree "$tree" --deps-mode=none kie-scm-1.rockspec \
-  ${curl_inc:+CURL_INCDIR="$curl_inc"}
+luarocks --lua-version=5.4 make --tree "$tree" --deps-mode=none kie-scm-1.rockspec
 ls "$tree"/lib/lua/5.4/kie/core.so
 LUA_PATH="$tree/share/lua/5.4/?.lua;$tree/share/lua/5.4/?/init.lua;;" \
 LUA_CPATH="$tree/lib/lua/5.4/?.so;;" \
