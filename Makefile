@@ -12,6 +12,7 @@ INST_PREFIX ?= /usr/local
 LUA_VERSION_DIR = $(if $(filter luajit,$(LUA)),5.1,$(patsubst lua%,%,$(LUA)))
 INST_LIBDIR ?= $(INST_PREFIX)/lib/lua/$(LUA_VERSION_DIR)
 INST_LUADIR ?= $(INST_PREFIX)/share/lua/$(LUA_VERSION_DIR)
+INST_BINDIR ?= $(INST_PREFIX)/bin
 DESTDIR    ?=
 # one source of truth: the define in the rockspec
 KIE_VERSION = $(shell sed -n 's/.*KIE_VERSION=\\"\([^\\]*\)\\".*/\1/p' kie-scm-1.rockspec)
@@ -33,7 +34,7 @@ SO          = $(BUILD)/kie/core.so
 LUA_SRC     = $(wildcard lua/kie/*.lua)
 
 .PHONY: all build install test test-unit test-asan test-valgrind test-versions demo deps \
-        clean lint rock-check nginx-check
+        clean lint rock-check nginx-check docs
 
 all: build
 build: $(SO)
@@ -50,6 +51,8 @@ install: $(SO)
 	install -d $(DESTDIR)$(INST_LIBDIR)/kie $(DESTDIR)$(INST_LUADIR)/kie
 	install -m 0755 $(SO) $(DESTDIR)$(INST_LIBDIR)/kie/core.so
 	install -m 0644 $(LUA_SRC) $(DESTDIR)$(INST_LUADIR)/kie/
+	install -d $(DESTDIR)$(INST_BINDIR)
+	install -m 0755 bin/kie $(DESTDIR)$(INST_BINDIR)/kie
 
 # The two commands of the README. Each installs what is missing first.
 deps:
@@ -78,7 +81,48 @@ test-versions:
 	@sh scripts/test.sh versions
 
 lint:
-	luacheck lua spec examples
+	luacheck lua spec examples bin
+
+# HTML API reference of the Lua layer (LDoc, Debian lua-ldoc) from the doc comments;
+# config.ld says what goes in. Any LDoc warning fails the target.
+docs:
+	@command -v ldoc >/dev/null || { echo "make docs: ldoc is missing (apt-get install lua-ldoc)" >&2; exit 2; }
+	ldoc --fatalwarnings .
 
 clean:
 	rm -rf build .tree
+
+# --- benchmarks, fuzzing, soak, threads, GC (bench/README.md) -------------------------
+FUZZ_SECONDS ?= 60
+SOAK_CALLS   ?= 100000
+# specs that run their code in other processes (nginx, CLI children, the examples)
+# gain nothing from this process's GC settings
+GC_SPECS = $(filter-out spec/cli_spec.lua spec/ngx_spec.lua spec/mock_spec.lua spec/demo_spec.lua \
+           spec/host_spec.lua spec/love_spec.lua,$(wildcard spec/*_spec.lua))
+GC_GEN   = 'collectgarbage("generational", 1, 10)'
+GC_INC   = 'collectgarbage("incremental"); collectgarbage("setpause", 50); collectgarbage("setstepmul", 200)'
+GC_MODES ?= $(GC_GEN) $(GC_INC)
+
+.PHONY: bench fuzz soak test-threads test-gc
+
+bench:
+	@sh bench/run.sh
+
+fuzz:
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) sh fuzz/run.sh
+
+soak:
+	@SOAK_CALLS=$(SOAK_CALLS) sh bench/soak.sh
+
+test-threads:
+	@sh tests/threads/run.sh
+
+# the suite again under an aggressive collector (Lua 5.4: generational with a minor
+# collection every 1 % of growth, then incremental with pause 50): finalizers and
+# weak tables get exercised at many more points than by default. One mode only:
+# make test-gc GC_MODES='$(GC_GEN)'  (CI does that: ~30 s instead of ~80 s)
+test-gc:
+	@$(MAKE) --no-print-directory build LUA=lua5.4 >/dev/null
+	@for gc in $(GC_MODES); do echo "== test-gc: $$gc"; \
+	  lua5.4 -e "$$gc" "$$(command -v busted)" --cpath='./build/lua5.4/?.so' \
+	    --exclude-tags=examples $(GC_SPECS) || exit 1; done

@@ -17,6 +17,7 @@ OpenResty.
 dependencies = {
   "lua >= 5.1",
   "lua-cjson >= 2.1.0",
+  "argparse >= 0.6.0", -- bin/kie only
 }
 external_dependencies = {
   CURL = { library = "curl" }, -- no header check: Debian keeps curl.h in a multiarch dir the compiler finds
@@ -27,7 +28,7 @@ build = {
   modules = {
     ["kie.core"] = {
       sources = { "src/kie.c", "src/client.c", "src/transfer.c", "src/json.c", "src/response.c",
-        "src/hmac.c" },
+        "src/hmac.c", "src/upload.c" },
       libraries = { "curl", "crypto", "pthread" },
       incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
@@ -43,6 +44,13 @@ build = {
     ["kie.scheduler"] = "lua/kie/scheduler.lua",
     ["kie.journal"] = "lua/kie/journal.lua",
     ["kie.callback"] = "lua/kie/callback.lua",
+    ["kie.files"] = "lua/kie/files.lua",
+    ["kie.cli"] = "lua/kie/cli.lua",
+    ["kie.ngx"] = "lua/kie/ngx.lua",
+    ["kie.ngx_worker"] = "lua/kie/ngx_worker.lua",
+  },
+  install = {
+    bin = { kie = "bin/kie" }, -- the command line; needs argparse (below)
   },
   copy_directories = { "examples" },
 }

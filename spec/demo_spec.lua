@@ -1,6 +1,6 @@
 -- `make demo`'s script, run as a user would without KIE_API_KEY: it must print
 -- the path of a real PNG it downloaded from the built-in mock.
-describe("examples/demo.lua #integration", function()
+describe("examples/demo.lua #examples", function()
   it("prints the path of a downloaded PNG", function()
     -- the demo always runs the plain Lua 5.4 build, whichever build this suite uses
     assert.truthy(os.execute("env -u LD_PRELOAD make -s build LUA=lua5.4 >/dev/null 2>&1"))

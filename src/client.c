@@ -10,6 +10,9 @@
  *    in api_key (for redaction), never in a Lua value.
  *  - A URL given to call() must start with the configured base or upload URL, so
  *    the key is never sent to another origin.
+ *  - progress(id, wait_ms) may drive the multi handle but never marks a transfer
+ *    as reported: only step() hands out finished ids, so a blocking loop over
+ *    progress() steals nobody's result.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -152,6 +155,17 @@ static int finish(lua_State *L, kie_client *c, kie_xfer *x) {
   return n;
 }
 
+/* For a started transfer: async pushes its id; blocking runs it to the end and
+ * pushes its result (and frees it): [-0, +1|+2]. */
+int kie_client_settle(lua_State *L, kie_client *c, kie_xfer *x, int async) {
+  if (async) {
+    lua_pushinteger(L, (lua_Integer)x->id);
+    return 1;
+  }
+  kie_xfer_wait(c, x);
+  return finish(L, c, x);
+}
+
 /* Starts a transfer; async: pushes its id; blocking: runs it and pushes its result.
  * On a failure to start pushes nil, err. Owns sink from here on: [-0, +1|+2]. */
 static int launch(lua_State *L, kie_client *c, kie_op op, const char *method, const char *url,
@@ -164,12 +178,7 @@ static int launch(lua_State *L, kie_client *c, kie_op op, const char *method, co
     return kie_push_error(L, c, "network", why, 0);
   }
   if (task_id != NULL) x->task_id = dup_str(task_id, strlen(task_id));
-  if (async) {
-    lua_pushinteger(L, (lua_Integer)x->id);
-    return 1;
-  }
-  kie_xfer_wait(c, x);
-  return finish(L, c, x);
+  return kie_client_settle(L, c, x, async);
 }
 
 /* Pushes base_url .. path: [-0, +1]. */
@@ -340,6 +349,40 @@ static int client_result(lua_State *L) {
   return finish(L, c, x);
 }
 
+/* client:progress(id[, wait_ms]) -> done, bytes, total | nil (no such transfer).
+ * With wait_ms > 0 first drives the client's transfers for at most that long or
+ * until this one finishes, without handing out anybody's results (step does
+ * that). bytes/total count the response body, or the request body of an upload;
+ * total is nil while unknown: [-0, +1|+3]. */
+static int client_progress(lua_State *L) {
+  kie_client *c = check_open(L, 1);
+  kie_xfer *x = kie_xfer_find(c, (unsigned long)luaL_checkinteger(L, 2));
+  lua_Integer ms = luaL_optinteger(L, 3, 0);
+  curl_off_t now = 0, total = -1;
+  if (ms < 0) return luaL_argerror(L, 3, "must be >= 0");
+  if (ms > 3600000) ms = 3600000;
+  if (x == NULL) {
+    lua_pushnil(L);
+    return 1;
+  }
+  if (ms > 0 && !x->done && !kie_client_perform(c, (int)ms, x)) {
+    x->done = 1; /* the multi handle failed: end it as kie_xfer_wait does */
+    x->result = CURLE_FAILED_INIT;
+  }
+  if (x->op == KIE_OP_UPLOAD) {
+    curl_easy_getinfo(x->easy, CURLINFO_SIZE_UPLOAD_T, &now);
+    curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_UPLOAD_T, &total);
+  } else {
+    now = (curl_off_t)x->received;
+    curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &total);
+  }
+  lua_pushboolean(L, x->done);
+  lua_pushinteger(L, (lua_Integer)now);
+  if (total >= 0) lua_pushinteger(L, (lua_Integer)total);
+  else lua_pushnil(L);
+  return 3;
+}
+
 /* client:cancel(id) -> true if a live transfer was dropped: [-0, +1]. */
 static int client_cancel(lua_State *L) {
   kie_client *c = check_open(L, 1);
@@ -402,6 +445,9 @@ static const luaL_Reg methods[] = {
   {"get_task_start", client_get_task_start},
   {"call_start", client_call_start},
   {"fetch_start", client_fetch_start},
+  {"upload", kie_client_upload},
+  {"upload_start", kie_client_upload_start},
+  {"progress", client_progress},
   {"step", client_step},
   {"result", client_result},
   {"cancel", client_cancel},
@@ -435,3 +481,6 @@ void kie_client_open(lua_State *L) {
 
 /* core.new is registered by kie.c through this accessor: [-0, +1]. */
 int kie_client_new(lua_State *L) { return client_new(L); }
+
+/* The open client at idx, for upload.c; raises otherwise: [-0, +0]. */
+kie_client *kie_check_client(lua_State *L, int idx) { return check_open(L, idx); }

@@ -124,6 +124,7 @@ int luaopen_kie_core(lua_State *L) {
   kie_client_open(L);
   luaL_newlib(L, funcs);
   kie_hmac_open(L);
+  kie_upload_open(L);
   lua_pushliteral(L, KIE_VERSION);
   lua_setfield(L, -2, "_VERSION");
   v = curl_version_info(CURLVERSION_NOW);

@@ -4,7 +4,7 @@
  *  - Nothing here is exported: every function is hidden (KIE_HIDDEN) and only
  *    luaopen_kie_core is visible from the shared object.
  *  - transfer.c makes no Lua calls at all; everything that touches a lua_State
- *    lives in kie.c, client.c, json.c and response.c.
+ *    lives in kie.c, client.c, upload.c, json.c and response.c.
  */
 #ifndef KIE_H
 #define KIE_H
@@ -29,7 +29,7 @@
 #define KIE_IDLE_EASY 8
 
 /* What a transfer is for: decides how its response is decoded and what is retryable. */
-typedef enum { KIE_OP_CREATE = 0, KIE_OP_GET, KIE_OP_CALL, KIE_OP_FETCH } kie_op;
+typedef enum { KIE_OP_CREATE = 0, KIE_OP_GET, KIE_OP_CALL, KIE_OP_FETCH, KIE_OP_UPLOAD } kie_op;
 
 typedef struct kie_buf {
   char *data;
@@ -46,6 +46,7 @@ typedef struct kie_xfer {
   kie_buf req;              /* request body (owned copy) */
   kie_buf resp;             /* response body, capped at client->max_response */
   FILE *sink;               /* KIE_OP_FETCH: the body goes here (owned, closed on free) */
+  curl_mime *mime;          /* KIE_OP_UPLOAD: the multipart form (owned, freed on free) */
   size_t received;          /* body bytes seen */
   size_t cap;               /* body size cap for this transfer */
   int io_error;             /* errno of a failed write to sink, 0 if none */
@@ -65,6 +66,7 @@ struct kie_client {
   CURLM *multi;
   CURLSH *share;
   struct curl_slist *headers;   /* auth + json headers, built once */
+  struct curl_slist *form_headers; /* auth headers without Content-Type (multipart) */
   char *api_key;
   char *base_url;               /* no trailing slash */
   char *upload_url;             /* no trailing slash, may be NULL */
@@ -86,6 +88,12 @@ KIE_HIDDEN void kie_buf_free(kie_buf *b);
 KIE_HIDDEN int kie_global_init(void);
 KIE_HIDDEN const char *kie_client_setup(kie_client *c);
 KIE_HIDDEN void kie_client_teardown(kie_client *c);
+/* prepare: a linked, configured transfer not yet added to the multi handle (the
+ * caller may set more options, e.g. a form); launch adds it. Both free the
+ * transfer on failure (leaving sink to the caller) and return NULL with *why. */
+KIE_HIDDEN kie_xfer *kie_xfer_prepare(kie_client *c, kie_op op, const char *url, FILE *sink,
+                                      size_t cap, const char **why);
+KIE_HIDDEN kie_xfer *kie_xfer_launch(kie_client *c, kie_xfer *x, const char **why);
 KIE_HIDDEN kie_xfer *kie_xfer_start(kie_client *c, kie_op op, const char *method,
                                     const char *url, const char *body, size_t len,
                                     FILE *sink, size_t cap, const char **why);
@@ -116,5 +124,12 @@ KIE_HIDDEN void kie_hmac_open(lua_State *L);
 /* client.c */
 KIE_HIDDEN void kie_client_open(lua_State *L);
 KIE_HIDDEN int kie_client_new(lua_State *L);
+KIE_HIDDEN kie_client *kie_check_client(lua_State *L, int idx);
+KIE_HIDDEN int kie_client_settle(lua_State *L, kie_client *c, kie_xfer *x, int async);
+
+/* upload.c: the multipart stream upload (client methods) and base64_encode (module) */
+KIE_HIDDEN int kie_client_upload(lua_State *L);
+KIE_HIDDEN int kie_client_upload_start(lua_State *L);
+KIE_HIDDEN void kie_upload_open(lua_State *L);
 
 #endif /* KIE_H */

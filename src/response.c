@@ -1,8 +1,9 @@
 /* response.c - turns a finished transfer into a Lua result or a typed error table.
  *
  * Caveats:
- *  - Success is HTTP 2xx AND body code == 200; the body's code decides the kind
- *    when there is one, else the HTTP status does. msg or message is read.
+ *  - Success is HTTP 2xx AND body code == 200 (AND, for the upload host's envelope
+ *    {success, code, msg, data}, success not false); the body's code decides the
+ *    kind when there is one, else the HTTP status does. msg or message is read.
  *  - Errors are plain tables {kind, message, code, status, retryable, retry_after,
  *    curl_code, task_id, op}; the Lua layer (kie.errors) gives them a metatable.
  *  - retryable is decided per operation: a create is retryable only on 429/455 or
@@ -22,6 +23,7 @@ static const char *op_name(kie_op op) {
   case KIE_OP_CREATE: return "create_task";
   case KIE_OP_GET: return "get_task";
   case KIE_OP_FETCH: return "download";
+  case KIE_OP_UPLOAD: return "upload";
   default: return "call";
   }
 }
@@ -112,6 +114,13 @@ static int transport_error(lua_State *L, kie_client *c, kie_xfer *x, const char 
   const char *kind = x->result == CURLE_OPERATION_TIMEDOUT ? "timeout" : "network";
   int retryable;
   const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->result);
+  if (x->op == KIE_OP_UPLOAD && x->result == CURLE_READ_ERROR) {
+    snprintf(msg, sizeof(msg), "upload: reading the file failed (%s)", detail);
+    kie_push_error(L, c, "io", msg, 0);
+    set_int(L, "curl_code", (long)x->result);
+    decorate(L, x, task_id);
+    return 2;
+  }
   if (x->too_large || x->result == CURLE_FILESIZE_EXCEEDED) {
     snprintf(msg, sizeof(msg), "%s: response body exceeds its cap (%lu bytes)",
              op_name(x->op), (unsigned long)x->cap);
@@ -179,7 +188,8 @@ int kie_decode_task(lua_State *L, int idx) {
     size_t n;
     const char *s = lua_tolstring(L, -1, &n);
     if (n > 0 && kie_json_decode(L, s, n)) lua_setfield(L, idx, "param");
-    else lua_pop(L, 1); /* keep an undecodable param as the string it was */
+    else if (n > 0) lua_pop(L, 1); /* the decode error: keep param as the string it was */
+    /* (n == 0 pushed nothing: popping here took the caller's slot; found by fuzz/) */
   }
   lua_pop(L, 1);
   lua_getfield(L, idx, "resultJson");
@@ -288,10 +298,31 @@ int kie_push_response(lua_State *L, kie_client *c, kie_xfer *x) {
     }
     return api_error(L, c, x, x->status, 0, msg_idx, task_id);
   }
-  code = (long)lua_tonumber(L, -1);
+  {
+    /* a code that is no whole number in int range (2e21, 200.5, 1e400) is never
+     * success and converting it to long would be undefined (found by fuzz/) */
+    lua_Number n = lua_tonumber(L, -1);
+    code = (n >= -2147483648.0 && n <= 2147483647.0 && n == (lua_Number)(long)n) ? (long)n : -1;
+  }
   lua_pop(L, 1);
   if (code != 200) return api_error(L, c, x, code, 1, msg_idx, task_id);
   if (!ok2xx) return api_error(L, c, x, x->status, 0, msg_idx, task_id); /* body says fine */
+  lua_getfield(L, body, "success"); /* the upload host's envelope */
+  if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+    lua_pop(L, 1);
+    kie_push_error(L, c, "http", "", 0);
+    lua_pushfstring(L, "%s: success is false", op_name(x->op));
+    if (msg_idx) {
+      lua_pushliteral(L, ": ");
+      lua_pushvalue(L, msg_idx);
+      lua_concat(L, 3);
+    }
+    lua_setfield(L, -2, "message");
+    set_int(L, "code", code);
+    decorate(L, x, task_id);
+    return 2;
+  }
+  lua_pop(L, 1);
   lua_getfield(L, body, "data");
   switch (x->op) {
   case KIE_OP_CREATE:

@@ -9,6 +9,12 @@
  *    sequential calls reuse one TCP connection and one TLS session.
  *  - TLS verification is always on; redirects are never followed (the key would
  *    travel with them); only http and https are allowed.
+ *  - Three header lists: JSON calls carry auth + JSON headers, multipart uploads
+ *    (KIE_OP_UPLOAD) the same without Content-Type (libcurl writes the boundary),
+ *    downloads (KIE_OP_FETCH) none at all, so a file host never sees the key.
+ *  - kie_xfer_prepare/kie_xfer_launch split kie_xfer_start for callers that set
+ *    more options in between (upload.c's form); on failure both free the transfer
+ *    but leave its sink to the caller, who opened it.
  *  - curl_global_init is not thread-safe before 7.84; kie_global_init is guarded by
  *    a pthread once so several lua_States in several threads may load the module.
  */
@@ -124,11 +130,22 @@ const char *kie_client_setup(kie_client *c) {
   h = t;
   if ((t = curl_slist_append(h, "Accept: application/json")) == NULL) goto oom;
   h = t;
-  if ((t = curl_slist_append(h, "Content-Type: application/json")) == NULL) goto oom;
-  h = t;
   if ((t = curl_slist_append(h, "Expect:")) == NULL) goto oom;
   h = t;
-  c->headers = h;
+  /* multipart uploads: the same headers without Content-Type (libcurl sets the
+   * multipart one with its boundary) */
+  c->form_headers = h;
+  t = NULL;
+  for (; h != NULL; h = h->next) {
+    struct curl_slist *u = curl_slist_append(t, h->data);
+    if (u == NULL) { curl_slist_free_all(t); return "out of memory"; }
+    t = u;
+  }
+  c->headers = t;
+  if ((t = curl_slist_append(c->headers, "Content-Type: application/json")) == NULL) {
+    return "out of memory";
+  }
+  c->headers = t;
   return NULL;
 oom:
   curl_slist_free_all(h);
@@ -143,9 +160,11 @@ void kie_client_teardown(kie_client *c) {
   if (c->multi) curl_multi_cleanup(c->multi);
   if (c->share) curl_share_cleanup(c->share);
   curl_slist_free_all(c->headers);
+  curl_slist_free_all(c->form_headers);
   c->multi = NULL;
   c->share = NULL;
   c->headers = NULL;
+  c->form_headers = NULL;
 }
 
 static CURL *take_easy(kie_client *c) {
@@ -181,7 +200,11 @@ static int set_common(kie_client *c, kie_xfer *x, const char *url) {
   if (c->proxy) bad |= curl_easy_setopt(e, CURLOPT_PROXY, c->proxy) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_USERAGENT, c->user_agent) != CURLE_OK;
   /* a download goes to a file host: it never carries the key */
-  if (x->op != KIE_OP_FETCH) bad |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers) != CURLE_OK;
+  if (x->op == KIE_OP_UPLOAD) {
+    bad |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->form_headers) != CURLE_OK;
+  } else if (x->op != KIE_OP_FETCH) {
+    bad |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers) != CURLE_OK;
+  }
   bad |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, c->timeout_ms) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->cap) != CURLE_OK;
@@ -195,9 +218,14 @@ static int set_common(kie_client *c, kie_xfer *x, const char *url) {
   return !bad;
 }
 
-kie_xfer *kie_xfer_start(kie_client *c, kie_op op, const char *method, const char *url,
-                         const char *body, size_t len, FILE *sink, size_t cap,
-                         const char **why) {
+/* Frees a transfer that failed to start; its sink stays the caller's to close. */
+static void drop(kie_client *c, kie_xfer *x) {
+  x->sink = NULL;
+  kie_xfer_free(c, x);
+}
+
+kie_xfer *kie_xfer_prepare(kie_client *c, kie_op op, const char *url, FILE *sink, size_t cap,
+                           const char **why) {
   kie_xfer *x = calloc(1, sizeof(*x));
   if (x == NULL) { *why = "out of memory"; return NULL; }
   x->client = c;
@@ -211,7 +239,28 @@ kie_xfer *kie_xfer_start(kie_client *c, kie_op op, const char *method, const cha
   x->next = c->live;
   if (c->live) c->live->prev = x;
   c->live = x;
-  if (!set_common(c, x, url)) { *why = "libcurl refused an option"; goto fail; }
+  if (!set_common(c, x, url)) {
+    *why = "libcurl refused an option";
+    drop(c, x);
+    return NULL;
+  }
+  return x;
+}
+
+kie_xfer *kie_xfer_launch(kie_client *c, kie_xfer *x, const char **why) {
+  if (curl_multi_add_handle(c->multi, x->easy) != CURLM_OK) {
+    *why = "libcurl refused the transfer";
+    drop(c, x);
+    return NULL;
+  }
+  return x;
+}
+
+kie_xfer *kie_xfer_start(kie_client *c, kie_op op, const char *method, const char *url,
+                         const char *body, size_t len, FILE *sink, size_t cap,
+                         const char **why) {
+  kie_xfer *x = kie_xfer_prepare(c, op, url, sink, cap, why);
+  if (x == NULL) return NULL;
   if (body != NULL) {
     if (!kie_buf_append(&x->req, body, len) && len > 0) { *why = "out of memory"; goto fail; }
     curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, x->req.data ? x->req.data : "");
@@ -223,13 +272,9 @@ kie_xfer *kie_xfer_start(kie_client *c, kie_op op, const char *method, const cha
   } else if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0) {
     curl_easy_setopt(x->easy, CURLOPT_CUSTOMREQUEST, method);
   }
-  if (curl_multi_add_handle(c->multi, x->easy) != CURLM_OK) {
-    *why = "libcurl refused the transfer";
-    goto fail;
-  }
-  return x;
+  return kie_xfer_launch(c, x, why);
 fail:
-  kie_xfer_free(c, x);
+  drop(c, x);
   return NULL;
 }
 
@@ -321,8 +366,15 @@ void kie_xfer_free(kie_client *c, kie_xfer *x) {
   if (x->next) x->next->prev = x->prev;
   if (x->easy) {
     if (c->multi) curl_multi_remove_handle(c->multi, x->easy);
+    if (x->mime != NULL) {
+      /* unbind the form from the easy handle before freeing it */
+      curl_easy_setopt(x->easy, CURLOPT_MIMEPOST, (curl_mime *)NULL);
+      curl_mime_free(x->mime);
+      x->mime = NULL;
+    }
     give_easy(c, x->easy);
   }
+  if (x->mime != NULL) curl_mime_free(x->mime);
   if (x->sink != NULL) fclose(x->sink);
   kie_buf_free(&x->req);
   kie_buf_free(&x->resp);

@@ -11,6 +11,7 @@ local ratelimit = require "kie.ratelimit"
 local schedule = require "kie.schedule"
 local scheduler = require "kie.scheduler"
 local journal = require "kie.journal"
+local files = require "kie.files"
 
 local type, pairs, ipairs, tostring, setmetatable, pcall, error, select =
   type, pairs, ipairs, tostring, setmetatable, pcall, error, select
@@ -109,6 +110,34 @@ local function _policy(o, idempotent)
   return pol
 end
 
+-- A redactor for server text the core hands over unredacted (a task's failMsg,
+-- failCode): the key stays in the core; only its length and a salted HMAC of it
+-- are kept, and every window of that length is compared by HMAC. nil when the
+-- core cannot HMAC (a minimal fake core).
+local function _redactor(core, key)
+  local hmac = core.hmac_sha256_base64
+  if type(hmac) ~= "function" or type(key) ~= "string" or key == "" then return nil end
+  local salt = tostring({}) .. tostring(math.random()) .. tostring(os.time())
+  local want, n = hmac(salt, key), #key
+  return function(s)
+    if type(s) ~= "string" or #s < n then return s end
+    local out, i, from, last = {}, 1, 1, #s - n + 1
+    while i <= last do
+      if hmac(salt, s:sub(i, i + n - 1)) == want then
+        out[#out + 1] = s:sub(from, i - 1)
+        out[#out + 1] = "[redacted]"
+        i = i + n
+        from = i
+      else
+        i = i + 1
+      end
+    end
+    if from == 1 then return s end
+    out[#out + 1] = s:sub(from)
+    return concat(out)
+  end
+end
+
 --- Makes a client (see `kie.new`).
 function Client.new(user)
   local o = _options(user)
@@ -119,12 +148,14 @@ function Client.new(user)
   if not ok then
     error((tostring(handle):gsub("^kie%.core%.new", "kie.new")), 2)
   end
+  local redact = _redactor(core, o.api_key)
   o.api_key = nil -- kept only inside the core
   o.core = nil
   local limits = o.rate_limits or {}
   local self = setmetatable({
     _core = handle,
     _mod = core,
+    _redact = redact,
     _opts = o,
     _create_policy = _policy(o, false),
     _read_policy = _policy(o, true),
@@ -263,6 +294,7 @@ function Client:step(timeout_ms)
   end
   local core = self._core
   local n, ids = core:step(ms)
+  if self._watch then files.watch(self, raised) end -- download progress callbacks
   if ids then
     for i = 1, #ids do
       local id = ids[i]
@@ -278,6 +310,8 @@ function Client:step(timeout_ms)
   end
   self:_run_due(raised)
   if raised[1] ~= nil then error(raised[1], 0) end
+  -- count again: the coroutines resumed above may have started new transfers
+  if core.pending then n = core:pending() end
   return n + #self._timers + #self._deferred
 end
 
@@ -300,16 +334,26 @@ function Client:wakeup()
   self._core:wakeup()
 end
 
--- Runs fn in a coroutine; cb(results) is called once, from step.
+-- Runs fn in a coroutine; cb(results) is called once, from step. cb always goes
+-- through the deferred queue, so that it never runs inside the *_async call (fn
+-- may raise before its first yield) and an error it raises is collected by step,
+-- after the other callbacks, instead of cutting the step short.
 function Client:_async(cb, fn)
   if cb ~= nil and type(cb) ~= "function" then error("callback must be a function", 3) end
+  local on_done
+  if cb then
+    on_done = function(...)
+      local r = { n = select("#", ...), ... }
+      self:_defer(function() return cb(unpack(r, 1, r.n)) end)
+    end
+  end
   return scheduler.start(function()
     local r = { n = 0 }
     local function keep(...) r = { n = select("#", ...), ... } end
     keep(fn())
     scheduler.wait_for{ client = self, wake = -huge } -- hand results over in step
     return unpack(r, 1, r.n)
-  end, cb)
+  end, on_done)
 end
 
 -- the calls ----------------------------------------------------------------------
@@ -392,12 +436,30 @@ function Client:create_task(request, opts)
   return res
 end
 
--- An idempotent read: paced by the poll limiter, retried with backoff.
+-- Waits for a slot of limiter `lim` like lim:acquire(env), but never past
+-- `deadline`: returns false (nothing taken) when the slot comes too late.
+local function _acquire_by(lim, env, deadline)
+  if not deadline then lim:acquire(env) return true end
+  while true do
+    local now = env.now()
+    local d = lim:delay(now)
+    if d <= 0 then lim:take(now) return true end
+    if now + d > deadline then return false end
+    env.sleep(d)
+  end
+end
+
+-- An idempotent read: paced by the poll limiter, retried with backoff. With a
+-- deadline (wait), neither the limiter nor a retry sleeps past it.
 function Client:_read(op, deadline, name, ...)
   local env, lim = self._env, self._poll_lim
   local n, args = select("#", ...), { ... }
   local res, err = retry.call(self._read_policy, env, function()
-    if lim then lim:acquire(env) end
+    if lim and not _acquire_by(lim, env, deadline) then
+      return nil, errors.new("rate_limited", op .. ": the client-side read limit would delay "
+        .. "this request past the deadline; not sent", { op = op, client_side = true,
+        retry_after = lim:delay(env.now()) })
+    end
     self:_log("debug", "request", { op = op })
     local r, e = self:_io(name, unpack(args, 1, n))
     if r == nil and lim and e.kind == "rate_limited" then lim:fill(env.now()) end
@@ -409,6 +471,11 @@ end
 
 function Client:_get(task_id, deadline)
   local info, err = self:_read("get_task", deadline, "get_task", task_id)
+  local redact = self._redact
+  if redact and type(info) == "table" then -- these reach task_failed errors and logs
+    if type(info.failMsg) == "string" then info.failMsg = redact(info.failMsg) end
+    if type(info.failCode) == "string" then info.failCode = redact(info.failCode) end
+  end
   if info and self._journal and (info.state == "success" or info.state == "fail") then
     self._journal:finished(task_id, info.state)
   end
@@ -459,14 +526,25 @@ function Client:wait(task_id, opts)
 end
 
 --- Validates, creates and waits: `client:run{model =, input =, callBackUrl =,
--- wait = {...}, strict = bool}`. Returns the finished task or `nil, err`; an error
--- after the task was created carries its `task_id`.
+-- wait = {...}, strict = bool, upload = {...}}`. Returns the finished task or
+-- `nil, err`; an error after the task was created carries its `task_id`.
+--
+-- Local files: an image field of `input` (`image_url`, `mask_url`,
+-- `reference_image_urls[i]`, `image_urls[i]`, `reference_mask_urls`) that is not
+-- an http(s) URL but names an existing local file is uploaded first (see
+-- `upload`; `upload` holds its options) and replaced by its `downloadUrl`.
+-- `create_task` itself stays strict: it sends exactly one request and takes URLs
+-- only.
 function Client:run(request)
   _check(request, "table", "run: request")
   local req = {}
   for k, v in pairs(request) do
-    if k ~= "wait" and k ~= "strict" then req[k] = v end
+    if k ~= "wait" and k ~= "strict" and k ~= "upload" then req[k] = v end
   end
+  if request.upload ~= nil then _check(request.upload, "table", "run: request.upload") end
+  local lerr
+  req, lerr = files.resolve_local(self, req, request.upload)
+  if not req then return nil, lerr end
   local task, err = self:create_task(req, { strict = request.strict })
   if not task then return nil, err end
   local info, werr = self:wait(task.taskId, request.wait)
@@ -491,7 +569,8 @@ function Client:credits()
   local res, err = self:_read("credits", nil, "call", "GET", "/api/v1/chat/credit")
   if res == nil then return nil, err end
   if type(res) ~= "number" then
-    return nil, errors.new("protocol", "credits: data is not a number", { op = "credits" })
+    return nil, errors.new("protocol", "credits: data is not a number",
+      { op = "credits", status = 200 }) -- a 2xx code-200 answer did arrive
   end
   return res
 end
@@ -504,7 +583,8 @@ function Client:download_url(url)
     { url = url })
   if res == nil then return nil, err end
   if type(res) ~= "string" then
-    return nil, errors.new("protocol", "download_url: data is not a URL string", { op = "download_url" })
+    return nil, errors.new("protocol", "download_url: data is not a URL string",
+      { op = "download_url", status = 200 })
   end
   return res
 end
@@ -521,18 +601,24 @@ end
 -- one is asked from `download_url` and tried once. Returns `path` or `nil, err`.
 -- @tparam string url
 -- @tparam string path
--- @tparam[opt] table opts `max_bytes` (default 100 MiB), `refresh` (default true)
+-- @tparam[opt] table opts `max_bytes` (default 100 MiB), `refresh` (default true),
+-- `progress` (`function(bytes_so_far, total_or_nil)`: called from Lua between
+-- transfer steps whenever the count changed, and once at the end with the final
+-- size; it restarts from 0 when a refreshed link is tried; see `kie.files`)
 function Client:download(url, path, opts)
   _check(url, "string", "download: url")
   _check(path, "string", "download: path")
   opts = opts or {}
   local cap = opts.max_bytes or DOWNLOAD_CAP
+  local rep = opts.progress ~= nil and files.reporter(opts.progress) or nil
+  if rep then _check(opts.progress, "function", "download: opts.progress") end
   local tmp = path .. ".part-" .. tostring(os.time()) .. "-" .. tostring(math.random(1e9))
-  local ok, err = self:_io("fetch", url, tmp, cap)
+  local ok, err = files.io(self, Client._io, rep, "fetch", url, tmp, cap)
   if not ok and opts.refresh ~= false and _expired(err) then
     local fresh = self:download_url(url)
-    if fresh then ok, err = self:_io("fetch", fresh, tmp, cap) end
+    if fresh then ok, err = files.io(self, Client._io, rep, "fetch", fresh, tmp, cap) end
   end
+  if ok and rep then rep.finish(err) end -- err is the byte count here
   if not ok then
     os.remove(tmp)
     return nil, wrap(err)
@@ -544,6 +630,21 @@ function Client:download(url, path, opts)
       { op = "download" })
   end
   return path
+end
+
+--- Uploads a file to kie.ai's File Upload API (`upload_url`) and returns its
+-- `data`: `downloadUrl` (use it as an image URL), `fileName`, `filePath`,
+-- `fileSize`, `mimeType`, `uploadedAt`; or `nil, err`. A path is checked first
+-- (exists: else `io`; at most `max_bytes` and a JPEG/PNG/WebP by its magic
+-- bytes: else `validation`) and then streamed from disk; `{data = bytes,
+-- file_name = ...}` goes as Base64 (10 MiB at most); `{url = ...}` lets the
+-- upload host fetch it. Retried like reads. See `kie.files`.
+-- @tparam string|table src a path, `{data = ..., file_name = ...}` or `{url = ...}`
+-- @tparam[opt] table opts `upload_path` (default "kie-lua"), `file_name`,
+-- `max_bytes`, `timeout` (stream upload; default timeout + 1 s per MiB)
+-- @treturn table the upload's data, or `nil, err`
+function Client:upload(src, opts)
+  return files.upload(self, src, opts)
 end
 
 -- callback-style async calls: cb(result, err) once, from step --------------------

@@ -23,9 +23,31 @@ function M.open(path, core)
   return setmetatable({ path = path, _core = core, _done = {} }, Journal)
 end
 
+-- A record whose newline never made it to disk (a crash between the two writes)
+-- would glue itself to the next record and both would be unreadable: before the
+-- first append of this process, end such a tail with a newline.
+function Journal:_end_torn_tail()
+  local f = open(self.path, "rb")
+  if not f then return true end
+  local size = f:seek("end")
+  local last
+  if size and size > 0 then
+    f:seek("set", size - 1)
+    last = f:read(1)
+  end
+  f:close()
+  if last == nil or last == "\n" then return true end
+  return self._core.append_line(self.path, "")
+end
+
 -- Appends one JSON line, durably. Returns true or nil, msg.
 function Journal:_append(rec)
   local line = assert(self._core.encode(rec))
+  if not self._tail_ok then
+    local ok, msg = self:_end_torn_tail()
+    if not ok then return nil, msg end
+    self._tail_ok = true
+  end
   return self._core.append_line(self.path, line)
 end
 

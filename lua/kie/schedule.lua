@@ -13,7 +13,7 @@ local type, pairs, error, tostring, tonumber = type, pairs, error, tostring, ton
 
 local M = {}
 
---- The published bands: `{ until_elapsed, min_delay, max_delay }`, in order.
+-- The published bands: `{ until_elapsed, min_delay, max_delay }`, in order.
 M.bands = {
   { 30, 2, 3 },
   { 120, 5, 10 },

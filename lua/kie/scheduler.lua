@@ -51,12 +51,21 @@ end
 
 -- Runs t until it yields or ends. A yield hands a request table to its client.
 local function step_task(t, ...)
-  local r = pack(resume(t.co, ...))
+  local co = t.co
+  if not co then return end -- already ended (canceled)
+  local r = pack(resume(co, ...))
+  if t.done then
+    -- canceled while it ran (by itself or by code it called): never park it
+    -- again; drop the transfer or timer it has just asked for
+    local req = r[1] and status(co) ~= "dead" and r[2]
+    if type(req) == "table" and req.client then req.client:_unpark(t, req) end
+    return
+  end
   if not r[1] then
     local msg = tostring(r[2])
     finish(t, pack(nil, errors.new("raised", "spawned function raised: " .. msg,
-      { traceback = traceback(t.co, msg) })))
-  elseif status(t.co) == "dead" then
+      { traceback = traceback(co, msg) })))
+  elseif status(co) == "dead" then
     finish(t, pack(unpack(r, 2, r.n)))
   else
     local req = r[2]

@@ -1,0 +1,153 @@
+-- Issue 3 acceptance, part 2: client-side rate limits against the mock with an
+-- injected fake clock (advanced only by sleep). kie.ai allows 20 creates per 10 s
+-- and 10 status reads per second; the client must never send more.
+local kie = require "kie"
+local mock = require "spec.support.mock"
+
+local KEY = "sk-ratelimit-spec-7c1e"
+
+local function request(i)
+  return {
+    model = "ideogram/character",
+    input = { prompt = "fox " .. i, reference_image_urls = { "https://example.com/ref.png" } },
+  }
+end
+
+-- the largest number of times within any half-open window [t, t + width)
+local function max_in_window(times, width)
+  table.sort(times)
+  local best, j = 0, 1
+  for i = 1, #times do
+    while times[i] - times[j] >= width do j = j + 1 end
+    if i - j + 1 > best then best = i - j + 1 end
+  end
+  return best
+end
+
+describe("reliability: client-side rate limits (fake clock) #integration", function()
+  local m
+
+  lazy_setup(function()
+    m = mock.start{ api_key = KEY, pace = 0 }
+  end)
+  lazy_teardown(function()
+    if m then m:stop() end
+  end)
+
+  -- a client whose clock moves only when it sleeps; records the fake time of
+  -- every request it sends, per op
+  local function fake_client(extra)
+    local clock = { t = 1000, slept = {} }
+    local sent = {}
+    local opts = {
+      api_key = KEY, base_url = m.url, timeout = 5,
+      now = function() return clock.t end,
+      sleep = function(s)
+        assert(s >= 0, "negative sleep")
+        clock.slept[#clock.slept + 1] = s
+        clock.t = clock.t + s
+      end,
+      random = function() return 0.5 end,
+      logger = function(_, message, fields)
+        if message == "request" then
+          sent[fields.op] = sent[fields.op] or {}
+          table.insert(sent[fields.op], clock.t)
+        end
+      end,
+    }
+    for k, v in pairs(extra or {}) do opts[k] = v end
+    return kie.new(opts), clock, sent
+  end
+
+  it("never sends more than 20 creates in any 10 s window", function()
+    local c, clock, sent = fake_client()
+    local before = m:count("/api/v1/jobs/createTask")
+    for i = 1, 25 do
+      local t, err = c:create_task(request(i))
+      assert.is_nil(err and tostring(err))
+      assert.is_string(t.taskId)
+    end
+    local times = sent.create_task
+    assert.equals(25, #times)
+    assert.equals(25, m:count("/api/v1/jobs/createTask") - before)
+    assert.is_true(max_in_window(times, 10) <= 20, "more than 20 creates in 10 s")
+    -- the first 20 go at once, the 21st waits for the window (not much longer)
+    assert.equals(times[1], times[20])
+    assert.is_true(times[21] - times[1] >= 10)
+    assert.is_true(times[21] - times[1] < 10.5)
+    assert.is_true(clock.t - 1000 < 11)
+    -- the mock never had to say 429
+    for _, r in ipairs(m:requests("/api/v1/jobs/createTask")) do
+      assert.is_nil(r.fault)
+    end
+    c:close()
+  end)
+
+  it("never sends more than 10 status reads in any 1 s window (get_task and credits share it)", function()
+    local helper = kie.new{ api_key = KEY, base_url = m.url, rate_limits = { create = false } }
+    local task = assert(helper:create_task(request(0)))
+    helper:close()
+    local c, _, sent = fake_client()
+    local times = {}
+    for i = 1, 15 do
+      local info, err = c:get_task(task.taskId)
+      assert.is_nil(err and tostring(err))
+      assert.equals(task.taskId, info.taskId)
+      if i % 3 == 0 then assert.is_number((c:credits())) end
+    end
+    for _, op in ipairs{ "get_task", "credits" } do
+      for _, t in ipairs(sent[op]) do times[#times + 1] = t end
+    end
+    assert.equals(20, #times)
+    assert.is_true(max_in_window(times, 1) <= 10, "more than 10 reads in 1 s")
+    table.sort(times)
+    assert.is_true(times[11] - times[1] >= 1)
+    assert.is_true(times[20] - times[1] < 2.5)
+    c:close()
+  end)
+
+  it("keeps the create and read budgets apart", function()
+    local c, clock, sent = fake_client()
+    local start = clock.t
+    local ids = {}
+    for i = 1, 20 do ids[i] = assert(c:create_task(request(i))).taskId end
+    for i = 1, 10 do assert(c:get_task(ids[i])) end
+    assert.equals(start, clock.t) -- 20 creates + 10 reads: nobody waited
+    assert.equals(10, #sent.get_task)
+    c:close()
+  end)
+
+  it("after a 429 on create waits out the whole window before the retry", function()
+    local c, clock, sent = fake_client{ retry = { base = 0.01, cap = 0.05, rate_limit_floor = 0.01 } }
+    local before = m:count("/api/v1/jobs/createTask")
+    m:fault{ path = "/api/v1/jobs/createTask", fault = "rate_limit", times = 1 }
+    local t, err = c:create_task(request("429"))
+    assert.is_nil(err and tostring(err))
+    assert.is_string(t.taskId)
+    assert.equals(2, m:count("/api/v1/jobs/createTask") - before)
+    local times = sent.create_task
+    assert.equals(2, #times)
+    assert.is_true(times[2] - times[1] >= 10, "retried after " .. (times[2] - times[1]) .. " s")
+    assert.is_true(clock.t - times[1] < 10.5)
+    c:close()
+  end)
+
+  it("honours Retry-After on reads (and a 429 fills the read window)", function()
+    local c, _, sent = fake_client{ retry = { base = 0.01, cap = 0.05, rate_limit_floor = 0.01 } }
+    m:fault{ path = "/api/v1/chat/credit", fault = "rate_limit", retry_after = 3, times = 1 }
+    assert.is_number((c:credits()))
+    local times = sent.credits
+    assert.equals(2, #times)
+    assert.is_true(times[2] - times[1] >= 3)
+    assert.is_true(times[2] - times[1] < 3.5)
+    c:close()
+  end)
+
+  it("can be configured (rate_limits) and switched off", function()
+    local c, _, sent = fake_client{ rate_limits = { create = { limit = 2, window = 1 }, poll = false } }
+    for i = 1, 5 do assert(c:create_task(request(i))) end
+    assert.is_true(max_in_window(sent.create_task, 1) <= 2)
+    assert.is_true(sent.create_task[5] - sent.create_task[1] >= 2)
+    c:close()
+  end)
+end)
