@@ -64,6 +64,8 @@ for st in $stages; do
   case "$st" in
   unit)
     check build-lua5.4 build lua5.4
+    check build-luajit build luajit # for the nginx specs
+    check docs make -s docs
     run_busted "specs-lua5.4" lua5.4 build/lua5.4 spec
     ;;
   versions)

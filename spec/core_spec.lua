@@ -267,10 +267,19 @@ describe("kie.core against the mock #core", function()
     assert.is_nil(e.code)
     assert.is_true(e.retryable)
     assert.matches("non%-JSON", e.message)
+    -- a gateway's 5xx page may hide a created task: a create reports unknown_outcome
     m:fault{ path = "/api/v1/jobs/createTask", fault = "html_502" }
     r, e = c:create_task(REQ)
-    assert.equals("http", e.kind)
+    assert.equals("unknown_outcome", e.kind)
+    assert.equals("http", e.cause)
+    assert.equals(502, e.status)
     assert.is_false(e.retryable)
+    -- while a 4xx page is a refusal
+    m:fault{ path = "/api/v1/jobs/createTask", fault = "raw", status = 403, body = "<html>no</html>",
+      content_type = "text/html" }
+    r, e = c:create_task(REQ)
+    assert.equals("http", e.kind)
+    assert.equals(403, e.status)
   end)
 
   it("maps broken, truncated and wrongly shaped JSON to protocol", function()
@@ -282,10 +291,13 @@ describe("kie.core against the mock #core", function()
       assert.is_false(e.retryable)
       assert.equals(200, e.status)
     end
+    -- for a create, an unreadable answer means the task may exist
     m:fault{ path = "/api/v1/jobs/createTask", fault = "wrong_shape" }
     local r, e = c:create_task(REQ)
     assert.is_nil(r)
-    assert.equals("protocol", e.kind)
+    assert.equals("unknown_outcome", e.kind)
+    assert.equals("protocol", e.cause)
+    assert.matches("may exist", e.message)
   end)
 
   it("caps the response body (too_large)", function()

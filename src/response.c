@@ -252,7 +252,42 @@ static void push_excerpt(lua_State *L, kie_client *c, kie_xfer *x) {
   }
 }
 
+/* For a create, turns the error on top into unknown_outcome when the server got
+ * the request and may have created the task: its answer was unreadable
+ * (protocol, too_large) or a gateway's 5xx page (http): [-0, +0]. */
+static void create_outcome(lua_State *L, kie_client *c, kie_xfer *x) {
+  const char *kind;
+  lua_getfield(L, -1, "kind");
+  kind = lua_tostring(L, -1);
+  if (kind != NULL && (strcmp(kind, "protocol") == 0 || strcmp(kind, "too_large") == 0 ||
+                       (strcmp(kind, "http") == 0 && x->status >= 500))) {
+    lua_setfield(L, -2, "cause");
+    lua_pushliteral(L, "unknown_outcome");
+    lua_setfield(L, -2, "kind");
+    lua_pushliteral(L, "create_task: the request reached the server but its answer was not "
+                       "understood (");
+    lua_getfield(L, -2, "message");
+    lua_pushliteral(L, "); the task may exist and was not resent");
+    lua_concat(L, 3);
+    lua_setfield(L, -2, "message");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "retryable");
+    (void)c;
+  } else {
+    lua_pop(L, 1);
+  }
+}
+
+static int push_response(lua_State *L, kie_client *c, kie_xfer *x);
+
 int kie_push_response(lua_State *L, kie_client *c, kie_xfer *x) {
+  int n = push_response(L, c, x);
+  if (n == 2 && x->op == KIE_OP_CREATE) create_outcome(L, c, x);
+  return n;
+}
+
+/* Pushes the decoded result of an API exchange: [-0, +1|+2]. */
+static int push_response(lua_State *L, kie_client *c, kie_xfer *x) {
   const char *task_id = x->task_id;
   int ok2xx = x->status >= 200 && x->status < 300;
   int top = lua_gettop(L), body, msg_idx = 0;
