@@ -13,7 +13,7 @@ libcurl4-openssl-dev libssl-dev lua-socket lua-argparse nginx libnginx-mod-http-
 # love comes after it so that apt keeps libluajit2 for LÖVE too.
 test="$runtime lua-busted luarocks valgrind lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev \
 lua5.3 liblua5.3-dev luajit2 libluajit2-5.1-dev lua-check curl lua-ldoc \
-love xvfb xauth libgl1-mesa-dri"
+love xvfb xauth libgl1-mesa-dri clang libclang-rt-14-dev"
 
 case "$group" in
   runtime) want=$runtime ;;

@@ -4,10 +4,11 @@
 # load check, and ends with one line "N passed, N failed".
 #   sh scripts/test.sh            # everything
 #   sh scripts/test.sh STAGE...   # only some: unit versions asan valgrind rock nginx
+#                                 # threads gc fuzz (fuzz is not in the default set)
 set -u
 cd "$(dirname "$0")/.." || exit 2
 
-stages=${*:-"unit versions asan valgrind rock nginx"}
+stages=${*:-"unit versions asan valgrind rock nginx threads gc"}
 # busted is a Lua script: run it with the interpreter under test, so that valgrind
 # and the sanitizers see that very process.
 BUSTED=$(command -v busted) || { echo "test.sh: busted is missing (make deps)" >&2; exit 2; }
@@ -112,6 +113,21 @@ for st in $stages; do
   nginx)
     check build-luajit build luajit
     check nginx-loads-core sh scripts/check-nginx-load.sh
+    ;;
+  threads)
+    check test-threads sh tests/threads/run.sh
+    ;;
+  gc)
+    # the suite again under an aggressive generational collector (make test-gc)
+    check build-lua5.4 build lua5.4
+    log="$out/specs-gc.log"
+    lua5.4 -e 'collectgarbage("generational", 1, 10)' "$BUSTED" --cpath="./build/lua5.4/?.so" \
+      -o TAP --exclude-tags=examples $(ls spec/*_spec.lua | grep -v -e cli_spec -e ngx_spec \
+      -e mock_spec -e demo_spec -e host_spec -e love_spec) >"$log" 2>&1
+    tally specs-gc "$log" $?
+    ;;
+  fuzz)
+    check fuzz env FUZZ_SECONDS="${FUZZ_SECONDS:-60}" sh fuzz/run.sh
     ;;
   *)
     echo "test.sh: unknown stage $st" >&2; exit 2 ;;

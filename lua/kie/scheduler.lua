@@ -20,7 +20,9 @@ local traceback = debug.traceback
 local M = {}
 
 -- coroutine -> task record, for the coroutines this module started
-local tasks = setmetatable({}, { __mode = "k" })
+-- (weak both ways: Lua 5.1 and LuaJIT have no ephemerons, and a task refers back
+-- to its coroutine, so a key-only weak table would keep parked tasks forever)
+local tasks = setmetatable({}, { __mode = "kv" })
 
 local Handle = {}
 Handle.__index = Handle
