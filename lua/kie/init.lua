@@ -26,10 +26,21 @@ local M = {
 M.spawn = scheduler.spawn
 
 --- Makes a client. Every option is optional:
--- `api_key` (default `KIE_API_KEY`), `base_url` (`KIE_BASE_URL`, default
--- https://api.kie.ai), `upload_url` (`KIE_UPLOAD_URL`), `timeout` (30 s per HTTP
--- request), `connect_timeout` (10 s), `max_retries` (4), `ca_file`, `ca_path`,
--- `proxy`, `max_response_bytes` (8 MiB), `logger` (function(level, message, fields)).
+--
+-- * `api_key` (default `KIE_API_KEY`; none at all raises)
+-- * `base_url` (`KIE_BASE_URL`, default https://api.kie.ai), `upload_url`
+--   (`KIE_UPLOAD_URL`, default https://kieai.redpandaai.co)
+-- * `timeout` (30 s per HTTP request), `connect_timeout` (10 s)
+-- * `max_retries` (4 retries after the first attempt), `retry` (`base`, `cap`,
+--   `max_retry_after`, `rate_limit_floor` of the backoff)
+-- * `rate_limits` (`{create = {limit = 20, window = 10}, poll = {limit = 10, window = 1}}`;
+--   `false` for either turns it off)
+-- * `ca_file`, `ca_path`, `proxy`, `max_response_bytes` (8 MiB), `user_agent`
+-- * `journal` (a file path: every created taskId is fsync'd there; see `resume`)
+-- * `strict` (true: an unknown input field of a known model is an error)
+-- * `logger` (`function(level, message, fields)`; never sees the key)
+-- * `now`, `sleep`, `random` (inject the clock, e.g. in tests), `core` (inject a core)
+--
 -- Raises when no key is found or an option is unknown or of the wrong type.
 -- @tparam[opt] table opts
 -- @treturn kie.Client

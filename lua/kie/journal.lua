@@ -75,7 +75,8 @@ function Journal:unfinished()
     if type(rec) == "table" and type(rec.taskId) == "string" then
       if rec.event == "created" then
         if not open_tasks[rec.taskId] then order[#order + 1] = rec.taskId end
-        open_tasks[rec.taskId] = { taskId = rec.taskId, model = rec.model, created = rec.created }
+        local created = type(rec.created) == "number" and math.floor(rec.created) or nil
+        open_tasks[rec.taskId] = { taskId = rec.taskId, model = rec.model, created = created }
       elseif rec.event == "finished" then
         open_tasks[rec.taskId] = false
         self._done[rec.taskId] = true

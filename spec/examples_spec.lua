@@ -1,0 +1,50 @@
+-- The scripts in examples/, run as a user would without KIE_API_KEY: each starts
+-- the built-in mock kie.ai server itself.
+
+local PNG = "\137PNG\r\n\26\n"
+
+-- Runs `lua5.4 <script>` from the repository root; returns stdout and whether it exited 0.
+local function run(script)
+  -- the examples always load the plain Lua 5.4 build, whichever build this suite uses
+  assert.truthy(os.execute("env -u LD_PRELOAD make -s build LUA=lua5.4 >/dev/null 2>&1"))
+  local p = assert(io.popen("env -u KIE_API_KEY -u KIE_WEBHOOK_KEY -u LD_PRELOAD lua5.4 "
+    .. script .. " 2>/dev/null"))
+  local out = p:read("*a")
+  local ok = p:close()
+  return out, ok
+end
+
+local function head(path, n)
+  local f = assert(io.open(path, "rb"))
+  local h = f:read(n)
+  f:close()
+  return h
+end
+
+describe("examples #examples", function()
+  it("batch.lua downloads one PNG per prompt and prints every path", function()
+    local out, ok = run("examples/batch.lua")
+    assert.truthy(ok, out)
+    local paths, tasks = {}, {}
+    for line in out:gmatch("[^\n]+") do paths[#paths + 1] = line end
+    assert.equals(6, #paths, out) -- six prompts, one image each
+    for _, path in ipairs(paths) do
+      local task = path:match("^out/(task_[%w_]+)%-1%.png$")
+      assert.truthy(task, "not a result path: " .. path)
+      assert.is_nil(tasks[task], "task printed twice: " .. task)
+      tasks[task] = true
+      assert.equals(PNG, head(path, 8))
+      os.remove(path)
+    end
+  end)
+
+  it("callback_receiver.lua verifies the mock's signed callback", function()
+    local out, ok = run("examples/callback_receiver.lua")
+    assert.truthy(ok, out)
+    local task, state = out:match("^verified (task_[%w_]+) (%a+)\n")
+    assert.truthy(task, out)
+    assert.equals("success", state)
+    -- then the result URLs of that very task
+    assert.matches("\nhttps?://127%.0%.0%.1:%d+/[^\n]*" .. task .. "[^\n]*\n", out)
+  end)
+end)
