@@ -479,4 +479,101 @@ describe("non-blocking engine against the mock", function()
       assert.equals(4, ran)
     end)
   end)
+
+  describe("step work budget", function()
+    -- finished transfers held back by a budget (the client's FIFO)
+    local function queued(cl) return cl._ready.tail - cl._ready.head + 1 end
+
+    it("with budget 0 hands over at most one finished transfer per step; all complete once", function()
+      local calls, per_step_max, steps = {}, 0, 0
+      local N = 8
+      for i = 1, N do
+        c:create_task_async(REQ, function(task, err)
+          assert.is_nil(err)
+          assert.is_string(task.taskId)
+          calls[i] = (calls[i] or 0) + 1
+        end)
+      end
+      local fired = 0
+      local deadline = core.now() + 10
+      while fired < N do
+        assert.is_true(core.now() < deadline, "timed out")
+        c:step(10, 0)
+        steps = steps + 1
+        local now_fired = 0
+        for i = 1, N do now_fired = now_fired + (calls[i] or 0) end
+        if now_fired - fired > per_step_max then per_step_max = now_fired - fired end
+        fired = now_fired
+      end
+      assert.equals(1, per_step_max)
+      assert.is_true(steps >= N)
+      for i = 1, N do assert.equals(1, calls[i]) end
+      assert.equals(0, c:step(0, 0))
+      assert.equals(0, c:step(0))
+    end)
+
+    it("counts queued transfers in step's result and poll_timeout is 0 while any are queued", function()
+      local task = assert(c:create_task(REQ))
+      local N, fired = 5, 0
+      for _ = 1, N do
+        c:get_task_async(task.taskId, function(info, err)
+          assert.is_nil(err)
+          assert.equals(task.taskId, info.taskId)
+          fired = fired + 1
+        end)
+      end
+      -- let every answer arrive, then step with a zero budget
+      local deadline = core.now() + 10
+      local saw_queued = false
+      while fired < N do
+        assert.is_true(core.now() < deadline, "timed out")
+        core.sleep(0.05)
+        local n = c:step(0, 0)
+        assert.equals(N - fired, n)
+        if queued(c) > 0 then
+          saw_queued = true
+          assert.equals(0, c:poll_timeout())
+        end
+      end
+      assert.is_true(saw_queued, "never had finished transfers queued")
+      assert.equals(0, c:step(0))
+      assert.is_nil(c:poll_timeout())
+    end)
+
+    it("a step without a budget hands over everything still queued", function()
+      local N, fired = 12, 0
+      for _ = 1, N do
+        c:create_task_async(REQ, function(t) assert.is_table(t) fired = fired + 1 end)
+      end
+      local deadline = core.now() + 10
+      while queued(c) == 0 do
+        assert.is_true(core.now() < deadline and fired < N, "nothing was queued")
+        core.sleep(0.02) -- answers pile up between frames
+        c:step(0, 0)
+      end
+      local before = fired
+      local n = c:step(0)
+      assert.equals(0, queued(c))
+      assert.is_true(fired > before)
+      assert.equals(N - fired, n)
+      pump(c, function() return fired == N end)
+      assert.equals(0, c:step(0))
+    end)
+
+    it("a budget of many ms hands over every finished transfer at once", function()
+      local N, fired = 4, 0
+      for _ = 1, N do
+        c:create_task_async(REQ, function(t) assert.is_table(t) fired = fired + 1 end)
+      end
+      pump(c, function() return fired == N end)
+      assert.equals(N, fired)
+      assert.equals(0, c:step(0, 1000))
+    end)
+
+    it("rejects a bad budget", function()
+      assert.has_error(function() c:step(0, -1) end)
+      assert.has_error(function() c:step(0, "1") end)
+      assert.has_error(function() c:step(0, 0 / 0) end)
+    end)
+  end)
 end)

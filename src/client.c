@@ -181,12 +181,42 @@ static int launch(lua_State *L, kie_client *c, kie_op op, const char *method, co
   return kie_client_settle(L, c, x, async);
 }
 
+/* base .. path (plen bytes) in buf when it fits, else pushed on the stack (libcurl
+ * copies the URL, so buf only has to outlive the launch): [-0, +0|+1]. */
+static const char *make_url(lua_State *L, char *buf, size_t cap, const char *base,
+                            const char *path, size_t plen) {
+  size_t blen = strlen(base);
+  if (blen + plen < cap) {
+    memcpy(buf, base, blen);
+    memcpy(buf + blen, path, plen);
+    buf[blen + plen] = '\0';
+    return buf;
+  }
+  lua_pushstring(L, base);
+  lua_pushlstring(L, path, plen);
+  lua_concat(L, 2);
+  return lua_tostring(L, -1);
+}
+
 /* Pushes base_url .. path: [-0, +1]. */
 static const char *push_url(lua_State *L, const char *base, const char *path) {
   lua_pushstring(L, base);
   lua_pushstring(L, path);
   lua_concat(L, 2);
   return lua_tostring(L, -1);
+}
+
+/* True if s has only the characters curl_easy_escape leaves as they are. */
+static int url_safe(const char *s, size_t n) {
+  size_t i;
+  for (i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+          ch == '-' || ch == '.' || ch == '_' || ch == '~')) {
+      return 0;
+    }
+  }
+  return 1;
 }
 
 /* Encodes the table at idx; on failure pushes nil, validation error: [-0, +1|+2]. */
@@ -202,11 +232,13 @@ static int create_task(lua_State *L, int async) {
   kie_client *c = check_open(L, 1);
   const char *url, *body;
   size_t len;
+  char buf[KIE_URL_BUF];
+  static const char path[] = "/api/v1/jobs/createTask";
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   if (!encode_body(L, c, 2, "create_task")) return 2;
   body = lua_tolstring(L, 3, &len);
-  url = push_url(L, c->base_url, "/api/v1/jobs/createTask");
+  url = make_url(L, buf, sizeof(buf), c->base_url, path, sizeof(path) - 1);
   return launch(L, c, KIE_OP_CREATE, "POST", url, body, len, NULL, 0, NULL, async);
 }
 
@@ -217,12 +249,24 @@ static int get_task(lua_State *L, int async) {
   const char *id = luaL_checklstring(L, 2, &n);
   char *esc;
   const char *url;
+  char buf[KIE_URL_BUF];
   lua_settop(L, 2);
   if (n == 0) {
     int r = kie_push_error(L, c, "validation", "get_task: task_id is empty", 0);
     lua_pushliteral(L, "get_task");
     lua_setfield(L, -2, "op");
     return r;
+  }
+  if (url_safe(id, n)) { /* task ids are: no escaping, no Lua string */
+    static const char pre[] = "/api/v1/jobs/recordInfo?taskId=";
+    size_t blen = strlen(c->base_url);
+    if (blen + sizeof(pre) - 1 + n < sizeof(buf)) {
+      memcpy(buf, c->base_url, blen);
+      memcpy(buf + blen, pre, sizeof(pre) - 1);
+      memcpy(buf + blen + sizeof(pre) - 1, id, n);
+      buf[blen + sizeof(pre) - 1 + n] = '\0';
+      return launch(L, c, KIE_OP_GET, "GET", buf, NULL, 0, NULL, 0, id, async);
+    }
   }
   esc = curl_easy_escape(NULL, id, (int)n);
   if (esc == NULL) return luaL_error(L, "kie.core: out of memory");

@@ -7,10 +7,12 @@
  *    addresses of statics. No global is read after load.
  *  - lua-cjson 2.1.0 (Debian) encodes an empty table as {}. Every empty container
  *    in this API is an array (image_urls = {}), so an empty table is sent as []
- *    unless its metatable has __jsontype = "object". The rewrite only runs when
- *    the request holds an empty table; otherwise cjson's output is used as is.
+ *    unless its metatable has __jsontype = "object". cjson's output is used as is
+ *    when it holds no "{}"; else the tables are walked and, if one is empty, the
+ *    request is encoded again with the rewrite (a second encode, rare).
  *  - JSON null decodes to nil: cjson.null values are removed from decoded tables
- *    (which leaves holes in arrays that held null).
+ *    (which leaves holes in arrays that held null). The walk only runs when the
+ *    text holds the bytes "null" somewhere, i.e. rarely.
  *  - Depth is bounded at KIE_JSON_DEPTH both ways (cjson's own limit).
  */
 #include <string.h>
@@ -147,9 +149,33 @@ static void unmark(lua_State *L) {
   lua_remove(L, -2);
 }
 
+/* True if the two bytes "{}" occur in s[0..len). */
+static int has_empty_object(const char *s, size_t len) {
+  const char *p = s, *end = s + len;
+  while ((size_t)(end - p) >= 2 && (p = memchr(p, '{', (size_t)(end - p) - 1)) != NULL) {
+    if (p[1] == '}') return 1;
+    p++;
+  }
+  return 0;
+}
+
 int kie_json_encode(lua_State *L, int idx) {
   int empties;
   idx = lua_absindex(L, idx);
+  /* fast path: cjson writes every empty table as {}, so output without "{}" had
+   * none and is final; otherwise (or on failure) the marking path below runs */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &key_encode);
+  lua_pushvalue(L, idx);
+  lua_call(L, 1, 2);
+  if (lua_type(L, -2) == LUA_TSTRING) {
+    size_t n;
+    const char *s = lua_tolstring(L, -2, &n);
+    if (!has_empty_object(s, n)) {
+      lua_pop(L, 1);
+      return 1;
+    }
+  }
+  lua_pop(L, 2);
   empties = count_empty(L, idx, 0);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &key_encode);
   if (empties) copy_marked(L, idx, 0);
@@ -186,6 +212,16 @@ static void strip_null(lua_State *L, int idx, int null_idx, int depth) {
   }
 }
 
+/* True if the 4 bytes "null" occur in s[0..len) (a portable memmem). */
+static int has_null(const char *s, size_t len) {
+  const char *p = s, *end = s + len;
+  while ((size_t)(end - p) >= 4 && (p = memchr(p, 'n', (size_t)(end - p) - 3)) != NULL) {
+    if (p[1] == 'u' && p[2] == 'l' && p[3] == 'l') return 1;
+    p++;
+  }
+  return 0;
+}
+
 int kie_json_decode(lua_State *L, const char *s, size_t len) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &key_decode);
   lua_pushlstring(L, s, len);
@@ -205,7 +241,11 @@ int kie_json_decode(lua_State *L, const char *s, size_t len) {
     lua_pushnil(L);
     return 1;
   }
-  if (lua_type(L, -2) == LUA_TTABLE) strip_null(L, -2, lua_gettop(L), 0);
+  /* a null value needs the token null outside a string, so no "null" in the text
+   * means nothing to strip (\u escapes cannot spell a literal) */
+  if (lua_type(L, -2) == LUA_TTABLE && has_null(s, len)) {
+    strip_null(L, -2, lua_gettop(L), 0);
+  }
   lua_pop(L, 1);
   return 1;
 }

@@ -27,6 +27,8 @@
 #define KIE_CLIENT_MT "kie.core.Client"
 #define KIE_DEFAULT_MAX_RESPONSE (8u * 1024u * 1024u)
 #define KIE_IDLE_EASY 8
+/* URLs up to this size are built on the C stack (longer ones as Lua strings) */
+#define KIE_URL_BUF 512
 
 /* What a transfer is for: decides how its response is decoded and what is retryable. */
 typedef enum { KIE_OP_CREATE = 0, KIE_OP_GET, KIE_OP_CALL, KIE_OP_FETCH, KIE_OP_UPLOAD } kie_op;
@@ -67,6 +69,7 @@ struct kie_client {
   CURLSH *share;
   struct curl_slist *headers;   /* auth + json headers, built once */
   struct curl_slist *form_headers; /* auth headers without Content-Type (multipart) */
+  struct curl_slist *get_headers;  /* auth + Accept: GETs, no body */
   char *api_key;
   char *base_url;               /* no trailing slash */
   char *upload_url;             /* no trailing slash, may be NULL */

@@ -50,24 +50,31 @@ static const char *kind_of(long code, int *retryable) {
   }
 }
 
+/* Returns the first occurrence of key (klen > 0) in [p, end), or NULL. */
+static const char *find_key(const char *p, const char *end, const char *key, size_t klen) {
+  while ((size_t)(end - p) >= klen) {
+    const char *hit = memchr(p, key[0], (size_t)(end - p) - klen + 1);
+    if (hit == NULL) return NULL;
+    if (memcmp(hit, key, klen) == 0) return hit;
+    p = hit + 1;
+  }
+  return NULL;
+}
+
 void kie_push_redacted(lua_State *L, kie_client *c, const char *s, size_t len) {
   size_t klen = c->api_key ? strlen(c->api_key) : 0;
-  const char *p = s, *end = s + len;
+  const char *p = s, *end = s + len, *hit;
   luaL_Buffer b;
-  if (klen == 0) { lua_pushlstring(L, s, len); return; }
-  luaL_buffinit(L, &b);
-  while ((size_t)(end - p) >= klen) {
-    const char *hit = memchr(p, c->api_key[0], (size_t)(end - p) - klen + 1);
-    if (hit == NULL) break;
-    if (memcmp(hit, c->api_key, klen) == 0) {
-      luaL_addlstring(&b, p, (size_t)(hit - p));
-      luaL_addstring(&b, "[redacted]");
-      p = hit + klen;
-    } else {
-      luaL_addlstring(&b, p, (size_t)(hit - p) + 1);
-      p = hit + 1;
-    }
+  if (klen == 0 || (hit = find_key(p, end, c->api_key, klen)) == NULL) {
+    lua_pushlstring(L, s, len); /* the usual case: no key, no buffer */
+    return;
   }
+  luaL_buffinit(L, &b);
+  do {
+    luaL_addlstring(&b, p, (size_t)(hit - p));
+    luaL_addstring(&b, "[redacted]");
+    p = hit + klen;
+  } while ((hit = find_key(p, end, c->api_key, klen)) != NULL);
   luaL_addlstring(&b, p, (size_t)(end - p));
   luaL_pushresult(&b);
 }

@@ -5,13 +5,19 @@
  *    buffers (with a size cap) or copy a header into a fixed array, so a Lua error
  *    can never unwind through libcurl frames.
  *  - Connections live in the multi handle's cache, DNS and TLS sessions in a share
- *    handle, and easy handles are recycled (curl_easy_reset keeps their caches), so
- *    sequential calls reuse one TCP connection and one TLS session.
+ *    handle, and easy handles are recycled without curl_easy_reset: the options that
+ *    never change (TLS verification, protocols, share, callbacks) are set once when
+ *    a handle is made, and every request sets all the others (URL, headers, method,
+ *    body, cap, timeout, callback data), so nothing leaks from one request to the
+ *    next. Sequential calls reuse one TCP connection and one TLS session.
+ *  - No Accept-Encoding: the API's answers are small JSON and downloads are images
+ *    (already compressed); decoding cost more CPU than it saved on the wire.
  *  - TLS verification is always on; redirects are never followed (the key would
  *    travel with them); only http and https are allowed.
- *  - Three header lists: JSON calls carry auth + JSON headers, multipart uploads
- *    (KIE_OP_UPLOAD) the same without Content-Type (libcurl writes the boundary),
- *    downloads (KIE_OP_FETCH) none at all, so a file host never sees the key.
+ *  - Four header lists: JSON calls carry auth + JSON headers, GETs auth + Accept
+ *    only, multipart uploads (KIE_OP_UPLOAD) auth + Accept + Expect (libcurl
+ *    writes Content-Type with the boundary), downloads (KIE_OP_FETCH) none at
+ *    all, so a file host never sees the key.
  *  - kie_xfer_prepare/kie_xfer_launch split kie_xfer_start for callers that set
  *    more options in between (upload.c's form); on failure both free the transfer
  *    but leave its sink to the caller, who opened it.
@@ -146,6 +152,15 @@ const char *kie_client_setup(kie_client *c) {
     return "out of memory";
   }
   c->headers = t;
+  /* GETs: the key and Accept only (no body, so no Content-Type and no Expect) */
+  t = NULL;
+  for (h = c->form_headers; h != NULL; h = h->next) {
+    struct curl_slist *u;
+    if (strncmp(h->data, "Expect:", 7) == 0) continue;
+    if ((u = curl_slist_append(t, h->data)) == NULL) { curl_slist_free_all(t); return "out of memory"; }
+    t = u;
+  }
+  c->get_headers = t;
   return NULL;
 oom:
   curl_slist_free_all(h);
@@ -161,30 +176,17 @@ void kie_client_teardown(kie_client *c) {
   if (c->share) curl_share_cleanup(c->share);
   curl_slist_free_all(c->headers);
   curl_slist_free_all(c->form_headers);
+  curl_slist_free_all(c->get_headers);
+  c->get_headers = NULL;
   c->multi = NULL;
   c->share = NULL;
   c->headers = NULL;
   c->form_headers = NULL;
 }
 
-static CURL *take_easy(kie_client *c) {
-  if (c->nidle > 0) {
-    CURL *e = c->idle[--c->nidle];
-    curl_easy_reset(e);
-    return e;
-  }
-  return curl_easy_init();
-}
-
-static void give_easy(kie_client *c, CURL *e) {
-  if (c->nidle < KIE_IDLE_EASY && !c->closed) c->idle[c->nidle++] = e;
-  else curl_easy_cleanup(e);
-}
-
-static int set_common(kie_client *c, kie_xfer *x, const char *url) {
-  CURL *e = x->easy;
+/* Options that never change for a client: set once, when the easy handle is made. */
+static int set_fixed(kie_client *c, CURL *e) {
   int bad = 0;
-  bad |= curl_easy_setopt(e, CURLOPT_URL, url) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_SHARE, c->share) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK;
@@ -199,22 +201,60 @@ static int set_common(kie_client *c, kie_xfer *x, const char *url) {
   if (c->ca_path) bad |= curl_easy_setopt(e, CURLOPT_CAPATH, c->ca_path) != CURLE_OK;
   if (c->proxy) bad |= curl_easy_setopt(e, CURLOPT_PROXY, c->proxy) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_USERAGENT, c->user_agent) != CURLE_OK;
-  /* a download goes to a file host: it never carries the key */
-  if (x->op == KIE_OP_UPLOAD) {
-    bad |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->form_headers) != CURLE_OK;
-  } else if (x->op != KIE_OP_FETCH) {
-    bad |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers) != CURLE_OK;
-  }
-  bad |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, c->timeout_ms) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->cap) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "") != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_WRITEDATA, x) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header) != CURLE_OK;
+  return !bad;
+}
+
+/* A recycled handle keeps its options (no curl_easy_reset): set_request overwrites
+ * every option a request may change. A new handle gets the fixed ones first. */
+static CURL *take_easy(kie_client *c) {
+  CURL *e;
+  if (c->nidle > 0) return c->idle[--c->nidle];
+  e = curl_easy_init();
+  if (e != NULL && !set_fixed(c, e)) {
+    curl_easy_cleanup(e);
+    e = NULL;
+  }
+  return e;
+}
+
+static void give_easy(kie_client *c, CURL *e) {
+  if (c->nidle < KIE_IDLE_EASY && !c->closed) {
+    /* no pointer into the freed transfer stays in an idle handle */
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, (char *)NULL);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)NULL);
+    c->idle[c->nidle++] = e;
+  } else {
+    curl_easy_cleanup(e);
+  }
+}
+
+/* Per-request options, all of them on every request so that nothing of a previous
+ * request on a recycled handle (an upload's form, headers or timeout, a download's
+ * missing headers, a POST body) carries over. The method is set by kie_xfer_start
+ * (or the form by upload.c); here it is a GET with no body. */
+static int set_request(kie_client *c, kie_xfer *x, const char *url) {
+  CURL *e = x->easy;
+  struct curl_slist *h = NULL;
+  int bad = 0;
+  bad |= curl_easy_setopt(e, CURLOPT_URL, url) != CURLE_OK;
+  /* a download goes to a file host: it never carries the key */
+  if (x->op == KIE_OP_UPLOAD) h = c->form_headers;
+  else if (x->op != KIE_OP_FETCH) h = c->headers;
+  bad |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, h) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, c->timeout_ms) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->cap) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_WRITEDATA, x) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_HEADERDATA, x) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_PRIVATE, x) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, (char *)NULL) != CURLE_OK;
+  /* POSTFIELDS first: it switches the method to POST, HTTPGET switches it back
+   * (and clears CURLOPT_UPLOAD / NOBODY) */
+  bad |= curl_easy_setopt(e, CURLOPT_POSTFIELDS, (char *)NULL) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_HTTPGET, 1L) != CURLE_OK;
   return !bad;
 }
 
@@ -239,7 +279,7 @@ kie_xfer *kie_xfer_prepare(kie_client *c, kie_op op, const char *url, FILE *sink
   x->next = c->live;
   if (c->live) c->live->prev = x;
   c->live = x;
-  if (!set_common(c, x, url)) {
+  if (!set_request(c, x, url)) {
     *why = "libcurl refused an option";
     drop(c, x);
     return NULL;
@@ -271,6 +311,8 @@ kie_xfer *kie_xfer_start(kie_client *c, kie_op op, const char *method, const cha
     curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0);
   } else if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0) {
     curl_easy_setopt(x->easy, CURLOPT_CUSTOMREQUEST, method);
+  } else if (body == NULL && op != KIE_OP_FETCH) {
+    curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, c->get_headers);
   }
   return kie_xfer_launch(c, x, why);
 fail:

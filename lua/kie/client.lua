@@ -165,6 +165,8 @@ function Client.new(user)
     _parked = {},   -- transfer id -> spawned task waiting for it
     _timers = {},   -- sorted by .at: {at =, task =}
     _deferred = {}, -- functions to call at the next step
+    _ready = { head = 1, tail = 0 }, -- FIFO of finished transfer ids not yet handed over
+    _retry_loggers = {}, -- op -> on_retry function
   }, Client)
   local blocking_sleep = o.sleep or core.sleep
   self._blocking_sleep = blocking_sleep
@@ -202,23 +204,37 @@ function Client:_log(level, message, fields)
   end
 end
 
+-- The on_retry function of retry.call for operation `op`: one per client and op,
+-- made on first use.
 local function _retry_logger(self, op)
-  return function(err, attempt, delay)
+  local cache = self._retry_loggers
+  local f = cache[op]
+  if f then return f end
+  f = function(err, attempt, delay)
+    if not self._opts.logger then return end
     self:_log("warn", op .. ": retrying after " .. err.kind, {
       op = op, attempt = attempt, delay = delay, kind = err.kind, status = err.status,
       code = err.code, message = err.message,
     })
   end
+  cache[op] = f
+  return f
 end
 
 -- one I/O path, blocking or in a coroutine ---------------------------------------
 
 -- Runs core method `name` (blocking) or `name_start` (in a kie.spawn coroutine,
 -- parking it until step() hands back the result).
+local START = setmetatable({}, { __index = function(t, name)
+  local v = name .. "_start"
+  t[name] = v
+  return v
+end })
+
 function Client:_io(name, ...)
   local core = self._core
   if scheduler.current() then
-    local id, err = core[name .. "_start"](core, ...)
+    local id, err = core[START[name]](core, ...)
     if type(id) ~= "number" then return id, err end
     return scheduler.wait_for{ client = self, id = id }
   end
@@ -277,49 +293,87 @@ function Client:_run_due(raised)
   end
 end
 
+-- Hands finished transfer `id` to the coroutine parked on it (or drops its result
+-- when nobody waits for it any more).
+local function _hand_over(self, core, id)
+  local parked = self._parked
+  local t = parked[id]
+  parked[id] = nil
+  if t then
+    t.parked = nil
+    scheduler.resume(t, core:result(id))
+  else
+    core:result(id) -- nobody waits for it any more
+  end
+end
+
 --- Advances every transfer and timer: never blocks when `timeout_ms` is 0 (the
 -- default), else waits at most that long for activity. Fires callbacks and
 -- resumes coroutines. Returns how many transfers and timers are still pending.
 -- A callback that raised is re-raised here, after the others have run.
+--
+-- `budget_ms` (optional; default: no budget) bounds the work of one step, for a
+-- game frame: once that many milliseconds (by the client's clock) have passed
+-- since step began, transfers that have finished but whose coroutines have not
+-- been resumed yet stay queued (first finished, first resumed) and are handed
+-- over by the next step(s). At least one is handed over per step, so `budget_ms`
+-- 0 means one per step. Queued transfers count in the return value, and
+-- `poll_timeout()` is 0 while any are queued (such a step does not wait).
 -- @tparam[opt=0] integer timeout_ms
-function Client:step(timeout_ms)
+-- @tparam[opt] number budget_ms
+-- @treturn integer transfers (running or queued), timers and callbacks pending
+function Client:step(timeout_ms, budget_ms)
   timeout_ms = timeout_ms or 0
+  if budget_ms ~= nil and (type(budget_ms) ~= "number" or budget_ms ~= budget_ms or budget_ms < 0) then
+    error("step: budget_ms must be a number >= 0, got " .. tostring(budget_ms), 2)
+  end
+  local now = self._env.now
+  local deadline = budget_ms and now() + budget_ms / 1000
   local raised = {}
   self:_run_due(raised)
+  local q = self._ready
   local ms = timeout_ms
-  if #self._deferred > 0 then ms = 0 end
+  if #self._deferred > 0 or q.head <= q.tail then ms = 0 end
   local nt = self._timers[1]
   if nt and ms > 0 then
-    local d = ceil((nt.at - self._env.now()) * 1000)
+    local d = ceil((nt.at - now()) * 1000)
     if d < ms then ms = d > 0 and d or 0 end
   end
   local core = self._core
   local n, ids = core:step(ms)
   if self._watch then files.watch(self, raised) end -- download progress callbacks
   if ids then
-    for i = 1, #ids do
-      local id = ids[i]
-      local t = self._parked[id]
-      self._parked[id] = nil
-      if t then
-        t.parked = nil
-        scheduler.resume(t, core:result(id))
-      else
-        core:result(id) -- nobody waits for it any more
-      end
+    if not deadline and q.head > q.tail then
+      for i = 1, #ids do _hand_over(self, core, ids[i]) end
+    else
+      local tail = q.tail
+      for i = 1, #ids do tail = tail + 1 q[tail] = ids[i] end
+      q.tail = tail
     end
   end
+  while q.head <= q.tail do
+    local head = q.head
+    local id = q[head]
+    q[head] = nil
+    q.head = head + 1
+    _hand_over(self, core, id)
+    if deadline and now() >= deadline then break end
+  end
+  if q.head > q.tail then q.head, q.tail = 1, 0 end
   self:_run_due(raised)
   if raised[1] ~= nil then error(raised[1], 0) end
   -- count again: the coroutines resumed above may have started new transfers
-  if core.pending then n = core:pending() end
+  -- (core:pending() counts the queued transfers too: they are not handed back yet)
+  if core.pending then n = core:pending() else n = n + (q.tail - q.head + 1) end
   return n + #self._timers + #self._deferred
 end
 
 --- Milliseconds a host loop may sleep before the next `step`, or nil when
--- nothing is pending.
+-- nothing is pending (0 while finished transfers are queued by a step budget).
 function Client:poll_timeout()
   if #self._deferred > 0 then return 0 end
+  local q = self._ready
+  if q.head <= q.tail then return 0 end
   local ms = self._core:poll_timeout()
   local nt = self._timers[1]
   if nt then
@@ -339,22 +393,43 @@ end
 -- through the deferred queue, so that it never runs inside the *_async call (fn
 -- may raise before its first yield) and an error it raises is collected by step,
 -- after the other callbacks, instead of cutting the step short.
-function Client:_async(cb, fn)
+-- fn is a function, or the name of a method called as self[fn](self, a1, a2).
+local function _keep(self, ...) -- parks until step, then returns fn's results
+  local n = select("#", ...)
+  if n <= 2 then
+    local a, b = ...
+    scheduler.wait_for{ client = self, wake = -huge } -- hand results over in step
+    if n == 2 then return a, b elseif n == 1 then return a end
+    return
+  end
+  local r = { n = n, ... }
+  scheduler.wait_for{ client = self, wake = -huge }
+  return unpack(r, 1, n)
+end
+
+local function _async_body(self, fn, a1, a2)
+  if type(fn) == "string" then return _keep(self, self[fn](self, a1, a2)) end
+  return _keep(self, fn())
+end
+
+function Client:_async(cb, fn, a1, a2)
   if cb ~= nil and type(cb) ~= "function" then error("callback must be a function", 3) end
   local on_done
   if cb then
     on_done = function(...)
-      local r = { n = select("#", ...), ... }
+      local n = select("#", ...)
+      if n <= 2 then
+        local a, b = ...
+        if n == 2 then self:_defer(function() return cb(a, b) end)
+        elseif n == 1 then self:_defer(function() return cb(a) end)
+        else self:_defer(function() return cb() end) end
+        return
+      end
+      local r = { n = n, ... }
       self:_defer(function() return cb(unpack(r, 1, r.n)) end)
     end
   end
-  return scheduler.start(function()
-    local r = { n = 0 }
-    local function keep(...) r = { n = select("#", ...), ... } end
-    keep(fn())
-    scheduler.wait_for{ client = self, wake = -huge } -- hand results over in step
-    return unpack(r, 1, r.n)
-  end, on_done)
+  return scheduler.start(_async_body, on_done, self, fn, a1, a2)
 end
 
 -- the calls ----------------------------------------------------------------------
@@ -387,6 +462,18 @@ function Client:_fingerprint(req)
   return (digest:gsub("[+/=]", ""):sub(1, 24))
 end
 
+local STRICT, LOOSE = { strict = true }, { strict = false }
+
+-- One attempt of create_task (retry.call2's fn).
+local function _create_attempt(self, req)
+  local env, lim = self._env, self._create_lim
+  if lim then lim:acquire(env) end
+  if self._opts.logger then self:_log("debug", "request", { op = "create_task", model = req.model }) end
+  local r, e = self:_io("create_task", req)
+  if not r and lim and e.kind == "rate_limited" then lim:fill(env.now()) end
+  return r, e
+end
+
 --- Creates a task: validates it (see `kie.models`), paces it within kie.ai's
 -- create limit, and retries only when the request surely never reached the server
 -- (or the server rejected it with 429/455). A create that may have reached it
@@ -402,19 +489,14 @@ function Client:create_task(request, opts)
     _check(opts, "table", "create_task: opts")
     if opts.strict ~= nil then strict = opts.strict end
   end
-  local req, verr = models.validate(request, { strict = strict })
+  local req, verr = models.validate(request,
+    strict == true and STRICT or strict == false and LOOSE or { strict = strict })
   if not req then
     self:_log("warn", "create_task: invalid request", { op = "create_task", message = verr.message })
     return nil, verr
   end
-  local env, lim = self._env, self._create_lim
-  local res, err = retry.call(self._create_policy, env, function()
-    if lim then lim:acquire(env) end
-    self:_log("debug", "request", { op = "create_task", model = req.model })
-    local r, e = self:_io("create_task", req)
-    if not r and lim and e.kind == "rate_limited" then lim:fill(env.now()) end
-    return r, e
-  end, _retry_logger(self, "create_task"))
+  local res, err = retry.call2(self._create_policy, self._env, _retry_logger(self, "create_task"), nil,
+    _create_attempt, self, req)
   if not res then
     err = wrap(err)
     if err.kind == "unknown_outcome" then
@@ -433,7 +515,9 @@ function Client:create_task(request, opts)
       self:_log("error", "journal write failed: " .. tostring(msg), { task_id = res.taskId })
     end
   end
-  self:_log("info", "task created", { op = "create_task", task_id = res.taskId, model = req.model })
+  if self._opts.logger then
+    self:_log("info", "task created", { op = "create_task", task_id = res.taskId, model = req.model })
+  end
   return res
 end
 
@@ -452,20 +536,45 @@ end
 
 -- An idempotent read: paced by the poll limiter, retried with backoff. With a
 -- deadline (wait), neither the limiter nor a retry sleeps past it.
-function Client:_read(op, deadline, name, ...)
+-- Calls self:_io(name, ...) with exactly `n` of the arguments a1..a5.
+local function _io_n(self, name, n, a1, a2, a3, a4, a5)
+  if n == 1 then return self:_io(name, a1) end
+  if n == 0 then return self:_io(name) end
+  if n == 2 then return self:_io(name, a1, a2) end
+  if n == 3 then return self:_io(name, a1, a2, a3) end
+  if n == 4 then return self:_io(name, a1, a2, a3, a4) end
+  return self:_io(name, a1, a2, a3, a4, a5)
+end
+
+-- One attempt of a read (retry.call2's fn); `args` holds arguments beyond five.
+local function _read_attempt(self, op, deadline, name, n, args)
   local env, lim = self._env, self._poll_lim
-  local n, args = select("#", ...), { ... }
-  local res, err = retry.call(self._read_policy, env, function()
-    if lim and not _acquire_by(lim, env, deadline) then
-      return nil, errors.new("rate_limited", op .. ": the client-side read limit would delay "
-        .. "this request past the deadline; not sent", { op = op, client_side = true,
-        retry_after = lim:delay(env.now()) })
-    end
-    self:_log("debug", "request", { op = op })
-    local r, e = self:_io(name, unpack(args, 1, n))
-    if r == nil and lim and e.kind == "rate_limited" then lim:fill(env.now()) end
-    return r, e
-  end, _retry_logger(self, op), deadline)
+  if lim and not _acquire_by(lim, env, deadline) then
+    return nil, errors.new("rate_limited", op .. ": the client-side read limit would delay "
+      .. "this request past the deadline; not sent", { op = op, client_side = true,
+      retry_after = lim:delay(env.now()) })
+  end
+  if self._opts.logger then self:_log("debug", "request", { op = op }) end
+  local r, e
+  if n <= 5 then
+    r, e = _io_n(self, name, n, args[1], args[2], args[3], args[4], args[5])
+  else
+    r, e = self:_io(name, unpack(args, 1, n))
+  end
+  if r == nil and lim and e.kind == "rate_limited" then lim:fill(env.now()) end
+  return r, e
+end
+
+local NO_ARGS = {}
+
+function Client:_read(op, deadline, name, ...)
+  local n = select("#", ...)
+  local args
+  if n == 0 then args = NO_ARGS
+  elseif n == 1 then args = { (...) }
+  else args = { ... } end
+  local res, err = retry.call2(self._read_policy, self._env, _retry_logger(self, op), deadline,
+    _read_attempt, self, op, deadline, name, n, args)
   if res == nil then return nil, wrap(err) end
   return res
 end
@@ -741,25 +850,25 @@ end
 -- `cb(task, err)` is called once from `step`.
 function Client:create_task_async(request, cb)
   _check(request, "table", "create_task_async: request")
-  return self:_async(cb, function() return self:create_task(request) end)
+  return self:_async(cb, "create_task", request)
 end
 
 --- `get_task` without blocking (see `create_task_async`).
 function Client:get_task_async(task_id, cb)
   _check(task_id, "string", "get_task_async: task_id")
-  return self:_async(cb, function() return self:get_task(task_id) end)
+  return self:_async(cb, "get_task", task_id)
 end
 
 --- `wait` without blocking (see `create_task_async`).
 function Client:wait_async(task_id, opts, cb)
   _check(task_id, "string", "wait_async: task_id")
-  return self:_async(cb, function() return self:wait(task_id, opts) end)
+  return self:_async(cb, "wait", task_id, opts)
 end
 
 --- `run` without blocking (see `create_task_async`).
 function Client:run_async(request, cb)
   _check(request, "table", "run_async: request")
-  return self:_async(cb, function() return self:run(request) end)
+  return self:_async(cb, "run", request)
 end
 
 --- Frees the connections. Idempotent; also done by the garbage collector.

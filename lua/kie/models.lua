@@ -155,7 +155,14 @@ local function repr(v)
   return '"' .. s .. '"'
 end
 
+-- Validation runs in two modes. The fast mode (path == nil) builds no paths, takes
+-- keys in `pairs` order and, at the first problem, returns BAIL instead of an error;
+-- `validate` then runs the checks again in the reporting mode (paths built, keys in
+-- sorted order), so the error reported is the same as if only that mode existed.
+local BAIL = {}
+
 local function fail(path, message, extra)
+  if path == nil then return nil, BAIL end
   local fields = { field = path }
   for k, v in pairs(extra or {}) do fields[k] = v end
   return nil, errors.new("validation", path .. ": " .. message, fields)
@@ -202,7 +209,7 @@ end
 local utf8_len = M.utf8_len
 
 -- Why `s` is not an http(s) URL with a host, or nil when it is one.
-local function url_problem(s)
+local function url_problem_of(s)
   if s == "" then return "empty" end
   if find(s, "[%s%c]") then return "contains whitespace or control characters" end
   local scheme, rest = match(s, "^(%a[%w+.%-]*)://(.*)$")
@@ -222,6 +229,22 @@ local function url_problem(s)
   return nil
 end
 
+-- URLs already found good (a request's URLs are often the same from call to call);
+-- emptied when it grows past URL_CACHE_MAX entries.
+local URL_CACHE_MAX = 256
+local good_urls, n_good_urls = {}, 0
+
+local function url_problem(s)
+  if good_urls[s] then return nil end
+  local why = url_problem_of(s)
+  if why == nil then
+    if n_good_urls >= URL_CACHE_MAX then good_urls, n_good_urls = {}, 0 end
+    good_urls[s] = true
+    n_good_urls = n_good_urls + 1
+  end
+  return why
+end
+
 -- Orders keys of any type deterministically (so the first error reported is stable).
 local function key_less(a, b)
   local ta, tb = type(a), type(b)
@@ -235,6 +258,15 @@ local function sorted_keys(t)
   for k in pairs(t) do keys[#keys + 1] = k end
   sort(keys, key_less)
   return keys
+end
+
+-- The keys of a table whose keys are all strings, sorted (plain `<`, the order
+-- key_less gives strings).
+local function sorted_string_keys(t)
+  local keys, n = {}, 0
+  for k in pairs(t) do n = n + 1 keys[n] = k end
+  if n > 1 then sort(keys) end
+  return keys, n
 end
 
 local function is_index(k)
@@ -314,14 +346,17 @@ local function copy_table(v, path, seen, depth)
   local out = {}
   if kind == "array" then
     for i = 1, n do
-      local x, err = copy_json(v[i], path .. "[" .. i .. "]", seen, depth + 1)
+      local x, err = copy_json(v[i], path and (path .. "[" .. i .. "]"), seen, depth + 1)
       if err then return nil, err end
       out[i] = x
     end
-  else
-    for _, k in ipairs(sorted_keys(v)) do
+  elseif kind == "object" then
+    -- keys copied in sorted order in both modes, so that the copy is built the same way
+    local keys, nk = sorted_string_keys(v)
+    for j = 1, nk do
+      local k = keys[j]
       if not utf8_len(k) then return fail(path, "key " .. repr(k) .. " is not valid UTF-8") end
-      local x, err = copy_json(v[k], path .. "." .. k, seen, depth + 1)
+      local x, err = copy_json(v[k], path and (path .. "." .. k), seen, depth + 1)
       if err then return nil, err end
       out[k] = x
     end
@@ -386,13 +421,16 @@ function check.string(spec, v, path)
   if spec.max_length and n > spec.max_length then
     return fail(path, "is " .. n .. " characters long; the maximum is " .. spec.max_length)
   end
-  if spec.enum then
+  local enum = spec.enum
+  if enum then
+    for i = 1, #enum do
+      if v == enum[i] then return v end
+    end
     local hint = ""
-    for _, allowed in ipairs(spec.enum) do
-      if v == allowed then return v end
+    for _, allowed in ipairs(enum) do
       if lower(v) == lower(allowed) then hint = ' (did you mean "' .. allowed .. '"?)' end
     end
-    return fail(path, repr(v) .. " is not one of " .. concat(spec.enum, ", ") .. hint)
+    return fail(path, repr(v) .. " is not one of " .. concat(enum, ", ") .. hint)
   end
   return v
 end
@@ -435,50 +473,145 @@ function check.array(spec, v, path)
   end
   local out = {}
   for i = 1, n do
-    local x, err = check_value(spec.items, v[i], path .. "[" .. i .. "]")
+    local x, err = check_value(spec.items, v[i], path and (path .. "[" .. i .. "]"))
     if err then return nil, err end
     out[i] = x
   end
   return out
 end
 
--- Checks `input` against a model schema; returns the normalized copy.
-local function check_input(model, sch, input, strict, seen)
-  local by_name, names = {}, {}
-  for i, spec in ipairs(sch.fields) do
-    by_name[spec.name] = spec
-    names[i] = spec.name
-  end
-  local out = {}
-  for _, k in ipairs(sorted_keys(input)) do
-    if not by_name[k] then
-      local path = "input." .. k
-      if strict then
-        local s = suggest(k, names)
-        if s then
-          return fail(path, "unknown field for " .. model .. '; did you mean "' .. s .. '"?', { suggestion = s })
-        end
-        return fail(path, "unknown field for " .. model .. " (known fields: " .. concat(names, ", ") .. ")")
+-- Per-schema name index, built once per `fields` table (and again if that table
+-- was changed since: models.schemas is public and may be extended).
+local indexes = setmetatable({}, { __mode = "k" })
+
+local function schema_index(fields)
+  local idx = indexes[fields]
+  if idx then
+    local specs, names = idx.specs, idx.names
+    local n = #fields
+    if n == idx.n then
+      local ok = true
+      for i = 1, n do
+        local spec = fields[i]
+        if specs[i] ~= spec or names[i] ~= spec.name then ok = false break end
       end
-      local x, err = copy_json(input[k], path, seen, 3)
-      if err then return nil, err end
-      out[k] = x
+      if ok then return idx end
     end
   end
-  for _, spec in ipairs(sch.fields) do
-    local v, path = input[spec.name], "input." .. spec.name
+  local by_name, names, specs = {}, {}, {}
+  for i, spec in ipairs(fields) do
+    by_name[spec.name] = spec
+    names[i] = spec.name
+    specs[i] = spec
+  end
+  idx = { by_name = by_name, names = names, specs = specs, n = #specs }
+  indexes[fields] = idx
+  return idx
+end
+
+-- Checks `input` against a model schema; returns the normalized copy. `report`
+-- false: the fast mode (see BAIL).
+local function check_input(model, sch, input, strict, seen, report)
+  local idx = schema_index(sch.fields)
+  local by_name, names = idx.by_name, idx.names
+  local out = {}
+  local unknown = false
+  for k in pairs(input) do
+    if not by_name[k] then unknown = true break end
+  end
+  if unknown then
+    if strict and not report then return nil, BAIL end
+    local keys, nk = sorted_string_keys(input)
+    for j = 1, nk do
+      local k = keys[j]
+      if not by_name[k] then
+        local path = report and ("input." .. k) or nil
+        if strict then
+          local s = suggest(k, names)
+          if s then
+            return fail(path, "unknown field for " .. model .. '; did you mean "' .. s .. '"?', { suggestion = s })
+          end
+          return fail(path, "unknown field for " .. model .. " (known fields: " .. concat(names, ", ") .. ")")
+        end
+        local x, err = copy_json(input[k], path, seen, 3)
+        if err then return nil, err end
+        out[k] = x
+      end
+    end
+  end
+  local fields = sch.fields
+  for i = 1, #fields do
+    local spec = fields[i]
+    local name = spec.name
+    local v = input[name]
     if v == nil then
-      if spec.required then return fail(path, "is required for " .. model) end
+      if spec.required then return fail(report and ("input." .. name) or nil, "is required for " .. model) end
     else
-      local x, err = check_value(spec, v, path)
+      local x, err = check[spec.type](spec, v, report and ("input." .. name) or nil)
       if err then return nil, err end
-      out[spec.name] = x
+      out[name] = x
     end
   end
   return out
 end
 
 -- ------------------------------------------------------------------------
+
+-- The checks of `validate` after its arguments are checked. `report` false: the
+-- fast mode (no paths; BAIL at the first problem).
+local function validate(req, strict, report)
+  local top_unknown = false
+  for k in pairs(req) do
+    if k ~= "model" and k ~= "callBackUrl" and k ~= "input" then top_unknown = true break end
+  end
+  if top_unknown then
+    if not report then return nil, BAIL end
+    for _, k in ipairs(sorted_keys(req)) do
+      if k ~= "model" and k ~= "callBackUrl" and k ~= "input" then
+        if type(k) ~= "string" then
+          return fail("[" .. repr(k) .. "]", "unknown top-level key of type " .. type(k)
+            .. " (expected model, callBackUrl, input)")
+        end
+        local s = suggest(k, TOP_FIELDS)
+        return fail(k, "unknown top-level field" .. (s and ('; did you mean "' .. s .. '"?') or "")
+          .. " (expected model, callBackUrl, input)", s and { suggestion = s } or nil)
+      end
+    end
+  end
+
+  local model, callback, input = req.model, req.callBackUrl, req.input
+  if model == nil then return fail("model", 'is required (a model name such as "ideogram/character")') end
+  if type(model) ~= "string" then return fail("model", "must be a string, got " .. typename(model)) end
+  if model == "" then return fail("model", "must not be empty") end
+  if not utf8_len(model) then return fail("model", "is not valid UTF-8") end
+
+  if callback ~= nil then
+    local _, err = check.string(URL, callback, "callBackUrl")
+    if err then return nil, err end
+  end
+
+  if input == nil then return fail("input", "is required (a table of the model's input fields)") end
+  if type(input) ~= "table" then return fail("input", "must be a table, got " .. typename(input)) end
+  local kind, why = shape(input)
+  if kind == "array" then why = "an array" end
+  if kind ~= "object" and kind ~= "empty" then
+    return fail("input", "must be an object (a table with string keys), got " .. why)
+  end
+
+  local seen = { [req] = true }
+  local sch, out, err = M.schemas[model]
+  if sch then
+    seen[input] = true
+    out, err = check_input(model, sch, input, strict, seen, report)
+  else
+    out, err = copy_json(input, report and "input" or nil, seen, 2)
+  end
+  if err then return nil, err end
+  if next(out) == nil and getmetatable(out) == nil then setmetatable(out, OBJECT_MT) end
+
+  return { model = model, callBackUrl = callback, input = out }
+end
+
 
 --- Validates a `createTask` request and returns a normalized deep copy ready to send.
 -- `num_images` may be given as a whole number 1-4 or a string "1"-"4" and is always
@@ -508,49 +641,9 @@ function M.validate(req, opts)
     strict = opts.strict ~= false
   end
 
-  for _, k in ipairs(sorted_keys(req)) do
-    if k ~= "model" and k ~= "callBackUrl" and k ~= "input" then
-      if type(k) ~= "string" then
-        return fail("[" .. repr(k) .. "]", "unknown top-level key of type " .. type(k)
-          .. " (expected model, callBackUrl, input)")
-      end
-      local s = suggest(k, TOP_FIELDS)
-      return fail(k, "unknown top-level field" .. (s and ('; did you mean "' .. s .. '"?') or "")
-        .. " (expected model, callBackUrl, input)", s and { suggestion = s } or nil)
-    end
-  end
-
-  local model, callback, input = req.model, req.callBackUrl, req.input
-  if model == nil then return fail("model", 'is required (a model name such as "ideogram/character")') end
-  if type(model) ~= "string" then return fail("model", "must be a string, got " .. typename(model)) end
-  if model == "" then return fail("model", "must not be empty") end
-  if not utf8_len(model) then return fail("model", "is not valid UTF-8") end
-
-  if callback ~= nil then
-    local _, err = check.string(URL, callback, "callBackUrl")
-    if err then return nil, err end
-  end
-
-  if input == nil then return fail("input", "is required (a table of the model's input fields)") end
-  if type(input) ~= "table" then return fail("input", "must be a table, got " .. typename(input)) end
-  local kind, why = shape(input)
-  if kind == "array" then why = "an array" end
-  if kind ~= "object" and kind ~= "empty" then
-    return fail("input", "must be an object (a table with string keys), got " .. why)
-  end
-
-  local seen = { [req] = true }
-  local sch, out, err = M.schemas[model]
-  if sch then
-    seen[input] = true
-    out, err = check_input(model, sch, input, strict, seen)
-  else
-    out, err = copy_json(input, "input", seen, 2)
-  end
-  if err then return nil, err end
-  if next(out) == nil and getmetatable(out) == nil then setmetatable(out, OBJECT_MT) end
-
-  return { model = model, callBackUrl = callback, input = out }
+  local out, err = validate(req, strict, false)
+  if err == BAIL then out, err = validate(req, strict, true) end -- report the problem
+  return out, err
 end
 
 return M

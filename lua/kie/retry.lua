@@ -178,6 +178,29 @@ function M.call(policy, env, fn, on_retry, deadline)
   end
 end
 
+--- `call` for callers that hold a checked policy (from `retry.policy`) and env, and
+-- whose `fn` returns at most two values: `fn(a1, ..., a6)` is called with these
+-- arguments (so no closure is needed per call), and `r, err` is returned. Same
+-- policy as `call` in every respect.
+function M.call2(policy, env, on_retry, deadline, fn, a1, a2, a3, a4, a5, a6)
+  if deadline == nil then deadline = policy.deadline end
+  local attempt = 0
+  while true do
+    attempt = attempt + 1
+    local r, err = fn(a1, a2, a3, a4, a5, a6)
+    if r ~= nil or err == nil then return r, err end
+    if type(err) ~= "table" then return nil, err end -- not ours: no fields to trust
+    err = errors.wrap(err)
+    err.attempts = attempt
+    if attempt > policy.max_retries or not M.retryable(policy, err) then return nil, err end
+    local d = M.delay(policy, err, attempt, env.random)
+    if d == nil then return nil, err end
+    if deadline ~= nil and env.now() + d > deadline then return nil, err end
+    if on_retry then on_retry(err, attempt, d) end
+    env.sleep(d)
+  end
+end
+
 -- Retry-After parsing ------------------------------------------------------
 
 local MONTHS = {
