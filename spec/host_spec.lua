@@ -42,6 +42,9 @@ local VARIANTS = {
     flags = "-I/usr/include/lua5.4", libs = "-llua5.4" },
   { name = "luajit", build = "luajit", header = "/usr/include/luajit-2.1/lua.h",
     flags = "-I/usr/include/luajit-2.1", libs = "-lluajit-5.1" },
+  -- the same Lua 5.4 host with a 0.25 ms per-frame work budget for step
+  { name = "lua5.4, step budget 0.25 ms", build = "lua5.4", header = "/usr/include/lua5.4/lua.h",
+    flags = "-I/usr/include/lua5.4", libs = "-llua5.4", budget = 0.25 },
 }
 
 local CFLAGS = "-O2 -g -std=c99 -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes"
@@ -50,7 +53,7 @@ local CFLAGS = "-O2 -g -std=c99 -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmis
 local function build(v)
   local ok, out = run("make -s build LUA=" .. v.build)
   assert(ok, "make LUA=" .. v.build .. " failed:\n" .. out)
-  local dir = ROOT .. "/build/host-" .. v.name
+  local dir = ROOT .. "/build/host-" .. v.build
   local exe = dir .. "/host"
   ok, out = run("mkdir -p " .. sh_quote(dir) .. " && cc " .. CFLAGS .. " " .. v.flags .. " "
     .. sh_quote(ROOT .. "/examples/host/host.c") .. " -o " .. sh_quote(exe) .. " " .. v.libs .. " -lm")
@@ -110,6 +113,7 @@ describe("examples/host (C host, 60 Hz frame loop) #examples", function()
       m:fault{ path = RECORD, fault = "delay", seconds = 0.5, times = -1 }
       local ok, out, rc = run("KIE_BASE_URL=" .. sh_quote(m.url) .. " KIE_API_KEY=" .. sh_quote(KEY)
         .. " KIE_TASKS=" .. TASKS .. " KIE_MAX_FRAMES=3600 "
+        .. (v.budget and ("KIE_STEP_BUDGET_MS=" .. v.budget .. " ") or "")
         .. (exists("/usr/bin/timeout") and "timeout 180 " or "")
         .. sh_quote(exe) .. " " .. sh_quote(ROOT))
       local f, line = figures(out)

@@ -74,8 +74,12 @@ end
 
 --- One frame's worth of work: never blocks. Returns whether every job has
 -- ended, and how many transfers and timers are still pending.
+-- KIE_STEP_BUDGET_MS: an optional per-frame work budget for step (see
+-- Client:step): finished transfers beyond it wait for the next frame.
+local budget_ms = tonumber(os.getenv("KIE_STEP_BUDGET_MS") or "")
+
 function M.frame()
-  local n = client:step(0)
+  local n = client:step(0, budget_ms)
   if n > max_in_flight then max_in_flight = n end
   -- nothing pending: no job can move any more (one that raised ended early)
   return completed + failed >= total or n == 0, n
