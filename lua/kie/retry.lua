@@ -133,6 +133,18 @@ local function pack(...)
   return { n = select("#", ...), ... }
 end
 
+-- What follows failed attempt `attempt`: the error (wrapped, with `attempts`) and
+-- the delay to sleep before the next attempt, or no delay to give up.
+local function after_failure(policy, env, err, attempt, deadline)
+  if type(err) ~= "table" then return err end -- not ours: no fields to trust
+  err = errors.wrap(err)
+  err.attempts = attempt
+  if attempt > policy.max_retries or not M.retryable(policy, err) then return err end
+  local d = M.delay(policy, err, attempt, env.random)
+  if d == nil or (deadline ~= nil and env.now() + d > deadline) then return err end
+  return err, d
+end
+
 --- Calls `fn` until it succeeds or the policy says stop.
 -- `fn()` returns results, or `nil, err`. Failure is a nil first result with a non-nil
 -- second one; anything else is success and every result is returned as is.
@@ -166,13 +178,9 @@ function M.call(policy, env, fn, on_retry, deadline)
     local r = pack(fn())
     local err = r[2]
     if r[1] ~= nil or err == nil then return unpack(r, 1, r.n) end
-    if type(err) ~= "table" then return nil, err end -- not ours: no fields to trust
-    err = errors.wrap(err)
-    err.attempts = attempt
-    if attempt > policy.max_retries or not M.retryable(policy, err) then return nil, err end
-    local d = M.delay(policy, err, attempt, env.random)
-    if d == nil then return nil, err end
-    if deadline ~= nil and env.now() + d > deadline then return nil, err end
+    local d
+    err, d = after_failure(policy, env, err, attempt, deadline)
+    if not d then return nil, err end
     if on_retry then on_retry(err, attempt, d) end
     env.sleep(d)
   end
@@ -189,13 +197,9 @@ function M.call2(policy, env, on_retry, deadline, fn, a1, a2, a3, a4, a5, a6)
     attempt = attempt + 1
     local r, err = fn(a1, a2, a3, a4, a5, a6)
     if r ~= nil or err == nil then return r, err end
-    if type(err) ~= "table" then return nil, err end -- not ours: no fields to trust
-    err = errors.wrap(err)
-    err.attempts = attempt
-    if attempt > policy.max_retries or not M.retryable(policy, err) then return nil, err end
-    local d = M.delay(policy, err, attempt, env.random)
-    if d == nil then return nil, err end
-    if deadline ~= nil and env.now() + d > deadline then return nil, err end
+    local d
+    err, d = after_failure(policy, env, err, attempt, deadline)
+    if not d then return nil, err end
     if on_retry then on_retry(err, attempt, d) end
     env.sleep(d)
   end
