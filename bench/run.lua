@@ -47,16 +47,9 @@ local OUT = env("BENCH_OUT", "bench/RESULTS.md")
 
 -- shell helpers -----------------------------------------------------------------
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
--- Runs cmd; returns ok, output (stdout + stderr).
-local function sh(cmd)
-  local p = assert(io.popen("(" .. cmd .. ") 2>&1; echo \"__rc=$?\""))
-  local out = p:read("*a")
-  p:close()
-  local rc = tonumber(out:match("__rc=(%d+)%s*$"))
-  return rc == 0, (out:gsub("__rc=%d+%s*$", "")), rc
-end
+local util = dofile("spec/support/util.lua")
+-- sh(cmd) -> ok, output (stdout + stderr), exit code
+local q, sh, read_file, write_file = util.quote, util.run, util.read_file, util.write_file
 
 local function must(cmd)
   local ok, out = sh(cmd)
@@ -66,19 +59,6 @@ end
 
 local function have(cmd) return (sh("command -v " .. cmd .. " >/dev/null")) end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function write_file(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
 
 local function median(list)
   local t = {}

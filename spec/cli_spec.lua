@@ -10,30 +10,9 @@ local PNG_MAGIC = "\137PNG\r\n\26\n"
 -- the interpreter running this spec, and its module paths, for the children
 local LUA = rawget(_G, "jit") and "luajit" or ("lua" .. _VERSION:match("%d+%.%d+"))
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function write(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
-
-local function tmpdir()
-  local p = assert(io.popen('mktemp -d "${TMPDIR:-/tmp}/kie-cli-spec.XXXXXX"'))
-  local d = p:read("*l")
-  p:close()
-  return d
-end
+local util = require "spec.support.util"
+local q, read, write = util.quote, util.read_file, util.write_file
+local function tmpdir() return util.tmpdir("kie-cli-spec") end
 
 local DIR -- the running block's scratch directory (made in lazy_setup)
 

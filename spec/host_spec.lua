@@ -8,21 +8,8 @@ local KEY = "sk-host-spec-5e07"
 local TASKS = 100
 local CREATE, RECORD = "/api/v1/jobs/createTask", "/api/v1/jobs/recordInfo"
 
-local function sh_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
--- Runs a shell command without the sanitizer preload of the ASan run; returns
--- ok, combined output, exit code (the same on every Lua version).
-local function run(cmd)
-  local p = assert(io.popen("(unset LD_PRELOAD ASAN_OPTIONS LSAN_OPTIONS UBSAN_OPTIONS; "
-    .. cmd .. ") 2>&1; echo \"__rc=$?\""))
-  local out = p:read("*a") or ""
-  p:close()
-  local rc = tonumber(out:match("__rc=(%d+)%s*$"))
-  out = out:gsub("__rc=%d+%s*$", "")
-  return rc == 0, out, rc
-end
+local util = require "spec.support.util"
+local sh_quote, run = util.quote, util.run
 
 local function exists(path)
   local f = io.open(path, "rb")

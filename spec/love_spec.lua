@@ -2,15 +2,7 @@
 -- that examples/love/run.sh starts) from love.update under xvfb-run, and quits by
 -- itself. Every job must complete. Frame timings are printed, never asserted.
 
-local function run(cmd)
-  local p = assert(io.popen("(unset LD_PRELOAD ASAN_OPTIONS LSAN_OPTIONS UBSAN_OPTIONS; "
-    .. cmd .. ") 2>&1; echo \"__rc=$?\""))
-  local out = p:read("*a") or ""
-  p:close()
-  local rc = tonumber(out:match("__rc=(%d+)%s*$"))
-  out = out:gsub("__rc=%d+%s*$", "")
-  return rc == 0, out, rc
-end
+local run = require("spec.support.util").run
 
 local function have(cmd)
   return (run("command -v " .. cmd))

@@ -14,25 +14,13 @@ local VECTOR_SIG = "xG6/yOyrMyJtUdc1yjmHpKLHSHF3MpzOPa6uxSj3qb4="
 
 -- helpers ------------------------------------------------------------------------
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local util = require "spec.support.util"
+local q, read_file, write_file = util.quote, util.read_file, util.write_file
 
+-- Runs cmd (no sanitizer preload); returns the combined output and the exit code.
 local function sh(cmd)
-  -- no sanitizer preload for the tools (see scripts/test.sh, stage asan)
-  local p = assert(io.popen("(unset LD_PRELOAD ASAN_OPTIONS LSAN_OPTIONS UBSAN_OPTIONS; " .. cmd .. ") 2>&1; echo \"__rc=$?\""))
-  local out = p:read("*a")
-  p:close()
-  local rc = tonumber(out:match("__rc=(%d+)%s*$"))
-  return out:gsub("__rc=%d+%s*$", ""), rc
-end
-
-local function read_file(path)
-  local fh = io.open(path, "rb")
-  if not fh then return nil end
-  local s = fh:read("*a")
-  fh:close()
-  return s
+  local _, out, rc = util.run(cmd)
+  return out, rc
 end
 
 -- exited (a zombie left for a non-reaping init counts as exited)
@@ -41,11 +29,6 @@ local function process_gone(pid)
   return stat == nil or stat:match("^%d+ %b() ([ZX])") ~= nil
 end
 
-local function write_file(path, data)
-  local fh = assert(io.open(path, "wb"))
-  fh:write(data)
-  fh:close()
-end
 
 local tmpdir = (sh("mktemp -d \"${TMPDIR:-/tmp}/kie-mock-spec.XXXXXXXX\""):gsub("%s+$", ""))
 local tmpn = 0

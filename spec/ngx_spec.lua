@@ -28,32 +28,13 @@ local DELAY = 2 -- seconds the mock holds the slow request's recordInfo
 
 -- helpers ------------------------------------------------------------------------
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local util = require "spec.support.util"
+local q, read_file, write_file = util.quote, util.read_file, util.write_file
 
+-- Runs cmd (no sanitizer preload); returns the combined output and the exit code.
 local function sh(cmd)
-  -- no sanitizer preload for the tools (see scripts/test.sh, stage asan)
-  local p = assert(io.popen("(unset LD_PRELOAD ASAN_OPTIONS LSAN_OPTIONS UBSAN_OPTIONS; "
-    .. cmd .. ") 2>&1; echo \"__rc=$?\""))
-  local out = p:read("*a")
-  p:close()
-  local rc = tonumber(out:match("__rc=(%d+)%s*$"))
-  return (out:gsub("__rc=%d+%s*$", "")), rc
-end
-
-local function read_file(path)
-  local fh = io.open(path, "rb")
-  if not fh then return nil end
-  local s = fh:read("*a")
-  fh:close()
-  return s
-end
-
-local function write_file(path, text)
-  local fh = assert(io.open(path, "wb"))
-  fh:write(text)
-  fh:close()
+  local _, out, rc = util.run(cmd)
+  return out, rc
 end
 
 local ROOT = (sh("pwd"):gsub("%s+$", ""))

@@ -22,26 +22,10 @@ local function bytes(n, seed)
   return s .. "\r\n--\r\n\0"
 end
 
-local function write(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
+local util = require "spec.support.util"
+local read, write = util.read_file, util.write_file
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function tmpdir()
-  local p = assert(io.popen('mktemp -d "${TMPDIR:-/tmp}/kie-upload-spec.XXXXXX"'))
-  local d = p:read("*l")
-  p:close()
-  return d
-end
+local function tmpdir() return util.tmpdir("kie-upload-spec") end
 
 describe("kie.files units #smoke", function()
   it("sniffs JPEG, PNG and WebP by magic bytes only", function()

@@ -56,9 +56,6 @@ local M = {}
 
 -- where this file lives (absolute) -------------------------------------------
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
 
 local function cwd()
   local p = io.popen("pwd")
@@ -85,37 +82,13 @@ local HERE = (function()
   return normalize(dir .. "/")
 end)():gsub("/$", "")
 
+local util = dofile(HERE .. "/util.lua")
+local shell_quote, run, read_file, write_file = util.quote, util.run, util.read_file, util.write_file
 local json = dofile(HERE .. "/mock/purejson.lua")
 M.json = json
 M.support_dir = HERE
 
 -- small process helpers ---------------------------------------------------------
-
--- Runs a shell command; returns ok, combined output, exit code.
-local function run(cmd)
-  -- children (mktemp, openssl, nginx) never inherit a sanitizer preload: the
-  -- ASan run of the suite preloads libasan into the Lua interpreter only
-  local p = assert(io.popen("(unset LD_PRELOAD ASAN_OPTIONS LSAN_OPTIONS UBSAN_OPTIONS; " .. cmd .. ") 2>&1; echo \"__rc=$?\""))
-  local out = p:read("*a") or ""
-  p:close()
-  local rc = tonumber(out:match("__rc=(%d+)%s*$"))
-  out = out:gsub("__rc=%d+%s*$", "")
-  return rc == 0, out, rc
-end
-
-local function read_file(path)
-  local fh = io.open(path, "rb")
-  if not fh then return nil end
-  local s = fh:read("*a")
-  fh:close()
-  return s
-end
-
-local function write_file(path, text)
-  local fh = assert(io.open(path, "wb"))
-  fh:write(text)
-  fh:close()
-end
 
 local function tail(path, n)
   local text = read_file(path)
