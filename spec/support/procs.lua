@@ -4,13 +4,13 @@
 -- Plain Lua 5.1 - 5.4 + LuaSocket.
 
 local socket = require "socket"
+local util = require "spec.support.util"
 
 local M = {}
 
-local function shell_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local shell_quote = util.quote
 M.quote = shell_quote
+M.read_file = util.read_file
 
 local function read_cmd(cmd)
   local p = assert(io.popen(cmd))
@@ -64,14 +64,6 @@ function M.kill(pid, sig, timeout)
   local deadline = socket.gettime() + (timeout or 5)
   while M.alive(pid) and socket.gettime() < deadline do socket.sleep(0.01) end
   return not M.alive(pid)
-end
-
-function M.read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
 end
 
 --- Polls `path` until `pattern` matches its content (returns the capture) or
