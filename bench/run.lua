@@ -80,12 +80,7 @@ local NPROC = tonumber((must("nproc"):match("%d+"))) or 1
 local dir = must('mktemp -d "${TMPDIR:-/tmp}/kie-bench.XXXXXXXX"'):gsub("%s+$", "")
 assert(dir:match("/kie%-bench%.[%w]+$"), "mktemp failed")
 
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local free_port = util.free_port
 
 local function nginx_string(s)
   assert(not s:find("%$"), "a body must not contain $ (nginx variables)")

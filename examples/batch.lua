@@ -6,24 +6,10 @@
 --   lua5.4 examples/batch.lua                  (no KIE_API_KEY: the built-in mock server)
 --   KIE_API_KEY=... lua5.4 examples/batch.lua  (the real API; costs credits)
 -- Run it from the repository root after `make` (it loads ./lua and ./build/lua5.4).
-package.path = "./lua/?.lua;./lua/?/init.lua;./?.lua;" .. package.path
-package.cpath = "./build/lua5.4/?.so;" .. package.cpath
+local env = dofile("examples/setup.lua").connect{ pace = 0.3, poll = 0.2 }
+local finish = env.finish
 
 local kie = require "kie"
-
-local key = os.getenv("KIE_API_KEY")
-local opts, mock, pause = {}, nil, 3
-if not key or key == "" then
-  mock = require("spec.support.mock").start{ api_key = "demo-key", pace = 0.3 }
-  opts = { api_key = "demo-key", base_url = mock.url }
-  pause = 0.2
-  io.stderr:write("no KIE_API_KEY: using the local mock kie.ai server at ", mock.url, "\n")
-end
-
-local function finish(code)
-  if mock then mock:stop() end
-  os.exit(code)
-end
 
 local PROMPTS = {
   "A cheerful knight in a sunlit forest, storybook illustration",
@@ -48,15 +34,11 @@ for i, prompt in ipairs(PROMPTS) do
       num_images = 1,
       image_size = "square_hd",
     },
-    wait = {
-      timeout = 900,
-      interval = mock and pause or nil, -- the mock is fast; the real API gets the schedule
-      max_interval = mock and pause or nil,
-    },
+    wait = env.wait{ timeout = 900 },
   }
 end
 
-local client = kie.new(opts)
+local client = kie.new(env.opts)
 local results, errs = client:run_all(requests, {
   concurrency = 4,
   on_update = function(i, info) -- once per state change of item i

@@ -2,26 +2,12 @@
 -- (polling, with a deadline), download the first image and print its path.
 --   make demo                    (no KIE_API_KEY: runs against the built-in mock server)
 --   KIE_API_KEY=... make demo    (the real API; costs credits)
-package.path = "./lua/?.lua;./lua/?/init.lua;./?.lua;" .. package.path
-package.cpath = "./build/lua5.4/?.so;" .. package.cpath
+local env = dofile("examples/setup.lua").connect{ pace = 0.4, poll = 0.3 }
+local finish = env.finish
 
 local kie = require "kie"
 
-local key = os.getenv("KIE_API_KEY")
-local opts, mock, pause = {}, nil, 3
-if not key or key == "" then
-  mock = require("spec.support.mock").start{ api_key = "demo-key", pace = 0.4 }
-  opts = { api_key = "demo-key", base_url = mock.url }
-  pause = 0.3
-  io.stderr:write("no KIE_API_KEY: using the local mock kie.ai server at ", mock.url, "\n")
-end
-
-local function finish(code)
-  if mock then mock:stop() end
-  os.exit(code)
-end
-
-local client = kie.new(opts)
+local client = kie.new(env.opts)
 local task, err = client:create_task{
   model = "ideogram/character",
   input = {
@@ -42,10 +28,8 @@ end
 io.stderr:write("created ", task.taskId, "\n")
 
 -- poll until the task ends, on kie.ai's published schedule (15-minute deadline)
-local info, werr = client:wait(task.taskId, {
+local info, werr = client:wait(task.taskId, env.wait{
   timeout = 900,
-  interval = mock and pause or nil, -- the mock is fast; the real API gets the schedule
-  max_interval = mock and pause or nil,
   on_update = function(i) io.stderr:write("state: ", tostring(i.state), "\n") end,
 })
 if not info then

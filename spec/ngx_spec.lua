@@ -39,12 +39,7 @@ end
 
 local ROOT = (sh("pwd"):gsub("%s+$", ""))
 
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local free_port = util.free_port
 
 local function alive(pid)
   local stat = read_file("/proc/" .. pid .. "/stat")

@@ -15,7 +15,7 @@ local files = require "kie.files"
 
 local type, pairs, ipairs, tostring, setmetatable, pcall, error, select =
   type, pairs, ipairs, tostring, setmetatable, pcall, error, select
-local getenv, floor, ceil, huge = os.getenv, math.floor, math.ceil, math.huge
+local getenv, ceil, huge = os.getenv, math.ceil, math.huge
 local sort, concat, remove = table.sort, table.concat, table.remove
 local unpack = table.unpack or unpack
 local wrap = errors.wrap

@@ -130,12 +130,7 @@ local function wait_gone(pid, seconds)
   return true
 end
 
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local free_port = util.free_port
 
 local function find_nginx()
   for _, p in ipairs({ "/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx" }) do

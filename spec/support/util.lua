@@ -1,5 +1,5 @@
 -- Small shell and file helpers shared by the specs, the mock's launcher and the
--- bench driver. Plain Lua 5.1 - 5.4, no dependencies. Load it with
+-- bench driver. Plain Lua 5.1 - 5.4 (free_port needs LuaSocket). Load it with
 -- `require "spec.support.util"` from the repository root, or with dofile.
 local M = {}
 
@@ -35,6 +35,14 @@ function M.write_file(path, data)
   local f = assert(io.open(path, "wb"))
   f:write(data)
   f:close()
+end
+
+--- A port free on 127.0.0.1 right now (LuaSocket).
+function M.free_port()
+  local s = assert(require("socket").bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
 end
 
 --- A new temporary directory named after prefix.
