@@ -2,27 +2,8 @@
 local retry = require "kie.retry"
 local errors = require "kie.errors"
 
--- Fake env: the clock only moves through sleep; random is a fixed value or ({seed=n}) a seeded
--- Park-Miller generator (exact in doubles, so identical on every Lua version).
-local function fake_env(rnd, t0)
-  local env = { t = t0 or 0, sleeps = {} }
-  function env.now() return env.t end
-  function env.sleep(s)
-    assert(type(s) == "number" and s >= 0, "bad sleep " .. tostring(s))
-    env.sleeps[#env.sleeps + 1] = s
-    env.t = env.t + s
-  end
-  if type(rnd) == "number" then
-    function env.random() return rnd end
-  else -- { seed = n }
-    local x = rnd and rnd.seed or 12345
-    function env.random()
-      x = (16807 * x) % 2147483647
-      return (x - 1) / 2147483646
-    end
-  end
-  return env
-end
+local new_env = require "spec.support.fake_env"
+local function fake_env(rnd, t0) return new_env(rnd, t0, 12345) end
 
 local function err_of(kind, fields)
   return errors.new(kind, kind .. " happened", fields)

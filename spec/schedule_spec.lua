@@ -2,25 +2,8 @@
 local schedule = require "kie.schedule"
 local errors = require "kie.errors"
 
-local function fake_env(rnd, t0)
-  local env = { t = t0 or 0, sleeps = {} }
-  function env.now() return env.t end
-  function env.sleep(s)
-    assert(type(s) == "number" and s >= 0, "bad sleep " .. tostring(s))
-    env.sleeps[#env.sleeps + 1] = s
-    env.t = env.t + s
-  end
-  if type(rnd) == "number" then
-    function env.random() return rnd end
-  else -- { seed = n }: Park-Miller, exact in doubles on every Lua version
-    local x = rnd and rnd.seed or 777
-    function env.random()
-      x = (16807 * x) % 2147483647
-      return (x - 1) / 2147483646
-    end
-  end
-  return env
-end
+local new_env = require "spec.support.fake_env"
+local function fake_env(rnd, t0) return new_env(rnd, t0, 777) end
 
 -- A scripted get_task: `script` is a list of steps, each `{state = ...}` (an info
 -- table is built) or `{err = <error>}`; the last step repeats forever.
