@@ -20,6 +20,7 @@
 --   BENCH_RSS_CALLS=100000
 --   BENCH_CPATH=./build/bench-lua5.4/?.so   the kie.core under test
 --   BENCH_OUT=bench/RESULTS.md
+--   BENCH_SERVE=1       only start the nginx, print its URLs and CA, serve until killed
 local socket = require "socket"
 local http = require "socket.http"
 
@@ -563,6 +564,13 @@ local function main()
   local t_start = socket.gettime()
   local mach = machine()
   start_nginx()
+  if env("BENCH_SERVE", "0") == "1" then
+    print(URL .. " " .. TLS_URL .. " " .. CA)
+    io.stdout:flush()
+    local ok = pcall(function() while true do socket.sleep(3600) end end)
+    stop_nginx()
+    return ok
+  end
   local results = {}
   for _, row in ipairs(ROWS) do
     if not ONLY or row.id:match(ONLY) then

@@ -540,7 +540,7 @@ describe("non-blocking engine against the mock", function()
       assert.is_nil(c:poll_timeout())
     end)
 
-    it("a step without a budget hands over everything still queued", function()
+    it("a step with budget math.huge hands over everything still queued", function()
       local N, fired = 12, 0
       for _ = 1, N do
         c:create_task_async(REQ, function(t) assert.is_table(t) fired = fired + 1 end)
@@ -552,7 +552,7 @@ describe("non-blocking engine against the mock", function()
         c:step(0, 0)
       end
       local before = fired
-      local n = c:step(0)
+      local n = c:step(0, math.huge)
       assert.equals(0, queued(c))
       assert.is_true(fired > before)
       assert.equals(N - fired, n)
@@ -568,6 +568,27 @@ describe("non-blocking engine against the mock", function()
       pump(c, function() return fired == N end)
       assert.equals(N, fired)
       assert.equals(0, c:step(0, 1000))
+    end)
+
+    it("step_budget_ms is the default budget of every step", function()
+      local cl = kie.new{ api_key = KEY, base_url = m.url, step_budget_ms = 0,
+        rate_limits = { create = false, poll = false } }
+      local N, fired, per_step_max = 5, 0, 0
+      for _ = 1, N do
+        cl:create_task_async(REQ, function(t) assert.is_table(t) fired = fired + 1 end)
+      end
+      local deadline = core.now() + 10
+      while fired < N do
+        assert.is_true(core.now() < deadline, "timed out")
+        core.sleep(0.02) -- answers pile up between frames
+        local before = fired
+        cl:step(0)
+        if fired - before > per_step_max then per_step_max = fired - before end
+      end
+      assert.equals(1, per_step_max)
+      cl:close()
+      assert.has_error(function() kie.new{ api_key = KEY, step_budget_ms = -1 } end)
+      assert.has_error(function() kie.new{ api_key = KEY, step_budget_ms = "1" } end)
     end)
 
     it("rejects a bad budget", function()

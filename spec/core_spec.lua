@@ -1,4 +1,5 @@
--- kie.core, the C module: options, JSON bridge, and every error kind against
+-- kie.core, the C module: options, JSON bridge, every error kind, and the
+-- non-blocking engine (step budget, progress, wakeup) against
 -- the real mock server (nginx + Lua on 127.0.0.1).
 local core = require "kie.core"
 
@@ -402,5 +403,87 @@ describe("kie.core against the mock #core", function()
     assert.is_false(e.retryable) -- a certificate problem is not fixed by retrying
     untrusted:close()
     assert.equals(1, m:count("/api/v1/jobs/createTask")) -- the untrusted one sent nothing
+  end)
+
+  describe("step", function()
+    local RECORD = "/api/v1/jobs/recordInfo"
+    local tid
+    before_each(function()
+      tid = assert(c:create_task{ model = "ideogram/v3-reframe",
+        input = { image_url = "https://example.com/a.png", image_size = "square" } }).taskId
+    end)
+
+    -- Steps until every id in `want` has been handed out; returns the ids per step.
+    local function drain(want, budget)
+      local got, per_step = {}, {}
+      local deadline = core.now() + 10
+      while next(want) do
+        assert.is_true(core.now() < deadline, "timed out")
+        local _, ids = c:step(10, budget)
+        per_step[#per_step + 1] = ids and #ids or 0
+        for _, id in ipairs(ids or {}) do
+          assert.is_true(want[id], "unexpected id " .. id)
+          want[id] = nil
+          got[#got + 1] = id
+          local info, err = c:result(id)
+          assert.is_nil(err)
+          assert.equals(tid, info.taskId)
+        end
+      end
+      return got, per_step
+    end
+
+    local function start(n)
+      local want = {}
+      for _ = 1, n do want[assert(c:get_task_start(tid))] = true end
+      return want
+    end
+
+    it("with a zero budget still hands every transfer out exactly once", function()
+      local N = 6
+      drain(start(N))
+      local before = m:count(RECORD)
+      local want = start(N)
+      core.sleep(0.2) -- answers pile up between frames
+      local got = drain(want, 0)
+      assert.equals(N, #got)
+      assert.equals(0, c:pending())
+      assert.equals(before + N, m:count(RECORD))
+    end)
+
+    it("progress drives transfers without handing them out; step then hands out all", function()
+      local N = 4
+      local want = start(N)
+      for id in pairs(want) do
+        local deadline = core.now() + 10
+        while not c:progress(id, 10) do assert.is_true(core.now() < deadline, "timed out") end
+      end
+      local n, ids = c:step(0, 0) -- nothing left to read: the budget limits reading only
+      assert.equals(0, n)
+      assert.equals(N, #ids)
+      for _, id in ipairs(ids) do
+        assert.is_true(want[id])
+        assert.is_table((c:result(id)))
+      end
+    end)
+
+    it("wakeup makes a waiting step return before the answer", function()
+      m:fault{ path = RECORD, fault = "delay", seconds = 3 }
+      local id = assert(c:get_task_start(tid))
+      c:wakeup()
+      local t0 = core.now()
+      local n, ids = c:step(5000)
+      assert.is_true(core.now() - t0 < 2, "step did not return at the wakeup")
+      assert.equals(1, n)
+      assert.is_nil(ids)
+      local got = drain({ [id] = true })
+      assert.same({ id }, got)
+    end)
+
+    it("rejects a bad budget", function()
+      assert.has_error(function() c:step(0, -1) end)
+      assert.has_error(function() c:step(0, 0 / 0) end)
+      assert.has_error(function() c:step(-1) end)
+    end)
   end)
 end)

@@ -97,6 +97,7 @@ static int client_new(lua_State *L) {
   }
   c = lua_newuserdata(L, sizeof(*c));
   memset(c, 0, sizeof(*c));
+  c->wake[0] = c->wake[1] = -1; /* no pipe yet: teardown must not close fd 0 */
   luaL_getmetatable(L, KIE_CLIENT_MT);
   lua_setmetatable(L, -2);
   opt_string(L, "api_key", &c->api_key, 1, 0);
@@ -345,16 +346,20 @@ static int client_call_start(lua_State *L) { return call(L, 1); }
 static int client_fetch(lua_State *L) { return fetch(L, 0); }
 static int client_fetch_start(lua_State *L) { return fetch(L, 1); }
 
-/* client:step([timeout_ms]) -> in_flight, {done ids} | nil. Never blocks with 0;
- * waits at most timeout_ms for activity otherwise: [-0, +2]. */
+/* client:step([timeout_ms[, budget_ms]]) -> in_flight, {done ids} | nil. Never
+ * blocks with 0; waits at most timeout_ms for activity otherwise. With budget_ms,
+ * stops handing ready sockets to libcurl once that much time has passed (the rest
+ * wait for the next step): [-0, +2]. */
 static int client_step(lua_State *L) {
   kie_client *c = check_open(L, 1);
   lua_Integer ms = luaL_optinteger(L, 2, 0);
+  lua_Number budget = luaL_optnumber(L, 3, -1); /* < 0: no budget */
   kie_xfer *x;
   int running = 0, done = 0;
   if (ms < 0) return luaL_argerror(L, 2, "must be >= 0");
+  if (!lua_isnoneornil(L, 3) && !(budget >= 0)) return luaL_argerror(L, 3, "must be >= 0");
   if (ms > 3600000) ms = 3600000;
-  kie_client_perform(c, (int)ms, NULL);
+  kie_client_perform(c, (int)ms, budget < 0 ? -1 : budget / 1000, NULL);
   for (x = c->live; x != NULL; x = x->next) {
     if (!x->done) {
       running++;
@@ -409,7 +414,7 @@ static int client_progress(lua_State *L) {
     lua_pushnil(L);
     return 1;
   }
-  if (ms > 0 && !x->done && !kie_client_perform(c, (int)ms, x)) {
+  if (ms > 0 && !x->done && !kie_client_perform(c, (int)ms, -1, x)) {
     x->done = 1; /* the multi handle failed: end it as kie_xfer_wait does */
     x->result = CURLE_FAILED_INIT;
   }
@@ -459,7 +464,7 @@ static int client_poll_timeout(lua_State *L) {
 /* client:wakeup(): makes a blocking step() in another thread return: [-0, +0]. */
 static int client_wakeup(lua_State *L) {
   kie_client *c = check_open(L, 1);
-  curl_multi_wakeup(c->multi);
+  kie_events_wakeup(c);
   return 0;
 }
 

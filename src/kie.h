@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdio.h>
+#include <poll.h>
 #include <curl/curl.h>
 #include "compat.h"
 
@@ -81,6 +82,11 @@ struct kie_client {
   CURL *idle[KIE_IDLE_EASY];
   int nidle;
   int closed;
+  struct pollfd *watch;         /* the sockets libcurl asked us to watch (events.c) */
+  struct pollfd *pfds;          /* poll()'s copy of watch, plus the wakeup pipe */
+  int nwatch, capwatch;
+  unsigned rr;                  /* where the next budgeted dispatch starts */
+  int wake[2];                  /* wakeup pipe: read end polled, write end for wakeup() */
 };
 
 /* buf.c-like helpers (transfer.c) */
@@ -101,12 +107,23 @@ KIE_HIDDEN kie_xfer *kie_xfer_start(kie_client *c, kie_op op, const char *method
                                     const char *url, const char *body, size_t len,
                                     FILE *sink, size_t cap, const char **why);
 KIE_HIDDEN void kie_xfer_wait(kie_client *c, kie_xfer *x);
-KIE_HIDDEN int kie_client_perform(kie_client *c, int timeout_ms, const kie_xfer *target);
+/* Runs due timers and ready sockets; waits up to timeout_ms first unless target (or,
+ * with no target, any unreported transfer) is done. budget_s >= 0 stops handing ready
+ * sockets to libcurl once that many seconds have passed (one always is; < 0: no budget). 0 if the multi handle failed. */
+KIE_HIDDEN int kie_client_perform(kie_client *c, int timeout_ms, double budget_s,
+                                  const kie_xfer *target);
 KIE_HIDDEN kie_xfer *kie_xfer_find(kie_client *c, unsigned long id);
 KIE_HIDDEN void kie_xfer_free(kie_client *c, kie_xfer *x);
 KIE_HIDDEN double kie_retry_after_seconds(const char *value);
 KIE_HIDDEN int kie_xfer_reached_server(const kie_xfer *x);
 KIE_HIDDEN double kie_monotonic(void);
+
+/* events.c: socket watch list, poll, wakeup pipe (no Lua) */
+KIE_HIDDEN const char *kie_events_setup(kie_client *c);
+KIE_HIDDEN void kie_events_teardown(kie_client *c);
+KIE_HIDDEN void kie_events_wakeup(kie_client *c);
+KIE_HIDDEN int kie_events_timers(kie_client *c);
+KIE_HIDDEN int kie_events_wait(kie_client *c, int wait_ms, double deadline);
 
 /* json.c: the lua-cjson bridge */
 KIE_HIDDEN void kie_json_init(lua_State *L);

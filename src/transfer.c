@@ -115,6 +115,7 @@ static void share_lock(CURL *h, curl_lock_data d, curl_lock_access a, void *u) {
 
 const char *kie_client_setup(kie_client *c) {
   struct curl_slist *h = NULL, *t;
+  const char *why;
   char *auth;
   size_t n;
   if (!kie_global_init()) return "curl_global_init failed";
@@ -125,7 +126,8 @@ const char *kie_client_setup(kie_client *c) {
   curl_share_setopt(c->share, CURLSHOPT_UNLOCKFUNC, share_lock);
   curl_share_setopt(c->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
   curl_share_setopt(c->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
-  curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, 64L);
+  curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, 128L);
+  if ((why = kie_events_setup(c)) != NULL) return why;
   n = strlen(c->api_key) + sizeof("Authorization: Bearer ");
   auth = malloc(n);
   if (auth == NULL) return "out of memory";
@@ -174,6 +176,7 @@ void kie_client_teardown(kie_client *c) {
   c->nidle = 0;
   if (c->multi) curl_multi_cleanup(c->multi);
   if (c->share) curl_share_cleanup(c->share);
+  kie_events_teardown(c);
   curl_slist_free_all(c->headers);
   curl_slist_free_all(c->form_headers);
   curl_slist_free_all(c->get_headers);
@@ -293,6 +296,9 @@ kie_xfer *kie_xfer_launch(kie_client *c, kie_xfer *x, const char **why) {
     drop(c, x);
     return NULL;
   }
+  /* start it now (connect, or send on a kept-alive connection): the caller pays
+   * for its own request, and a budgeted step only reads answers */
+  kie_events_timers(c);
   return x;
 }
 
@@ -348,21 +354,20 @@ static int ready(kie_client *c, const kie_xfer *target) {
   return 0;
 }
 
-int kie_client_perform(kie_client *c, int timeout_ms, const kie_xfer *target) {
-  int running = 0;
-  if (curl_multi_perform(c->multi, &running) != CURLM_OK) return 0;
+int kie_client_perform(kie_client *c, int timeout_ms, double budget_s, const kie_xfer *target) {
+  double deadline = budget_s >= 0 ? kie_monotonic() + budget_s : 0;
+  int wait_ms;
+  if (!kie_events_timers(c)) return 0;
   collect(c);
-  if (timeout_ms > 0 && !ready(c, target)) {
-    if (curl_multi_poll(c->multi, NULL, 0, timeout_ms, NULL) != CURLM_OK) return 0;
-    if (curl_multi_perform(c->multi, &running) != CURLM_OK) return 0;
-    collect(c);
-  }
+  wait_ms = (timeout_ms > 0 && !ready(c, target)) ? timeout_ms : 0;
+  if (!kie_events_wait(c, wait_ms, deadline) || !kie_events_timers(c)) return 0;
+  collect(c);
   return 1;
 }
 
 void kie_xfer_wait(kie_client *c, kie_xfer *x) {
   while (!x->done) {
-    if (!kie_client_perform(c, 1000, x)) break;
+    if (!kie_client_perform(c, 1000, -1, x)) break;
   }
   if (!x->done) { /* the multi handle failed: report as a transport failure */
     x->done = 1;

@@ -32,6 +32,7 @@ local DEFAULTS = {
   max_retries = 4,
   max_response_bytes = 8 * 1024 * 1024,
   strict = true,
+  step_budget_ms = 0.2,
 }
 
 -- kie.ai's published limits: 20 creates per 10 s per account, 10 status reads per s per key
@@ -45,6 +46,7 @@ local OPTION_TYPES = {
   max_response_bytes = "number", logger = "function", user_agent = "string",
   journal = "string", strict = "boolean", rate_limits = "table", retry = "table",
   now = "function", sleep = "function", random = "function",
+  step_budget_ms = "number",
   core = "table", -- an injected core module (tests' fakes)
 }
 
@@ -85,6 +87,9 @@ local function _options(user)
   end
   if o.max_retries < 0 or o.max_retries % 1 ~= 0 then
     error("kie.new: option 'max_retries' must be a whole number >= 0", 3)
+  end
+  if not (o.step_budget_ms >= 0) then
+    error("kie.new: option 'step_budget_ms' must be a number >= 0", 3)
   end
   return o
 end
@@ -312,21 +317,26 @@ end
 -- resumes coroutines. Returns how many transfers and timers are still pending.
 -- A callback that raised is re-raised here, after the others have run.
 --
--- `budget_ms` (optional; default: no budget) bounds the work of one step, for a
--- game frame: once that many milliseconds (by the client's clock) have passed
--- since step began, transfers that have finished but whose coroutines have not
--- been resumed yet stay queued (first finished, first resumed) and are handed
--- over by the next step(s). At least one is handed over per step, so `budget_ms`
--- 0 means one per step. Queued transfers count in the return value, and
--- `poll_timeout()` is 0 while any are queued (such a step does not wait).
+-- `budget_ms` (default: the client's `step_budget_ms`, 0.2 ms) bounds the work of
+-- one step, for a game frame: half of it for reading answers off the sockets,
+-- then, once the whole budget (by the client's clock) has passed since step
+-- began, transfers that have finished but whose coroutines have not been resumed
+-- yet stay queued (first finished, first resumed) and are handed over by the next
+-- step(s); answers not read yet wait in their sockets. At least one is handed
+-- over per step, so `budget_ms` 0 means one per step, and `math.huge` means no
+-- budget. Queued transfers count in the return value, and `poll_timeout()` is 0
+-- while any are queued (such a step does not wait).
 -- @tparam[opt=0] integer timeout_ms
 -- @tparam[opt] number budget_ms
 -- @treturn integer transfers (running or queued), timers and callbacks pending
 function Client:step(timeout_ms, budget_ms)
   timeout_ms = timeout_ms or 0
-  if budget_ms ~= nil and (type(budget_ms) ~= "number" or budget_ms ~= budget_ms or budget_ms < 0) then
+  if budget_ms == nil then
+    budget_ms = self._opts.step_budget_ms
+  elseif type(budget_ms) ~= "number" or budget_ms ~= budget_ms or budget_ms < 0 then
     error("step: budget_ms must be a number >= 0, got " .. tostring(budget_ms), 2)
   end
+  if budget_ms == huge then budget_ms = nil end
   local now = self._env.now
   local deadline = budget_ms and now() + budget_ms / 1000
   local raised = {}
@@ -340,7 +350,7 @@ function Client:step(timeout_ms, budget_ms)
     if d < ms then ms = d > 0 and d or 0 end
   end
   local core = self._core
-  local n, ids = core:step(ms)
+  local n, ids = core:step(ms, budget_ms and budget_ms / 2)
   if self._watch then files.watch(self, raised) end -- download progress callbacks
   if ids then
     if not deadline and q.head > q.tail then

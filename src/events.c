@@ -1,0 +1,139 @@
+/* events.c - drives a client's libcurl multi handle with the socket API. No Lua here.
+ *
+ * Caveats:
+ *  - libcurl tells us which sockets to watch (CURLMOPT_SOCKETFUNCTION); we poll()
+ *    them ourselves and hand each ready one to curl_multi_socket_action, so a step
+ *    costs O(ready sockets), not O(transfers) as curl_multi_perform does. Timers are
+ *    read with curl_multi_timeout before and after each poll (no TIMERFUNCTION).
+ *  - A budget bounds one step: once its deadline has passed no further ready socket
+ *    is handed to libcurl (at least one always is). The rest stay readable and are
+ *    served first by the next step (round robin over the watch list), so none starves.
+ *  - wakeup() writes to a non-blocking pipe that every poll also watches; it may be
+ *    called from another thread. The pipe is drained by the next poll.
+ *  - The socket callback may run while we dispatch: dispatch walks a copy of the
+ *    watch list (the pollfd array), never the list itself.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
+#include "kie.h"
+
+/* Index of fd in the watch list, or -1. */
+static int find_watch(const kie_client *c, curl_socket_t fd) {
+  int i;
+  for (i = 0; i < c->nwatch; i++) {
+    if (c->watch[i].fd == fd) return i;
+  }
+  return -1;
+}
+
+/* CURLMOPT_SOCKETFUNCTION: keep the watch list in step with what libcurl asks for. */
+static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp) {
+  kie_client *c = ud;
+  int i = find_watch(c, fd);
+  short ev = 0;
+  (void)e; (void)sockp;
+  if (what == CURL_POLL_REMOVE) {
+    if (i >= 0) c->watch[i] = c->watch[--c->nwatch];
+    return 0;
+  }
+  if (what & CURL_POLL_IN) ev |= POLLIN;
+  if (what & CURL_POLL_OUT) ev |= POLLOUT;
+  if (i < 0) {
+    if (c->nwatch == c->capwatch) {
+      int cap = c->capwatch ? 2 * c->capwatch : 16;
+      struct pollfd *w = realloc(c->watch, (size_t)(cap + 1) * sizeof(*w));
+      struct pollfd *p = realloc(c->pfds, (size_t)(cap + 1) * sizeof(*p));
+      if (w) c->watch = w;
+      if (p) c->pfds = p;
+      if (w == NULL || p == NULL) return -1;
+      c->capwatch = cap;
+    }
+    i = c->nwatch++;
+    c->watch[i].fd = fd;
+    c->watch[i].revents = 0;
+  }
+  c->watch[i].events = ev;
+  return 0;
+}
+
+const char *kie_events_setup(kie_client *c) {
+  int i;
+  c->wake[0] = c->wake[1] = -1;
+  if (pipe(c->wake) != 0) return "cannot create the wakeup pipe";
+  for (i = 0; i < 2; i++) {
+    fcntl(c->wake[i], F_SETFL, fcntl(c->wake[i], F_GETFL) | O_NONBLOCK);
+    fcntl(c->wake[i], F_SETFD, FD_CLOEXEC);
+  }
+  curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+  curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
+  return NULL;
+}
+
+void kie_events_teardown(kie_client *c) {
+  int i;
+  for (i = 0; i < 2; i++) {
+    if (c->wake[i] >= 0) close(c->wake[i]);
+    c->wake[i] = -1;
+  }
+  free(c->watch);
+  free(c->pfds);
+  c->watch = c->pfds = NULL;
+  c->nwatch = c->capwatch = 0;
+}
+
+void kie_events_wakeup(kie_client *c) {
+  char b = 1;
+  if (c->wake[1] >= 0) (void)!write(c->wake[1], &b, 1);
+}
+
+/* Runs libcurl's due timers (new transfers start this way). */
+int kie_events_timers(kie_client *c) {
+  long ms = -1;
+  int running;
+  if (curl_multi_timeout(c->multi, &ms) != CURLM_OK) return 0;
+  if (ms != 0) return 1;
+  return curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running) == CURLM_OK;
+}
+
+/* Waits at most wait_ms for the watched sockets (or a wakeup), then hands the ready
+ * ones to libcurl until the deadline (0: none) passes. */
+int kie_events_wait(kie_client *c, int wait_ms, double deadline) {
+  int n = c->nwatch, k, ready, running, start;
+  long ms = -1;
+  if (curl_multi_timeout(c->multi, &ms) != CURLM_OK) return 0;
+  if (ms >= 0 && ms < wait_ms) wait_ms = (int)ms;
+  if (c->pfds == NULL) { /* no socket yet: room for the wakeup pipe only */
+    c->pfds = malloc(sizeof(*c->pfds));
+    if (c->pfds == NULL) return 0;
+  }
+  if (n > 0) memcpy(c->pfds, c->watch, (size_t)n * sizeof(*c->pfds));
+  c->pfds[n].fd = c->wake[0];
+  c->pfds[n].events = POLLIN;
+  ready = poll(c->pfds, (nfds_t)n + 1, wait_ms);
+  if (ready < 0) return errno == EINTR;
+  if (ready > 0 && c->pfds[n].revents) {
+    char buf[64];
+    while (read(c->wake[0], buf, sizeof(buf)) > 0) {}
+    ready--;
+  }
+  start = n > 0 ? c->rr % n : 0;
+  for (k = 0; k < n && ready > 0; k++) {
+    struct pollfd *p = &c->pfds[(start + k) % n];
+    int ev = 0;
+    if (!p->revents) continue;
+    ready--;
+    if (p->revents & (POLLIN | POLLHUP)) ev |= CURL_CSELECT_IN;
+    if (p->revents & POLLOUT) ev |= CURL_CSELECT_OUT;
+    if (p->revents & (POLLERR | POLLNVAL)) ev |= CURL_CSELECT_ERR;
+    if (curl_multi_socket_action(c->multi, p->fd, ev, &running) != CURLM_OK) return 0;
+    if (deadline > 0 && ready > 0 && kie_monotonic() >= deadline) {
+      c->rr = (unsigned)(start + k + 1); /* the next step begins after the last one served */
+      break;
+    }
+  }
+  return 1;
+}
