@@ -393,10 +393,13 @@ local function extras()
     end
   end
   x.step = {}
-  for _, v in ipairs({ { 0, "client" }, { 0, "core" }, { 1, "client" }, { 16, "client" }, { 0, "client", 10 } }) do
+  -- {frame_ms, layer, inflight, budget_ms ("" = the layer's default), GC}
+  for _, v in ipairs({ { 0, "client" }, { 0, "client", 100, "", "off" }, { 0, "core" }, { 0, "core", 100, 0.1 },
+      { 1, "client" }, { 16, "client" }, { 0, "client", 10 } }) do
     local inflight = v[3] or 100
-    local ok, out = sh(LUA54 .. " bench/step.lua " .. URL .. " 3000 " .. inflight .. " " .. v[1] .. " " .. v[2])
-    local row = { frame_ms = v[1], layer = v[2], inflight = inflight }
+    local ok, out = sh(LUA54 .. " bench/step.lua " .. URL .. " 3000 " .. inflight .. " " .. v[1] .. " " .. v[2]
+      .. " " .. (v[4] or "''") .. " " .. (v[5] or "on"))
+    local row = { frame_ms = v[1], layer = v[2], inflight = inflight, budget = v[4], gc = v[5] }
     if ok then
       for k, val in out:gmatch("([%w_]+)=([%d%.]+)") do row[k] = tonumber(val) end
     else
@@ -488,11 +491,15 @@ local function report(results, x, mach, load_end, elapsed)
       if s.error then
         add("* step(0) " .. s.layer .. " frame_ms=" .. s.frame_ms .. " inflight=" .. s.inflight .. ": failed")
       else
-        add(string.format("* step(0), %s layer, %d get_task in flight, %s: median %.3f ms, p99 **%.3f ms**,"
-          .. " max %.3f ms over %d frames (%.1f µs per finished transfer%s)",
-          s.layer, s.inflight, s.frame_ms == 0 and "frames back to back" or (s.frame_ms .. " ms sleep between frames"),
+        local budget = (s.budget == nil or s.budget == "") and (s.layer == "client" and "default budget 0.2 ms"
+          or "no budget") or ("budget " .. s.budget .. " ms")
+        add(string.format("* step(0), %s layer, %s%s, %d get_task in flight, %s: median %.3f ms, p99 **%.3f ms**,"
+          .. " max %.3f ms over %d frames (%.1f µs per finished transfer%s; the call that starts one: %.1f µs)",
+          s.layer, budget, s.gc == "off" and ", Lua GC stopped" or "", s.inflight,
+          s.frame_ms == 0 and "frames back to back" or (s.frame_ms .. " ms sleep between frames"),
           s.median_ms or 0, s.p99_ms or 0, s.max_ms or 0, s.frames or 0, s.per_done_us or 0,
-          (s.perform_us and s.perform_us > 0) and string.format(", of which %.1f in libcurl", s.perform_us) or ""))
+          (s.perform_us and s.perform_us > 0) and string.format(", of which %.1f in libcurl", s.perform_us) or "",
+          s.start_us or 0))
       end
     end
     if x.rss and x.rss.rss_1k_kib then

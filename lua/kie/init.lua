@@ -16,8 +16,15 @@ local M = {
   _VERSION = Client.VERSION,
   errors = errors,
   models = require "kie.models",
-  callback = require "kie.callback",
 }
+
+-- kie.callback (webhook verification) loads on first use: most programs never need it
+setmetatable(M, { __index = function(t, k)
+  if k ~= "callback" then return nil end
+  local v = require "kie.callback"
+  rawset(t, k, v)
+  return v
+end })
 
 --- Runs `fn(...)` at once in a coroutine in which the client calls yield instead
 -- of blocking; the `step` of the client a call used resumes it. Returns a handle
@@ -39,6 +46,7 @@ M.spawn = scheduler.spawn
 -- * `journal` (a file path: every created taskId is fsync'd there; see `resume`)
 -- * `strict` (true: an unknown input field of a known model is an error)
 -- * `logger` (`function(level, message, fields)`; never sees the key)
+-- * `step_budget_ms` (0.2: the work budget of one `step`, for a game frame)
 -- * `now`, `sleep`, `random` (inject the clock, e.g. in tests), `core` (inject a core)
 --
 -- Raises when no key is found or an option is unknown or of the wrong type.
