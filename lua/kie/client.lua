@@ -462,8 +462,6 @@ function Client:_fingerprint(req)
   return (digest:gsub("[+/=]", ""):sub(1, 24))
 end
 
-local STRICT, LOOSE = { strict = true }, { strict = false }
-
 -- One attempt of create_task (retry.call2's fn).
 local function _create_attempt(self, req)
   local env, lim = self._env, self._create_lim
@@ -483,20 +481,24 @@ end
 -- @tparam[opt] table opts `strict` (false lets unknown input fields through)
 -- @treturn table `{taskId = ...}` or `nil, err`
 function Client:create_task(request, opts)
-  _check(request, "table", "create_task: request")
+  if type(request) ~= "table" then _check(request, "table", "create_task: request") end
   local strict = self._opts.strict
   if opts ~= nil then
     _check(opts, "table", "create_task: opts")
     if opts.strict ~= nil then strict = opts.strict end
   end
-  local req, verr = models.validate(request,
-    strict == true and STRICT or strict == false and LOOSE or { strict = strict })
+  local req, verr
+  if strict == true or strict == false then
+    req, verr = models.check(request, strict)
+  else
+    req, verr = models.validate(request, { strict = strict }) -- raises: not a boolean
+  end
   if not req then
     self:_log("warn", "create_task: invalid request", { op = "create_task", message = verr.message })
     return nil, verr
   end
-  local res, err = retry.call2(self._create_policy, self._env, _retry_logger(self, "create_task"), nil,
-    _create_attempt, self, req)
+  local res, err = retry.call2(self._create_policy, self._env,
+    self._retry_loggers.create_task or _retry_logger(self, "create_task"), nil, _create_attempt, self, req)
   if not res then
     err = wrap(err)
     if err.kind == "unknown_outcome" then
@@ -546,7 +548,8 @@ local function _io_n(self, name, n, a1, a2, a3, a4, a5)
   return self:_io(name, a1, a2, a3, a4, a5)
 end
 
--- One attempt of a read (retry.call2's fn); `args` holds arguments beyond five.
+-- One attempt of a read (retry.call2's fn): `n` arguments in `args`, a table (the
+-- one argument itself when n is 1).
 local function _read_attempt(self, op, deadline, name, n, args)
   local env, lim = self._env, self._poll_lim
   if lim and not _acquire_by(lim, env, deadline) then
@@ -556,7 +559,9 @@ local function _read_attempt(self, op, deadline, name, n, args)
   end
   if self._opts.logger then self:_log("debug", "request", { op = op }) end
   local r, e
-  if n <= 5 then
+  if n == 1 then
+    r, e = self:_io(name, args)
+  elseif n <= 5 then
     r, e = _io_n(self, name, n, args[1], args[2], args[3], args[4], args[5])
   else
     r, e = self:_io(name, unpack(args, 1, n))
@@ -570,11 +575,11 @@ local NO_ARGS = {}
 function Client:_read(op, deadline, name, ...)
   local n = select("#", ...)
   local args
-  if n == 0 then args = NO_ARGS
-  elseif n == 1 then args = { (...) }
+  if n == 1 then args = ...
+  elseif n == 0 then args = NO_ARGS
   else args = { ... } end
-  local res, err = retry.call2(self._read_policy, self._env, _retry_logger(self, op), deadline,
-    _read_attempt, self, op, deadline, name, n, args)
+  local res, err = retry.call2(self._read_policy, self._env, self._retry_loggers[op] or _retry_logger(self, op),
+    deadline, _read_attempt, self, op, deadline, name, n, args)
   if res == nil then return nil, wrap(err) end
   return res
 end
@@ -583,8 +588,9 @@ function Client:_get(task_id, deadline)
   local info, err = self:_read("get_task", deadline, "get_task", task_id)
   local redact = self._redact
   if redact and type(info) == "table" then -- these reach task_failed errors and logs
-    if type(info.failMsg) == "string" then info.failMsg = redact(info.failMsg) end
-    if type(info.failCode) == "string" then info.failCode = redact(info.failCode) end
+    local msg, code = info.failMsg, info.failCode
+    if msg ~= "" and type(msg) == "string" then info.failMsg = redact(msg) end
+    if code ~= "" and type(code) == "string" then info.failCode = redact(code) end
   end
   if info and self._journal and (info.state == "success" or info.state == "fail") then
     self._journal:finished(task_id, info.state)
@@ -597,7 +603,7 @@ end
 -- Retried on network errors, 5xx, 429 and 455.
 -- @tparam string task_id
 function Client:get_task(task_id)
-  _check(task_id, "string", "get_task: task_id")
+  if type(task_id) ~= "string" then _check(task_id, "string", "get_task: task_id") end
   return self:_get(task_id)
 end
 
