@@ -542,10 +542,39 @@ local function schema_index(fields)
   return idx
 end
 
+-- Checks the values of `input` named by `fields` into `out`. Returns out and how
+-- many of those names `input` has.
+local function check_fields(model, fields, input, out, report)
+  local found = 0
+  for i = 1, #fields do
+    local spec = fields[i]
+    local name = spec.name
+    local v = input[name]
+    if v == nil then
+      if spec.required then return fail(report and ("input." .. name) or nil, "is required for " .. model) end
+    else
+      local x, err = check[spec.type](spec, v, report and ("input." .. name) or nil)
+      if err then return nil, err end
+      if out[name] == nil then found = found + 1 end
+      out[name] = x
+    end
+  end
+  return out, nil, found
+end
+
 -- Checks `input` against a model schema; returns the normalized copy. `report`
 -- false: the fast mode (see BAIL), in which `input`'s shape is not checked yet:
 -- when every key is a field name, it is an object (or empty).
 local function check_input(model, sch, input, strict, req, report)
+  if not report then
+    -- no other keys than the field names found: nothing unknown (else see below)
+    local out, err, found = check_fields(model, sch.fields, input, {}, false)
+    if err then return nil, err end
+    local keys = 0
+    for _ in pairs(input) do keys = keys + 1 end
+    if keys == found then return out end
+    if strict then return nil, BAIL end
+  end
   local idx = schema_index(sch.fields)
   local by_name, names = idx.by_name, idx.names
   local out = {}
@@ -577,20 +606,7 @@ local function check_input(model, sch, input, strict, req, report)
       end
     end
   end
-  local fields = sch.fields
-  for i = 1, #fields do
-    local spec = fields[i]
-    local name = spec.name
-    local v = input[name]
-    if v == nil then
-      if spec.required then return fail(report and ("input." .. name) or nil, "is required for " .. model) end
-    else
-      local x, err = check[spec.type](spec, v, report and ("input." .. name) or nil)
-      if err then return nil, err end
-      out[name] = x
-    end
-  end
-  return out
+  return check_fields(model, sch.fields, input, out, report)
 end
 
 -- ------------------------------------------------------------------------
