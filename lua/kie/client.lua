@@ -164,12 +164,14 @@ function Client.new(user)
     _journal = o.journal and journal.open(o.journal, core) or nil,
     _parked = {},   -- transfer id -> spawned task waiting for it
     _timers = {},   -- sorted by .at: {at =, task =}
+    _due = {},      -- tasks to resume at the next step, first come first (before any timer)
     _deferred = {}, -- functions to call at the next step
     _ready = { head = 1, tail = 0 }, -- FIFO of finished transfer ids not yet handed over
     _retry_loggers = {}, -- op -> on_retry function
   }, Client)
   local blocking_sleep = o.sleep or core.sleep
   self._blocking_sleep = blocking_sleep
+  self._next_step = { client = self, wake = -huge } -- park a task until the next step
   self._env = {
     now = o.now or core.now,
     random = o.random or math.random,
@@ -251,6 +253,9 @@ end
 function Client:_park(task, req)
   if req.id then
     self._parked[req.id] = task
+  elseif req.wake == -huge then
+    local due = self._due
+    due[#due + 1] = task
   else
     local timers, at = self._timers, req.wake
     local i = #timers
@@ -263,6 +268,10 @@ function Client:_unpark(task, req)
   if req.id then
     self._parked[req.id] = nil
     self._core:cancel(req.id)
+  elseif req.wake == -huge then
+    for i, t in ipairs(self._due) do
+      if t == task then remove(self._due, i) break end
+    end
   else
     for i, t in ipairs(self._timers) do
       if t.task == task then remove(self._timers, i) break end
@@ -274,14 +283,21 @@ function Client:_defer(fn)
   self._deferred[#self._deferred + 1] = fn
 end
 
--- Resumes tasks whose timers are due and runs deferred callbacks. Returns the
--- errors raised by callbacks.
+-- Resumes the tasks parked until this step, then those whose timers are due, and
+-- runs deferred callbacks. Returns the errors raised by callbacks.
 function Client:_run_due(raised)
   local now = self._env.now()
-  local timers = self._timers
-  while timers[1] and timers[1].at <= now do
-    local t = remove(timers, 1)
-    scheduler.resume(t.task)
+  local due, timers = self._due, self._timers
+  while true do
+    local t
+    if due[1] then
+      t = remove(due, 1)
+    elseif timers[1] and timers[1].at <= now then
+      t = remove(timers, 1).task
+    else
+      break
+    end
+    scheduler.resume(t)
   end
   while #self._deferred > 0 do
     local fns = self._deferred
@@ -333,7 +349,7 @@ function Client:step(timeout_ms, budget_ms)
   self:_run_due(raised)
   local q = self._ready
   local ms = timeout_ms
-  if #self._deferred > 0 or q.head <= q.tail then ms = 0 end
+  if #self._deferred > 0 or q.head <= q.tail or self._due[1] then ms = 0 end
   local nt = self._timers[1]
   if nt and ms > 0 then
     local d = ceil((nt.at - now()) * 1000)
@@ -365,13 +381,13 @@ function Client:step(timeout_ms, budget_ms)
   -- count again: the coroutines resumed above may have started new transfers
   -- (core:pending() counts the queued transfers too: they are not handed back yet)
   if core.pending then n = core:pending() else n = n + (q.tail - q.head + 1) end
-  return n + #self._timers + #self._deferred
+  return n + #self._due + #self._timers + #self._deferred
 end
 
 --- Milliseconds a host loop may sleep before the next `step`, or nil when
 -- nothing is pending (0 while finished transfers are queued by a step budget).
 function Client:poll_timeout()
-  if #self._deferred > 0 then return 0 end
+  if #self._deferred > 0 or self._due[1] then return 0 end
   local q = self._ready
   if q.head <= q.tail then return 0 end
   local ms = self._core:poll_timeout()
@@ -398,12 +414,12 @@ local function _keep(self, ...) -- parks until step, then returns fn's results
   local n = select("#", ...)
   if n <= 2 then
     local a, b = ...
-    scheduler.wait_for{ client = self, wake = -huge } -- hand results over in step
+    scheduler.wait_for(self._next_step) -- hand results over in step
     if n == 2 then return a, b elseif n == 1 then return a end
     return
   end
   local r = { n = n, ... }
-  scheduler.wait_for{ client = self, wake = -huge }
+  scheduler.wait_for(self._next_step)
   return unpack(r, 1, n)
 end
 
