@@ -96,7 +96,8 @@ function M.parse(body, headers, opts)
     if skew > tolerance then
       return _fail("signature", "timestamp is " .. skew .. " s old (tolerance " .. tolerance .. " s)", task_id)
     elseif -skew > tolerance then
-      return _fail("signature", "timestamp is " .. -skew .. " s in the future (tolerance " .. tolerance .. " s)", task_id)
+      return _fail("signature", "timestamp is " .. -skew .. " s in the future (tolerance " .. tolerance .. " s)",
+        task_id)
     end
     local want = core.hmac_sha256_base64(opts.hmac_key, task_id .. "." .. ts)
     if not core.equal(want, sig) then

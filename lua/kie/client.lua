@@ -169,12 +169,14 @@ function Client.new(user)
     _journal = o.journal and journal.open(o.journal, core) or nil,
     _parked = {},   -- transfer id -> spawned task waiting for it
     _timers = {},   -- sorted by .at: {at =, task =}
+    _due = {},      -- tasks to resume at the next step, first come first (before any timer)
     _deferred = {}, -- functions to call at the next step
     _ready = { head = 1, tail = 0 }, -- FIFO of finished transfer ids not yet handed over
     _retry_loggers = {}, -- op -> on_retry function
   }, Client)
   local blocking_sleep = o.sleep or core.sleep
   self._blocking_sleep = blocking_sleep
+  self._next_step = { client = self, wake = -huge } -- park a task until the next step
   self._env = {
     now = o.now or core.now,
     random = o.random or math.random,
@@ -256,6 +258,9 @@ end
 function Client:_park(task, req)
   if req.id then
     self._parked[req.id] = task
+  elseif req.wake == -huge then
+    local due = self._due
+    due[#due + 1] = task
   else
     local timers, at = self._timers, req.wake
     local i = #timers
@@ -268,6 +273,10 @@ function Client:_unpark(task, req)
   if req.id then
     self._parked[req.id] = nil
     self._core:cancel(req.id)
+  elseif req.wake == -huge then
+    for i, t in ipairs(self._due) do
+      if t == task then remove(self._due, i) break end
+    end
   else
     for i, t in ipairs(self._timers) do
       if t.task == task then remove(self._timers, i) break end
@@ -279,14 +288,21 @@ function Client:_defer(fn)
   self._deferred[#self._deferred + 1] = fn
 end
 
--- Resumes tasks whose timers are due and runs deferred callbacks. Returns the
--- errors raised by callbacks.
+-- Resumes the tasks parked until this step, then those whose timers are due, and
+-- runs deferred callbacks. Returns the errors raised by callbacks.
 function Client:_run_due(raised)
   local now = self._env.now()
-  local timers = self._timers
-  while timers[1] and timers[1].at <= now do
-    local t = remove(timers, 1)
-    scheduler.resume(t.task)
+  local due, timers = self._due, self._timers
+  while true do
+    local t
+    if due[1] then
+      t = remove(due, 1)
+    elseif timers[1] and timers[1].at <= now then
+      t = remove(timers, 1).task
+    else
+      break
+    end
+    scheduler.resume(t)
   end
   while #self._deferred > 0 do
     local fns = self._deferred
@@ -343,7 +359,7 @@ function Client:step(timeout_ms, budget_ms)
   self:_run_due(raised)
   local q = self._ready
   local ms = timeout_ms
-  if #self._deferred > 0 or q.head <= q.tail then ms = 0 end
+  if #self._deferred > 0 or q.head <= q.tail or self._due[1] then ms = 0 end
   local nt = self._timers[1]
   if nt and ms > 0 then
     local d = ceil((nt.at - now()) * 1000)
@@ -375,13 +391,13 @@ function Client:step(timeout_ms, budget_ms)
   -- count again: the coroutines resumed above may have started new transfers
   -- (core:pending() counts the queued transfers too: they are not handed back yet)
   if core.pending then n = core:pending() else n = n + (q.tail - q.head + 1) end
-  return n + #self._timers + #self._deferred
+  return n + #self._due + #self._timers + #self._deferred
 end
 
 --- Milliseconds a host loop may sleep before the next `step`, or nil when
 -- nothing is pending (0 while finished transfers are queued by a step budget).
 function Client:poll_timeout()
-  if #self._deferred > 0 then return 0 end
+  if #self._deferred > 0 or self._due[1] then return 0 end
   local q = self._ready
   if q.head <= q.tail then return 0 end
   local ms = self._core:poll_timeout()
@@ -408,12 +424,12 @@ local function _keep(self, ...) -- parks until step, then returns fn's results
   local n = select("#", ...)
   if n <= 2 then
     local a, b = ...
-    scheduler.wait_for{ client = self, wake = -huge } -- hand results over in step
+    scheduler.wait_for(self._next_step) -- hand results over in step
     if n == 2 then return a, b elseif n == 1 then return a end
     return
   end
   local r = { n = n, ... }
-  scheduler.wait_for{ client = self, wake = -huge }
+  scheduler.wait_for(self._next_step)
   return unpack(r, 1, n)
 end
 
@@ -472,8 +488,6 @@ function Client:_fingerprint(req)
   return (digest:gsub("[+/=]", ""):sub(1, 24))
 end
 
-local STRICT, LOOSE = { strict = true }, { strict = false }
-
 -- One attempt of create_task (retry.call2's fn).
 local function _create_attempt(self, req)
   local env, lim = self._env, self._create_lim
@@ -493,20 +507,24 @@ end
 -- @tparam[opt] table opts `strict` (false lets unknown input fields through)
 -- @treturn table `{taskId = ...}` or `nil, err`
 function Client:create_task(request, opts)
-  _check(request, "table", "create_task: request")
+  if type(request) ~= "table" then _check(request, "table", "create_task: request") end
   local strict = self._opts.strict
   if opts ~= nil then
     _check(opts, "table", "create_task: opts")
     if opts.strict ~= nil then strict = opts.strict end
   end
-  local req, verr = models.validate(request,
-    strict == true and STRICT or strict == false and LOOSE or { strict = strict })
+  local req, verr
+  if strict == true or strict == false then
+    req, verr = models.check(request, strict)
+  else
+    req, verr = models.validate(request, { strict = strict }) -- raises: not a boolean
+  end
   if not req then
     self:_log("warn", "create_task: invalid request", { op = "create_task", message = verr.message })
     return nil, verr
   end
-  local res, err = retry.call2(self._create_policy, self._env, _retry_logger(self, "create_task"), nil,
-    _create_attempt, self, req)
+  local res, err = retry.call2(self._create_policy, self._env,
+    self._retry_loggers.create_task or _retry_logger(self, "create_task"), nil, _create_attempt, self, req)
   if not res then
     err = wrap(err)
     if err.kind == "unknown_outcome" then
@@ -556,7 +574,8 @@ local function _io_n(self, name, n, a1, a2, a3, a4, a5)
   return self:_io(name, a1, a2, a3, a4, a5)
 end
 
--- One attempt of a read (retry.call2's fn); `args` holds arguments beyond five.
+-- One attempt of a read (retry.call2's fn): `n` arguments in `args`, a table (the
+-- one argument itself when n is 1).
 local function _read_attempt(self, op, deadline, name, n, args)
   local env, lim = self._env, self._poll_lim
   if lim and not _acquire_by(lim, env, deadline) then
@@ -566,7 +585,9 @@ local function _read_attempt(self, op, deadline, name, n, args)
   end
   if self._opts.logger then self:_log("debug", "request", { op = op }) end
   local r, e
-  if n <= 5 then
+  if n == 1 then
+    r, e = self:_io(name, args)
+  elseif n <= 5 then
     r, e = _io_n(self, name, n, args[1], args[2], args[3], args[4], args[5])
   else
     r, e = self:_io(name, unpack(args, 1, n))
@@ -580,11 +601,11 @@ local NO_ARGS = {}
 function Client:_read(op, deadline, name, ...)
   local n = select("#", ...)
   local args
-  if n == 0 then args = NO_ARGS
-  elseif n == 1 then args = { (...) }
+  if n == 1 then args = ...
+  elseif n == 0 then args = NO_ARGS
   else args = { ... } end
-  local res, err = retry.call2(self._read_policy, self._env, _retry_logger(self, op), deadline,
-    _read_attempt, self, op, deadline, name, n, args)
+  local res, err = retry.call2(self._read_policy, self._env, self._retry_loggers[op] or _retry_logger(self, op),
+    deadline, _read_attempt, self, op, deadline, name, n, args)
   if res == nil then return nil, wrap(err) end
   return res
 end
@@ -593,8 +614,9 @@ function Client:_get(task_id, deadline)
   local info, err = self:_read("get_task", deadline, "get_task", task_id)
   local redact = self._redact
   if redact and type(info) == "table" then -- these reach task_failed errors and logs
-    if type(info.failMsg) == "string" then info.failMsg = redact(info.failMsg) end
-    if type(info.failCode) == "string" then info.failCode = redact(info.failCode) end
+    local msg, code = info.failMsg, info.failCode
+    if msg ~= "" and type(msg) == "string" then info.failMsg = redact(msg) end
+    if code ~= "" and type(code) == "string" then info.failCode = redact(code) end
   end
   if info and self._journal and (info.state == "success" or info.state == "fail") then
     self._journal:finished(task_id, info.state)
@@ -607,7 +629,7 @@ end
 -- Retried on network errors, 5xx, 429 and 455.
 -- @tparam string task_id
 function Client:get_task(task_id)
-  _check(task_id, "string", "get_task: task_id")
+  if type(task_id) ~= "string" then _check(task_id, "string", "get_task: task_id") end
   return self:_get(task_id)
 end
 

@@ -172,6 +172,9 @@ local function is_finite(v)
   return v == v and v ~= huge and v ~= -huge
 end
 
+local c_utf8 = _VERSION >= "Lua 5.3" and rawget(_G, "utf8") or nil
+local c_utf8_len = c_utf8 and c_utf8.len
+
 --- Counts the code points of a UTF-8 string (works on every Lua version).
 -- Overlong forms, surrogates and values above U+10FFFF are invalid.
 -- @tparam string s
@@ -179,7 +182,13 @@ end
 -- @treturn[2] nil
 -- @treturn[2] integer byte offset of the first invalid sequence
 function M.utf8_len(s)
-  if not find(s, "[\128-\255]") then return #s end
+  -- ASCII, the common case, first: utf8.len (Lua 5.3+, in C) returns #s exactly
+  -- then; else one anchored match (unanchored, a match starts at every byte)
+  if c_utf8_len then
+    if c_utf8_len(s) == #s then return #s end
+  elseif find(s, "^[^\128-\255]*$") then
+    return #s
+  end
   local n, i, len = 0, 1, #s
   while i <= len do
     local c = byte(s, i)
@@ -229,20 +238,39 @@ local function url_problem_of(s)
   return nil
 end
 
--- URLs already found good (a request's URLs are often the same from call to call);
--- emptied when it grows past URL_CACHE_MAX entries.
-local URL_CACHE_MAX = 256
-local good_urls, n_good_urls = {}, 0
+-- Facts about strings already checked (a request's strings are often the same from
+-- call to call, and a string never changes): `memo.t[s]` = the fact; the table is
+-- emptied when it reaches MEMO_MAX entries. Strings longer than MEMO_BYTES are
+-- not kept.
+local MEMO_MAX, MEMO_BYTES = 256, 1024
+
+local function memo() return { t = {}, n = 0 } end
+
+local function remember(m, s, fact)
+  if #s > MEMO_BYTES then return end
+  if m.n >= MEMO_MAX then m.t, m.n = {}, 0 end
+  m.t[s] = fact
+  m.n = m.n + 1
+end
+
+local good_urls = memo() -- URL -> true
+local lengths = memo()   -- valid UTF-8 string -> its length in characters
 
 local function url_problem(s)
-  if good_urls[s] then return nil end
+  if good_urls.t[s] then return nil end
   local why = url_problem_of(s)
-  if why == nil then
-    if n_good_urls >= URL_CACHE_MAX then good_urls, n_good_urls = {}, 0 end
-    good_urls[s] = true
-    n_good_urls = n_good_urls + 1
-  end
+  if why == nil then remember(good_urls, s, true) end
   return why
+end
+
+-- utf8_len, remembered.
+local function str_len(s)
+  local n = lengths.t[s]
+  if n then return n end
+  local bad
+  n, bad = utf8_len(s)
+  if n then remember(lengths, s, n) end
+  return n, bad
 end
 
 -- Orders keys of any type deterministically (so the first error reported is stable).
@@ -269,24 +297,21 @@ local function sorted_string_keys(t)
   return keys, n
 end
 
-local function is_index(k)
-  return type(k) == "number" and k >= 1 and k < huge and k == floor(k)
-end
-
 -- Classifies a table for JSON: "empty", "array" (keys 1..n), "object" (string keys
 -- only), or nil and a description of what is wrong with it.
 local function shape(t)
   local strings, indices, top = 0, 0, 0
   for k in pairs(t) do
-    if type(k) == "string" then
+    local tk = type(k)
+    if tk == "string" then
       strings = strings + 1
-    elseif is_index(k) then
+    elseif tk == "number" and k >= 1 and k < huge and k == floor(k) then -- an index
       indices = indices + 1
       if k > top then top = k end
-    elseif type(k) == "number" then
+    elseif tk == "number" then
       return nil, "a table with key " .. repr(k)
     else
-      return nil, "a table with a key of type " .. type(k)
+      return nil, "a table with a key of type " .. tk
     end
   end
   if strings > 0 and indices > 0 then return nil, "a table mixing string keys and array indices" end
@@ -355,7 +380,7 @@ local function copy_table(v, path, seen, depth)
     local keys, nk = sorted_string_keys(v)
     for j = 1, nk do
       local k = keys[j]
-      if not utf8_len(k) then return fail(path, "key " .. repr(k) .. " is not valid UTF-8") end
+      if not str_len(k) then return fail(path, "key " .. repr(k) .. " is not valid UTF-8") end
       local x, err = copy_json(v[k], path and (path .. "." .. k), seen, depth + 1)
       if err then return nil, err end
       out[k] = x
@@ -371,7 +396,7 @@ end
 function copy_json(v, path, seen, depth)
   local t = type(v)
   if t == "string" then
-    local n, bad = utf8_len(v)
+    local n, bad = str_len(v)
     if not n then return fail(path, "is not valid UTF-8 (byte " .. bad .. ")") end
     return v
   elseif t == "boolean" then
@@ -392,25 +417,33 @@ end
 
 local check = {}
 
+-- A number for a string field with `accepts_number`: its whole-number string if
+-- that is in the enum.
+local function check_number_string(spec, v, path)
+  local s = is_finite(v) and v == floor(v) and v > -1e9 and v < 1e9 and format("%d", v)
+  if not s then
+    return fail(path, repr(v) .. " is not one of " .. concat(spec.enum, ", ") .. " (a string or a whole number)")
+  end
+  for _, allowed in ipairs(spec.enum) do
+    if s == allowed then return s end
+  end
+  return fail(path, repr(v) .. " is not one of " .. concat(spec.enum, ", "))
+end
+
 local function check_value(spec, v, path)
   return check[spec.type](spec, v, path)
 end
 
 function check.string(spec, v, path)
-  if spec.accepts_number and type(v) == "number" then
-    local s = is_finite(v) and v == floor(v) and v > -1e9 and v < 1e9 and format("%d", v)
-    if not s then
-      return fail(path, repr(v) .. " is not one of " .. concat(spec.enum, ", ") .. " (a string or a whole number)")
-    end
-    for _, allowed in ipairs(spec.enum) do
-      if s == allowed then return s end
-    end
-    return fail(path, repr(v) .. " is not one of " .. concat(spec.enum, ", "))
+  local n = lengths.t[v] -- found: v is a valid UTF-8 string
+  if n == nil then
+    if spec.accepts_number and type(v) == "number" then return check_number_string(spec, v, path) end
+    if type(v) ~= "string" then return fail(path, "must be a string, got " .. typename(v)) end
+    local bad
+    n, bad = str_len(v)
+    if not n then return fail(path, "is not valid UTF-8 (byte " .. bad .. ")") end
   end
-  if type(v) ~= "string" then return fail(path, "must be a string, got " .. typename(v)) end
-  local n, bad = utf8_len(v)
-  if not n then return fail(path, "is not valid UTF-8 (byte " .. bad .. ")") end
-  if spec.format == "url" and not (spec.allow_empty and v == "") then
+  if spec.format == "url" and not good_urls.t[v] and not (spec.allow_empty and v == "") then
     local why = url_problem(v)
     if why then return fail(path, repr(v) .. " is not an http(s) URL (" .. why .. ")") end
   end
@@ -509,9 +542,39 @@ local function schema_index(fields)
   return idx
 end
 
+-- Checks the values of `input` named by `fields` into `out`. Returns out and how
+-- many of those names `input` has.
+local function check_fields(model, fields, input, out, report)
+  local found = 0
+  for i = 1, #fields do
+    local spec = fields[i]
+    local name = spec.name
+    local v = input[name]
+    if v == nil then
+      if spec.required then return fail(report and ("input." .. name) or nil, "is required for " .. model) end
+    else
+      local x, err = check[spec.type](spec, v, report and ("input." .. name) or nil)
+      if err then return nil, err end
+      if out[name] == nil then found = found + 1 end
+      out[name] = x
+    end
+  end
+  return out, nil, found
+end
+
 -- Checks `input` against a model schema; returns the normalized copy. `report`
--- false: the fast mode (see BAIL).
-local function check_input(model, sch, input, strict, seen, report)
+-- false: the fast mode (see BAIL), in which `input`'s shape is not checked yet:
+-- when every key is a field name, it is an object (or empty).
+local function check_input(model, sch, input, strict, req, report)
+  if not report then
+    -- no other keys than the field names found: nothing unknown (else see below)
+    local out, err, found = check_fields(model, sch.fields, input, {}, false)
+    if err then return nil, err end
+    local keys = 0
+    for _ in pairs(input) do keys = keys + 1 end
+    if keys == found then return out end
+    if strict then return nil, BAIL end
+  end
   local idx = schema_index(sch.fields)
   local by_name, names = idx.by_name, idx.names
   local out = {}
@@ -520,7 +583,11 @@ local function check_input(model, sch, input, strict, seen, report)
     if not by_name[k] then unknown = true break end
   end
   if unknown then
-    if strict and not report then return nil, BAIL end
+    if not report then
+      local kind = not strict and shape(input)
+      if kind ~= "object" then return nil, BAIL end
+    end
+    local seen = { [req] = true, [input] = true }
     local keys, nk = sorted_string_keys(input)
     for j = 1, nk do
       local k = keys[j]
@@ -539,20 +606,7 @@ local function check_input(model, sch, input, strict, seen, report)
       end
     end
   end
-  local fields = sch.fields
-  for i = 1, #fields do
-    local spec = fields[i]
-    local name = spec.name
-    local v = input[name]
-    if v == nil then
-      if spec.required then return fail(report and ("input." .. name) or nil, "is required for " .. model) end
-    else
-      local x, err = check[spec.type](spec, v, report and ("input." .. name) or nil)
-      if err then return nil, err end
-      out[name] = x
-    end
-  end
-  return out
+  return check_fields(model, sch.fields, input, out, report)
 end
 
 -- ------------------------------------------------------------------------
@@ -583,7 +637,7 @@ local function validate(req, strict, report)
   if model == nil then return fail("model", 'is required (a model name such as "ideogram/character")') end
   if type(model) ~= "string" then return fail("model", "must be a string, got " .. typename(model)) end
   if model == "" then return fail("model", "must not be empty") end
-  if not utf8_len(model) then return fail("model", "is not valid UTF-8") end
+  if not str_len(model) then return fail("model", "is not valid UTF-8") end
 
   if callback ~= nil then
     local _, err = check.string(URL, callback, "callBackUrl")
@@ -592,19 +646,19 @@ local function validate(req, strict, report)
 
   if input == nil then return fail("input", "is required (a table of the model's input fields)") end
   if type(input) ~= "table" then return fail("input", "must be a table, got " .. typename(input)) end
-  local kind, why = shape(input)
-  if kind == "array" then why = "an array" end
-  if kind ~= "object" and kind ~= "empty" then
-    return fail("input", "must be an object (a table with string keys), got " .. why)
+  local sch, out, err = M.schemas[model]
+  if report or not sch then -- else check_input checks the shape
+    local kind, why = shape(input)
+    if kind == "array" then why = "an array" end
+    if kind ~= "object" and kind ~= "empty" then
+      return fail("input", "must be an object (a table with string keys), got " .. why)
+    end
   end
 
-  local seen = { [req] = true }
-  local sch, out, err = M.schemas[model]
   if sch then
-    seen[input] = true
-    out, err = check_input(model, sch, input, strict, seen, report)
+    out, err = check_input(model, sch, input, strict, req, report)
   else
-    out, err = copy_json(input, report and "input" or nil, seen, 2)
+    out, err = copy_json(input, report and "input" or nil, { [req] = true }, 2)
   end
   if err then return nil, err end
   if next(out) == nil and getmetatable(out) == nil then setmetatable(out, OBJECT_MT) end
@@ -640,7 +694,12 @@ function M.validate(req, opts)
     end
     strict = opts.strict ~= false
   end
+  return M.check(req, strict)
+end
 
+--- `validate` for callers that have checked its arguments: `req` a table,
+-- `strict` a boolean.
+function M.check(req, strict)
   local out, err = validate(req, strict, false)
   if err == BAIL then out, err = validate(req, strict, true) end -- report the problem
   return out, err

@@ -51,26 +51,22 @@ local function finish(t, results, client)
   end
 end
 
--- Runs t until it yields or ends. A yield hands a request table to its client.
-local function step_task(t, ...)
-  local co = t.co
-  if not co then return end -- already ended (canceled)
-  local r = pack(resume(co, ...))
+-- What follows resume(co) of task t: ok and what co yielded or returned.
+local function resumed(t, co, ok, ...)
+  local req = ... -- a yield's request, or the error
   if t.done then
     -- canceled while it ran (by itself or by code it called): never park it
     -- again; drop the transfer or timer it has just asked for
-    local req = r[1] and status(co) ~= "dead" and r[2]
-    if type(req) == "table" and req.client then req.client:_unpark(t, req) end
+    if ok and status(co) ~= "dead" and type(req) == "table" and req.client then req.client:_unpark(t, req) end
     return
   end
-  if not r[1] then
-    local msg = tostring(r[2])
+  if not ok then
+    local msg = tostring(req)
     finish(t, pack(nil, errors.new("raised", "spawned function raised: " .. msg,
       { traceback = traceback(co, msg) })))
   elseif status(co) == "dead" then
-    finish(t, pack(unpack(r, 2, r.n)))
+    finish(t, pack(...))
   else
-    local req = r[2]
     if type(req) ~= "table" or not req.client then
       finish(t, pack(nil, errors.new("raised", "spawned function yielded outside kie")))
     else
@@ -78,6 +74,13 @@ local function step_task(t, ...)
       req.client:_park(t, req)
     end
   end
+end
+
+-- Runs t until it yields or ends. A yield hands a request table to its client.
+local function step_task(t, ...)
+  local co = t.co
+  if not co then return end -- already ended (canceled)
+  return resumed(t, co, resume(co, ...))
 end
 M.resume = step_task
 
