@@ -88,7 +88,7 @@ local function _options(user)
   if o.max_retries < 0 or o.max_retries % 1 ~= 0 then
     error("kie.new: option 'max_retries' must be a whole number >= 0", 3)
   end
-  if not (o.step_budget_ms >= 0) then
+  if o.step_budget_ms ~= o.step_budget_ms or o.step_budget_ms < 0 then
     error("kie.new: option 'step_budget_ms' must be a number >= 0", 3)
   end
   return o
