@@ -10,8 +10,17 @@ local retry = require "kie.retry"
 local ratelimit = require "kie.ratelimit"
 local schedule = require "kie.schedule"
 local scheduler = require "kie.scheduler"
-local journal = require "kie.journal"
-local files = require "kie.files"
+
+-- Modules only some programs use load on first use (memory for the others).
+local function _lazy(name)
+  return setmetatable({}, { __index = function(proxy, k)
+    local mod = require(name)
+    setmetatable(proxy, { __index = mod })
+    return mod[k]
+  end })
+end
+local journal = _lazy "kie.journal"
+local files = _lazy "kie.files"
 
 local type, pairs, ipairs, tostring, setmetatable, pcall, error, select =
   type, pairs, ipairs, tostring, setmetatable, pcall, error, select
