@@ -12,7 +12,7 @@
 --   BENCH_N=2000        sequential round trips (create + get) for the fast clients
 --   BENCH_SLOW_N=500    round trips for Python requests and Node fetch
 --   BENCH_CONC_N=1000   creates in the concurrent rows, BENCH_INFLIGHT=32 in flight
---   BENCH_RUNS=3        runs per row and mode (median)
+--   BENCH_RUNS=5        runs per row and mode (median)
 --   BENCH_WRK_SECONDS=3 duration of each wrk run
 --   BENCH_MODES="unpinned pinned"
 --   BENCH_ONLY=lua-pattern   only rows whose id matches (e.g. "^ours")
@@ -36,7 +36,7 @@ local N = tonumber(env("BENCH_N", "2000"))
 local SLOW_N = tonumber(env("BENCH_SLOW_N", "500"))
 local CONC_N = tonumber(env("BENCH_CONC_N", "1000"))
 local INFLIGHT = tonumber(env("BENCH_INFLIGHT", "32"))
-local RUNS = tonumber(env("BENCH_RUNS", "3"))
+local RUNS = tonumber(env("BENCH_RUNS", "5"))
 local WRK_SECONDS = tonumber(env("BENCH_WRK_SECONDS", "3"))
 local MODES = {}
 for m in env("BENCH_MODES", "unpinned pinned"):gmatch("%S+") do MODES[#MODES + 1] = m end
@@ -366,8 +366,9 @@ local function extras()
         local ok2, inc = sh("callgrind_annotate --inclusive=yes --threshold=100 " .. q(fb))
         if ok2 then
           local best = {}
-          local names = { "curl_multi_perform", "kie_xfer_start", "curl_easy_reset", "curl_easy_setopt",
-            "kie_json_encode", "kie_push_response", "kie_json_decode", "kie_decode_task", "strip_null" }
+          local names = { "curl_multi_socket_action", "curl_multi_add_handle", "curl_multi_remove_handle",
+            "curl_easy_setopt", "kie_xfer_start", "kie_events_wait", "kie_json_encode", "kie_push_response",
+            "kie_json_decode", "kie_decode_task" }
           for _, line in ipairs(lines_of(inc)) do
             local ir, where = line:match("^%s*([%d,]+) %([^)]*%)%s+(%S+)")
             if ir then
@@ -574,7 +575,9 @@ local function main()
   if env("BENCH_SERVE", "0") == "1" then
     print(URL .. " " .. TLS_URL .. " " .. CA)
     io.stdout:flush()
-    local ok = pcall(function() while true do socket.sleep(3600) end end)
+    -- short sleeps: LuaSocket resumes a sleep that a signal interrupts, so Ctrl-C
+    -- (which Lua turns into an error at the next instruction) needs them
+    local ok = pcall(function() while true do socket.sleep(0.2) end end)
     stop_nginx()
     return ok
   end
