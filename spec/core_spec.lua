@@ -382,6 +382,20 @@ describe("kie.core against the mock #core", function()
     quick:close()
   end)
 
+  it("get_task's own timeout shortens the client's for that read only", function()
+    m:fault{ path = "/api/v1/jobs/recordInfo", fault = "delay", seconds = 1.5, times = 2 }
+    local t0 = core.now()
+    local r, e = c:get_task("t", 0.3) -- the client's timeout is 5 s
+    assert.is_nil(r)
+    assert.equals("timeout", e.kind)
+    assert.is_true(core.now() - t0 < 1.2, "the 1.5 s delay was waited out")
+    r, e = c:get_task("t") -- the next read has the client's 5 s again: it outlasts the delay
+    assert.is_nil(r)
+    assert.equals("not_found", e.kind)
+    assert.has_error(function() c:get_task("t", -1) end)
+    assert.has_error(function() c:get_task("t", 0 / 0) end)
+  end)
+
   it("keeps one connection alive for 100 sequential get_task calls", function()
     local task = assert(c:create_task(REQ))
     for _ = 1, 100 do assert(c:get_task(task.taskId)) end

@@ -301,4 +301,19 @@ describe("reliability: wait and run against the mock #integration", function()
     assert.matches("^task_", err.task_id)
     assert.is_true(took >= 0.5 and took < 1.5, "took " .. took)
   end)
+
+  it("a slow status read does not carry wait past its deadline", function()
+    -- the client's request timeout (5 s) is longer than what is left of wait's
+    -- 0.6 s; the mock holds every status read for 3 s
+    local task = assert(c:create_task(req("a slow fox")))
+    m:fault{ path = "/api/v1/jobs/recordInfo", fault = "delay", seconds = 3, times = -1 }
+    local t0 = real.now()
+    local info, err = c:wait(task.taskId, { interval = 0.05, timeout = 0.6 })
+    local took = real.now() - t0
+    m:reset()
+    assert.is_nil(info)
+    assert.equals("deadline", err.kind)
+    assert.equals(task.taskId, err.task_id)
+    assert.is_true(took < 2, "took " .. took .. " s (the mock's delay is 3 s)")
+  end)
 end)

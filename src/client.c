@@ -174,6 +174,7 @@ static int launch(lua_State *L, kie_client *c, kie_op op, const char *method, co
                   int async) {
   const char *why = NULL;
   kie_xfer *x = kie_xfer_start(c, op, method, url, body, len, sink, cap, &why);
+  c->next_timeout_ms = 0; /* a one-request override never outlives its request */
   if (x == NULL) {
     if (sink != NULL) fclose(sink);
     return kie_push_error(L, c, "network", why, 0);
@@ -243,15 +244,20 @@ static int create_task(lua_State *L, int async) {
   return launch(L, c, KIE_OP_CREATE, "POST", url, body, len, NULL, 0, NULL, async);
 }
 
-/* get_task(task_id): [-0, +1|+2]. */
+/* get_task(task_id[, timeout_s]): timeout_s shortens the client's request timeout
+ * for this read (wait's deadline): [-0, +1|+2]. */
 static int get_task(lua_State *L, int async) {
   kie_client *c = check_open(L, 1);
   size_t n;
   const char *id = luaL_checklstring(L, 2, &n);
+  lua_Number t = luaL_optnumber(L, 3, 0);
+  long tmo;
   char *esc;
   const char *url;
   char buf[KIE_URL_BUF];
+  if (t != t || t < 0) return luaL_argerror(L, 3, "must be a number >= 0");
   lua_settop(L, 2);
+  tmo = t > 0 ? (t * 1000 < 1 ? 1 : (t * 1000 > 3.6e6 ? 3600000L : (long)(t * 1000))) : 0;
   if (n == 0) {
     int r = kie_push_error(L, c, "validation", "get_task: task_id is empty", 0);
     lua_pushliteral(L, "get_task");
@@ -266,6 +272,7 @@ static int get_task(lua_State *L, int async) {
       memcpy(buf + blen, pre, sizeof(pre) - 1);
       memcpy(buf + blen + sizeof(pre) - 1, id, n);
       buf[blen + sizeof(pre) - 1 + n] = '\0';
+      c->next_timeout_ms = tmo; /* taken by this launch's transfer */
       return launch(L, c, KIE_OP_GET, "GET", buf, NULL, 0, NULL, 0, id, async);
     }
   }
@@ -277,6 +284,7 @@ static int get_task(lua_State *L, int async) {
   curl_free(esc);
   lua_concat(L, 3);
   url = lua_tostring(L, -1);
+  c->next_timeout_ms = tmo;
   return launch(L, c, KIE_OP_GET, "GET", url, NULL, 0, NULL, 0, id, async);
 }
 

@@ -76,6 +76,7 @@ struct kie_client {
   char *upload_url;             /* no trailing slash, may be NULL */
   char *ca_file, *ca_path, *proxy, *user_agent;
   long timeout_ms, connect_timeout_ms;
+  long next_timeout_ms;         /* > 0: a shorter timeout for the next transfer only */
   size_t max_response;
   kie_xfer *live;
   unsigned long next_id;

@@ -247,7 +247,9 @@ static int set_request(kie_client *c, kie_xfer *x, const char *url) {
   if (x->op == KIE_OP_UPLOAD) h = c->form_headers;
   else if (x->op != KIE_OP_FETCH) h = c->headers;
   bad |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, h) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, c->timeout_ms) != CURLE_OK;
+  bad |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (c->next_timeout_ms > 0 && c->next_timeout_ms < c->timeout_ms)
+                                                  ? c->next_timeout_ms : c->timeout_ms) != CURLE_OK;
+  c->next_timeout_ms = 0;
   bad |= curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->cap) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_WRITEDATA, x) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_HEADERDATA, x) != CURLE_OK;

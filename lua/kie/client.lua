@@ -24,7 +24,7 @@ local files = _lazy "kie.files"
 
 local type, pairs, ipairs, tostring, setmetatable, pcall, error, select =
   type, pairs, ipairs, tostring, setmetatable, pcall, error, select
-local getenv, ceil, huge = os.getenv, math.ceil, math.huge
+local getenv, ceil, huge, max = os.getenv, math.ceil, math.huge, math.max
 local sort, concat, remove = table.sort, table.concat, table.remove
 local unpack = table.unpack or unpack
 local wrap = errors.wrap
@@ -594,7 +594,10 @@ local function _read_attempt(self, op, deadline, name, n, args)
   end
   if self._opts.logger then self:_log("debug", "request", { op = op }) end
   local r, e
-  if n == 1 then
+  if n == 1 and deadline and name == "get_task" then
+    -- the read's own timeout never carries wait past its deadline
+    r, e = self:_io(name, args, max(deadline - env.now(), 0.001))
+  elseif n == 1 then
     r, e = self:_io(name, args)
   elseif n <= 5 then
     r, e = _io_n(self, name, n, args[1], args[2], args[3], args[4], args[5])
