@@ -385,13 +385,39 @@ describe("upload against the mock #core", function()
       assert.is_nil(next(c._watch or {}))
     end)
 
-    it("cancels the transfer and re-raises when progress raises", function()
+    -- the partial files (".part-...") of downloads to `name` left in dir
+    local function parts(name)
+      local f = assert(io.popen("ls -a " .. util.quote(dir)))
+      local found = {}
+      for line in f:lines() do
+        if line:find(name .. ".part-", 1, true) == 1 then found[#found + 1] = line end
+      end
+      f:close()
+      return found
+    end
+
+    it("cancels the transfer, leaves no partial file and re-raises when progress raises", function()
       local info = finished_task()
       assert.has_error(function()
         c:download(info.resultUrls[1], dir .. "/raise.png", { progress = function() error("stop!") end })
       end)
       assert.equals(0, c._core:pending())
+      assert.same({}, parts("raise.png"))
       assert.has_error(function() c:download(info.resultUrls[1], dir .. "/x.png", { progress = 42 }) end)
+    end)
+
+    it("a canceled download in kie.spawn leaves no partial file", function()
+      local info = finished_task()
+      local url = info.resultUrls[1]
+      m:fault{ path = url:match("^https?://[^/]+(/.*)$"), fault = "delay", seconds = 2 }
+      local h = kie.spawn(function() return c:download(url, dir .. "/canceled.png") end)
+      c:step(0)
+      assert.same(1, #parts("canceled.png")) -- the transfer has begun writing
+      assert.is_true(h:cancel())
+      assert.same({}, parts("canceled.png"))
+      assert.equals(0, c._core:pending())
+      local _, err = h:result()
+      assert.equals("canceled", err.kind)
     end)
 
     it("refreshes a link that answers 404 and never sends the key to the file host", function()

@@ -149,6 +149,8 @@ static int finish(lua_State *L, kie_client *c, kie_xfer *x) {
       x->io_error = errno ? errno : EIO;
     }
     n = kie_push_fetch_result(L, c, x);
+    free(x->sink_path); /* the result is taken: the file is the caller's now */
+    x->sink_path = NULL;
   } else {
     n = kie_push_response(L, c, x);
   }
@@ -332,6 +334,7 @@ static int fetch(lua_State *L, int async) {
   const char *path = luaL_checkstring(L, 3);
   lua_Number cap = luaL_optnumber(L, 4, 0);
   FILE *f;
+  int n;
   if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) {
     return luaL_argerror(L, 2, "must be an http(s) URL");
   }
@@ -342,7 +345,14 @@ static int fetch(lua_State *L, int async) {
     kie_push_error(L, c, "io", lua_tostring(L, -1), 0);
     return 2;
   }
-  return launch(L, c, KIE_OP_FETCH, "GET", url, NULL, 0, f, (size_t)cap, NULL, async);
+  n = launch(L, c, KIE_OP_FETCH, "GET", url, NULL, 0, f, (size_t)cap, NULL, async);
+  if (async && lua_type(L, -1) == LUA_TNUMBER) {
+    /* a started download that ends without its result being taken (cancel,
+     * close, collection) removes its partial file */
+    kie_xfer *x = kie_xfer_find(c, (unsigned long)lua_tointeger(L, -1));
+    if (x != NULL) x->sink_path = dup_str(path, strlen(path));
+  }
+  return n;
 }
 
 static int client_create_task(lua_State *L) { return create_task(L, 0); }

@@ -49,6 +49,7 @@ typedef struct kie_xfer {
   kie_buf req;              /* request body (owned copy) */
   kie_buf resp;             /* response body, capped at client->max_response */
   FILE *sink;               /* KIE_OP_FETCH: the body goes here (owned, closed on free) */
+  char *sink_path;          /* async KIE_OP_FETCH: sink's path, removed if freed unfinished */
   curl_mime *mime;          /* KIE_OP_UPLOAD: the multipart form (owned, freed on free) */
   size_t received;          /* body bytes seen */
   size_t cap;               /* body size cap for this transfer */

@@ -425,6 +425,10 @@ void kie_xfer_free(kie_client *c, kie_xfer *x) {
   }
   if (x->mime != NULL) curl_mime_free(x->mime);
   if (x->sink != NULL) fclose(x->sink);
+  if (x->sink_path != NULL) {
+    remove(x->sink_path);
+    free(x->sink_path);
+  }
   kie_buf_free(&x->req);
   kie_buf_free(&x->resp);
   free(x->task_id);
