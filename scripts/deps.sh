@@ -11,7 +11,7 @@ runtime="gcc make pkg-config ca-certificates openssl lua5.4 liblua5.4-dev lua-cj
 libcurl4-openssl-dev libssl-dev lua-socket lua-argparse nginx libnginx-mod-http-lua"
 # luajit2 is OpenResty's branch: Debian's own `luajit` package removes nginx's Lua module;
 # love comes after it so that apt keeps libluajit2 for LÖVE too.
-test="$runtime lua-busted luarocks valgrind lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev \
+test="$runtime lua-busted luarocks valgrind strace lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev \
 lua5.3 liblua5.3-dev luajit2 libluajit2-5.1-dev lua-check curl lua-ldoc \
 love xvfb xauth libgl1-mesa-dri clang libclang-rt-14-dev"
 

@@ -53,4 +53,40 @@ describe("kie.journal #smoke", function()
     assert.equals("600", mode)
     os.remove(path)
   end)
+
+  -- the syscalls of one append_line run by a child lua5.4 under strace
+  local function traced_append(path)
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write("package.cpath = './build/lua5.4/?.so;' .. package.cpath\n",
+      "assert(require('kie.core').append_line(", string.format("%q", path), ", 'x'))\n")
+    f:close()
+    local p = io.popen("strace -f -e trace=openat,fsync,writev lua5.4 " .. script .. " 2>&1")
+    local out = p:read("*a")
+    p:close()
+    os.remove(script)
+    return out
+  end
+
+  it("writes each record in one write and fsyncs the directory of a new journal", function()
+    local which = io.popen("command -v strace")
+    local found = which:read("*a")
+    which:close()
+    if found == "" then
+      pending("strace is not installed")
+      return
+    end
+    local path = tmpname()
+    local out = traced_append(path)
+    local dir = path:match("^(.*)/[^/]*$")
+    assert.matches('writev%(%d+, %[{iov_base="x", iov_len=1}, {iov_base="\\n", iov_len=1}%], 2%) = 2', out)
+    local at, dirfd = out:match('()openat%([^,]+, "' .. dir:gsub("%p", "%%%0") .. '", O_RDONLY[|%u_]*%) = (%d+)')
+    assert.is_string(dirfd, "the directory was not opened:\n" .. out)
+    assert.matches("fsync%(" .. dirfd .. "%)%s+= 0", out:sub(at))
+    -- appending to the journal that now exists syncs the file only
+    out = traced_append(path)
+    assert.is_nil(out:find("O_DIRECTORY", 1, true))
+    assert.equals("x\nx\n", assert(io.open(path)):read("*a"))
+    os.remove(path)
+  end)
 end)
