@@ -10,8 +10,13 @@
  *    served first by the next step (round robin over the watch list), so none starves.
  *  - wakeup() writes to a non-blocking pipe that every poll also watches; it may be
  *    called from another thread. The pipe is drained by the next poll.
+ *  - The budget bounds socket reads only: libcurl's due timers (a transfer that was
+ *    just added, a timeout) always run, and a timer may finish more than one.
  *  - The socket callback may run while we dispatch: dispatch walks a copy of the
- *    watch list (the pollfd array), never the list itself.
+ *    watch list (the pollfd array), never the list itself. A socket poll() reports
+ *    as invalid is dropped from the list after libcurl has seen the error.
+ *  - poll() over the list: right for the tens to hundreds of transfers a client has;
+ *    thousands would want epoll.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -130,6 +135,10 @@ int kie_events_wait(kie_client *c, int wait_ms, double deadline) {
     if (p->revents & POLLOUT) ev |= CURL_CSELECT_OUT;
     if (p->revents & (POLLERR | POLLNVAL)) ev |= CURL_CSELECT_ERR;
     if (curl_multi_socket_action(c->multi, p->fd, ev, &running) != CURLM_OK) return 0;
+    if (p->revents & POLLNVAL) { /* closed behind libcurl's back: stop polling it */
+      int i = find_watch(c, p->fd);
+      if (i >= 0) c->watch[i] = c->watch[--c->nwatch];
+    }
     if (deadline > 0 && ready > 0 && kie_monotonic() >= deadline) {
       c->rr = (unsigned)(start + k + 1); /* the next step begins after the last one served */
       break;
