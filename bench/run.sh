@@ -7,4 +7,9 @@ set -eu
 cd "$(dirname "$0")/.."
 make -s build LUA=lua5.4 BUILD=build/bench-lua5.4 >/dev/null
 export BENCH_CPATH="./build/bench-lua5.4/?.so"
+# the frame-time rows also run under LuaJIT (LÖVE, Defold) when it is installed
+if command -v luajit >/dev/null 2>&1; then
+  make -s build LUA=luajit BUILD=build/bench-luajit >/dev/null
+  export BENCH_LUAJIT_CPATH="./build/bench-luajit/?.so"
+fi
 exec lua5.4 bench/run.lua "$@"
