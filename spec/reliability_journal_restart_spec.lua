@@ -121,7 +121,7 @@ describe("reliability: the journal survives a kill -9 #integration", function()
     local ok = os.execute("strace -o /dev/null true >/dev/null 2>&1")
     if ok ~= true and ok ~= 0 then return pending("strace is not usable here") end
     local journal, out, err, trace = tmp(".jsonl"), tmp(".out"), tmp(".err"), tmp(".trace")
-    local cmd = "strace -f -s 4096 -e trace=openat,open,write,fsync,fdatasync -o " .. procs.quote(trace) .. " "
+    local cmd = "strace -f -s 4096 -e trace=openat,open,write,writev,fsync,fdatasync -o " .. procs.quote(trace) .. " "
       .. procs.lua_command(CHILD, { m.url, KEY, journal, "fsync test", "exit" })
     local pid = procs.spawn(cmd, out, err)
     pids[#pids + 1] = pid
@@ -136,7 +136,7 @@ describe("reliability: the journal survives a kill -9 #integration", function()
       n = n + 1
       local got = line:match('open[a]?t?%(.-"' .. journal:gsub("%p", "%%%0") .. '".-%)%s+=%s+(%d+)')
       if got then fd = got end
-      if fd and not wrote and line:match("write%(" .. fd .. ",") and line:find(id, 1, true) then wrote = n end
+      if fd and not wrote and line:match("writev?%(" .. fd .. ",") and line:find(id, 1, true) then wrote = n end
       if wrote and not synced and (line:match("fsync%(" .. fd .. "%)") or line:match("fdatasync%(" .. fd .. "%)")) then
         synced = n
       end
