@@ -239,6 +239,7 @@ describe("kie.testing #unit", function()
       assert.equals(100, client:credits())
       assert.has_error(function() fake:fail_next("createTask", { code = 500 }) end)
       assert.has_error(function() fake:fail_next("get_task", { kind = "oops" }) end)
+      assert.has_error(function() fake:fail_next("get_task", { code = 500 }, 0) end)
     end)
 
     it("a delay alone makes a slow success", function()

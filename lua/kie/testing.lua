@@ -686,7 +686,9 @@ function Fake:fail_next(op, fault, times)
   if fault.kind ~= nil and not kie.errors.kinds[fault.kind] then
     error("fail_next: unknown error kind '" .. tostring(fault.kind) .. "'", 2)
   end
-  self._faults[#self._faults + 1] = { op = op, fault = fault, left = times or 1 }
+  times = times or 1
+  if type(times) ~= "number" or times < 1 then error("fail_next: times must be a number >= 1", 2) end
+  self._faults[#self._faults + 1] = { op = op, fault = fault, left = times }
 end
 
 --- The task as `client:get_task` would return it now (no request is recorded),
