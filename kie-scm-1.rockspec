@@ -48,6 +48,7 @@ build = {
     ["kie.cli"] = "lua/kie/cli.lua",
     ["kie.ngx"] = "lua/kie/ngx.lua",
     ["kie.ngx_worker"] = "lua/kie/ngx_worker.lua",
+    ["kie.testing"] = "lua/kie/testing.lua", -- the fake kie.ai for your tests
   },
   install = {
     bin = { kie = "bin/kie" }, -- the command line; needs argparse (below)

@@ -12,4 +12,4 @@ luarocks --lua-version=5.4 make --tree "$tree" --deps-mode=none kie-scm-1.rocksp
 ls "$tree"/lib/lua/5.4/kie/core.so
 LUA_PATH="$tree/share/lua/5.4/?.lua;$tree/share/lua/5.4/?/init.lua;;" \
 LUA_CPATH="$tree/lib/lua/5.4/?.so;;" \
-  lua5.4 -e 'local kie = require "kie"; assert(package.searchpath("kie.core", package.cpath):find("'"$tree"'", 1, true)); print("loaded kie " .. kie._VERSION)'
+  lua5.4 -e 'local kie = require "kie"; require "kie.testing"; assert(package.searchpath("kie.core", package.cpath):find("'"$tree"'", 1, true)); print("loaded kie " .. kie._VERSION)'

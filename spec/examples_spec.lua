@@ -47,4 +47,12 @@ describe("examples #examples", function()
     -- then the result URLs of that very task
     assert.matches("\nhttps?://127%.0%.0%.1:%d+/[^\n]*" .. task .. "[^\n]*\n", out)
   end)
+
+  it("testing.lua runs its checks against kie.testing's fake and passes them all", function()
+    local out, ok = run("examples/testing.lua")
+    assert.truthy(ok, out)
+    assert.not_matches("FAIL", out)
+    assert.equals(7, select(2, ("\n" .. out):gsub("\nok  ", "")), out) -- one line per check
+    assert.matches("\nall passed\n$", out)
+  end)
 end)

@@ -1,0 +1,438 @@
+-- kie.testing: the fake kie.ai for users' own tests, exercised through real
+-- kie.new clients. Time is the fake's virtual clock: every assertion about time is
+-- about fake:now() and the recorded requests, never about the wall clock.
+local kie = require "kie"
+local testing = require "kie.testing"
+
+local REQ = {
+  model = "ideogram/character",
+  input = { prompt = "A knight", reference_image_urls = { "https://example.com/me.png" } },
+}
+
+-- a copy of REQ with a different prompt (and num_images)
+local function req(prompt, n)
+  return { model = REQ.model, input = { prompt = prompt, reference_image_urls = REQ.input.reference_image_urls,
+    num_images = n } }
+end
+
+local function read(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- Steps `c` until pred() holds, at most `n` (1000) steps: a bound on work, not on time.
+local function pump(c, pred, n)
+  for _ = 1, n or 1000 do
+    if pred() then return end
+    c:step(c:poll_timeout() or 100)
+  end
+  error("pump: still not done", 2)
+end
+
+describe("kie.testing #unit", function()
+  local fake, client
+  before_each(function()
+    fake = testing.new{}
+    client = fake:client()
+  end)
+
+  describe("tasks in virtual time", function()
+    it("run creates, polls through every state and succeeds; the clock moved, not the wall", function()
+      local seen = {}
+      local info, err = client:run{ model = REQ.model, input = REQ.input,
+        wait = { on_update = function(i) seen[#seen + 1] = i.state end } }
+      assert.is_nil(err)
+      assert.equals("success", info.state)
+      assert.same({ "waiting", "queuing", "generating", "success" }, seen)
+      assert.equals(1, #fake:requests("create_task"))
+      local polls = fake:requests("get_task")
+      assert.is_true(#polls >= 4)
+      assert.equals(0, polls[1].at)                     -- the first poll is at once
+      assert.is_true(fake:now() >= 9)                   -- 3 pending states of 3 s
+      assert.is_true(fake:now() < 9 + 3.1)              -- and a 2-3 s poll band after
+      assert.equals(info.taskId, polls[#polls].task_id)
+    end)
+
+    it("answers with the real core's shapes: decoded param and resultJson, resultUrls, times", function()
+      local info = assert(client:run(req("two", 2)))
+      assert.equals("ideogram/character", info.model)
+      assert.equals("two", info.param.input.prompt)
+      assert.equals("2", info.param.input.num_images)  -- sent as the client coerced it
+      assert.equals(2, #info.resultUrls)
+      assert.same(info.resultUrls, info.resultJson.resultUrls)
+      assert.equals("", info.failCode)
+      assert.equals(1700000000000, info.createTime)
+      assert.equals(info.createTime + info.costTime, info.completeTime)
+      local pending = fake:task(fake:add_task(REQ))
+      assert.equals("waiting", pending.state)
+      assert.is_nil(pending.resultJson)
+      assert.is_nil(pending.failCode)
+      assert.same({}, pending.resultUrls)
+    end)
+
+    it("walks tasks by the clock at the given pace; advance moves it", function()
+      fake = testing.new{ pace = { waiting = 1, queuing = 2, generating = 10 } }
+      local id = fake:add_task(REQ)
+      assert.equals("waiting", fake:task(id).state)
+      fake:advance(1)
+      assert.equals("queuing", fake:task(id).state)
+      assert.equals(13, fake:advance(12))
+      assert.equals("success", fake:task(id).state)
+      assert.is_nil(fake:task("task_unknown"))
+    end)
+
+    it("a failed task is task_failed with failCode, failMsg and task_id", function()
+      local task = assert(client:create_task(REQ))
+      fake:finish(task.taskId, "fail", { failCode = "422", failMsg = "Content policy violation" })
+      local info, err = client:wait(task.taskId)
+      assert.is_nil(info)
+      assert.equals("task_failed", err.kind)
+      assert.equals("422", err.failCode)
+      assert.equals("Content policy violation", err.failMsg)
+      assert.equals(task.taskId, err.task_id)
+    end)
+
+    it("outcome: an option, a function, or #fail / #stuck markers in the input", function()
+      local f2 = testing.new{ outcome = function(r)
+        if r.input.prompt == "bad" then return "fail", { failCode = "501", failMsg = "nope" } end
+        return "success"
+      end }
+      local c2 = f2:client()
+      assert.truthy(c2:run(req("good")))
+      local _, err = c2:run(req("bad"))
+      assert.equals("501", err.failCode)
+      _, err = client:run(req("this one #fail=400"))
+      assert.equals("task_failed", err.kind)
+      assert.equals("400", err.failCode)
+      _, err = testing.new{ outcome = "fail" }:client():run(REQ)
+      assert.equals("500", err.failCode)
+      assert.equals("Internal server error", err.failMsg)
+    end)
+
+    it("wait gives up at its deadline on a stuck task, in virtual time", function()
+      local info, err = client:run{ model = REQ.model, input = { prompt = "#stuck",
+        reference_image_urls = REQ.input.reference_image_urls }, wait = { timeout = 600 } }
+      assert.is_nil(info)
+      assert.equals("deadline", err.kind)
+      assert.equals("generating", err.state)
+      assert.is_true(fake:now() >= 590 and fake:now() <= 600)
+    end)
+
+    it("set_state holds a task in a pending state until it is finished", function()
+      local id = fake:add_task(REQ)
+      fake:set_state(id, "queuing")
+      fake:advance(3600)
+      assert.equals("queuing", fake:task(id).state)
+      fake:finish(id, "success", { resultUrls = { "https://cdn.example/x.png" } })
+      assert.same({ "https://cdn.example/x.png" }, fake:task(id).resultUrls)
+      assert.has_error(function() fake:set_state("task_nope", "fail") end)
+      assert.has_error(function() fake:set_state(id, "done") end)
+      assert.has_error(function() fake:finish(id, "waiting") end)
+    end)
+
+    it("answers an unknown task id as kie.ai does: not_found, not retried", function()
+      local info, err = client:get_task("task_nobody")
+      assert.is_nil(info)
+      assert.equals("not_found", err.kind)
+      assert.equals(404, err.code)
+      assert.equals(404, err.status)
+      assert.equals("task_nobody", err.task_id)
+      assert.matches("Task not found", err.message)
+      assert.equals(1, #fake:requests("get_task"))
+    end)
+  end)
+
+  describe("scripted faults", function()
+    it("reads retry a 429 after its Retry-After, then succeed", function()
+      local id = fake:add_task(REQ)
+      fake:fail_next("get_task", { kind = "rate_limited", retry_after = 2 })
+      local info = assert(client:get_task(id))
+      assert.equals("waiting", info.state)
+      local polls = fake:requests("get_task")
+      assert.equals(2, #polls)
+      assert.equals("rate_limited", polls[1].fault.kind)
+      assert.is_true(polls[2].at - polls[1].at >= 2)
+    end)
+
+    it("reads retry 5xx (an API code 500, an HTML 502) up to max_retries", function()
+      fake:fail_next("credits", { code = 500, status = 200 })
+      fake:fail_next("credits", { status = 502 })
+      assert.equals(100, client:credits())
+      assert.equals(3, #fake:requests("credits"))
+      fake:fail_next("credits", { kind = "server" }, math.huge)
+      local n, err = fake:client{ max_retries = 2 }:credits()
+      assert.is_nil(n)
+      assert.equals("server", err.kind)
+      assert.equals(500, err.code)
+      assert.equals(3 + 3, #fake:requests("credits"))
+    end)
+
+    it("a create is not resent after a timeout: unknown_outcome with a fingerprint", function()
+      fake:fail_next("create_task", { kind = "timeout" })
+      local task, err = client:create_task(REQ)
+      assert.is_nil(task)
+      assert.equals("unknown_outcome", err.kind)
+      assert.equals("timeout", err.cause)
+      assert.is_false(err.retryable)
+      assert.is_string(err.fingerprint)
+      assert.equals(1, #fake:requests("create_task"))
+      assert.equals(30, fake:now()) -- the client's timeout passed
+    end)
+
+    it("a create whose answer was lost may still have made the task (created = true)", function()
+      fake:fail_next("create_task", { kind = "network", sent = true, created = true })
+      local _, err = client:create_task(REQ)
+      assert.equals("unknown_outcome", err.kind)
+      assert.equals("network", err.cause)
+      assert.equals("waiting", fake:task("task_ideogram_1").state)
+    end)
+
+    it("a create is retried on 429, 455 and a refused connection, never on 500", function()
+      fake:fail_next("create_task", { code = 429 })
+      fake:fail_next("create_task", { kind = "maintenance" })
+      fake:fail_next("create_task", { kind = "network" })
+      assert.truthy(client:create_task(REQ))
+      assert.equals(4, #fake:requests("create_task"))
+      fake:fail_next("create_task", { code = 500 })
+      local task, err = client:create_task(REQ)
+      assert.is_nil(task)
+      assert.equals("server", err.kind)
+      assert.is_false(err.retryable)
+      assert.equals(5, #fake:requests("create_task"))
+      fake:fail_next("create_task", { status = 502 })
+      task, err = client:create_task(REQ)
+      assert.is_nil(task)
+      assert.equals("unknown_outcome", err.kind)
+      assert.equals("http", err.cause)
+    end)
+
+    it("errors carry the real core's fields", function()
+      fake:fail_next("*", { code = 401, status = 200 })
+      local _, err = client:get_task("task_x")
+      assert.is_true(kie.errors.is(err, "auth"))
+      assert.equals(401, err.code)
+      assert.equals(200, err.status)
+      assert.equals("get_task", err.op)
+      assert.equals("task_x", err.task_id)
+      assert.is_false(err.retryable)
+      assert.equals("get_task: code 401: You do not have access permissions", err.message)
+      fake:fail_next("download_url", { code = 433, msg = "slow down" })
+      _, err = client:download_url("https://files.kie.testing.invalid/a.png")
+      assert.equals("key_limit", err.kind)
+      assert.equals("call", err.op)
+      assert.matches("slow down", err.message)
+    end)
+
+    it("faults are used in order, `times` times, and only by their operation", function()
+      fake:fail_next("credits", { code = 402 }, 2)
+      fake:fail_next("*", { code = 505 })
+      local id = fake:add_task(REQ)
+      local _, err = client:get_task(id) -- the credits faults are not its, "*" is
+      assert.equals("disabled", err.kind)
+      assert.truthy(client:get_task(id))
+      _, err = client:credits()
+      assert.equals("credits", err.kind)
+      _, err = client:credits()
+      assert.equals("credits", err.kind)
+      assert.equals(100, client:credits())
+      assert.has_error(function() fake:fail_next("createTask", { code = 500 }) end)
+      assert.has_error(function() fake:fail_next("get_task", { kind = "oops" }) end)
+      assert.has_error(function() fake:fail_next("get_task", { code = 500 }, 0) end)
+    end)
+
+    it("a delay alone makes a slow success", function()
+      fake:fail_next("credits", { delay = 7 })
+      assert.equals(100, client:credits())
+      assert.equals(7, fake:now())
+    end)
+  end)
+
+  describe("credits, downloads and uploads", function()
+    it("credits are the fake's; a create costs `cost`; too few is code 402", function()
+      fake = testing.new{ credits = 5, cost = 4 }
+      client = fake:client()
+      assert.equals(5, client:credits())
+      assert.truthy(client:create_task(REQ))
+      assert.equals(1, client:credits())
+      local _, err = client:create_task(REQ)
+      assert.equals("credits", err.kind)
+      assert.equals(402, err.code)
+    end)
+
+    it("downloads a result image into a file; an unknown URL is not_found", function()
+      local info = assert(client:run(REQ))
+      local path = os.tmpname()
+      assert.equals(path, client:download(info.resultUrls[1], path))
+      assert.equals(testing.PNG, read(path))
+      local _, err = client:download("https://files.kie.testing.invalid/nothing.png", path)
+      assert.equals("not_found", err.kind)
+      os.remove(path)
+    end)
+
+    it("an expired link is refreshed through download_url and tried once more", function()
+      local info = assert(client:run(REQ))
+      fake:fail_next("download", { status = 410 })
+      local path = os.tmpname()
+      assert.equals(path, client:download(info.resultUrls[1], path))
+      assert.equals(testing.PNG, read(path))
+      local dl = fake:requests("download")
+      assert.equals(2, #dl)
+      assert.matches("^https://tempfile%.kie%.testing%.invalid/", dl[2].url)
+      assert.equals(info.resultUrls[1], fake:requests("download_url")[1].body.url)
+      os.remove(path)
+    end)
+
+    it("uploads a file, a Base64 string and a URL; the download URLs serve them", function()
+      local src = os.tmpname()
+      local png = testing.PNG .. "tail"
+      local f = assert(io.open(src, "wb"))
+      f:write(png)
+      f:close()
+      local up = assert(client:upload(src, { upload_path = "refs", file_name = "me.png" }))
+      assert.equals("refs/me.png", up.filePath)
+      assert.equals(#png, up.fileSize)
+      assert.equals("image/png", up.mimeType)
+      local out = os.tmpname()
+      assert.truthy(client:download(up.downloadUrl, out))
+      assert.equals(png, read(out))
+      local b64 = assert(client:upload({ data = png .. "x", file_name = "b.png" }))
+      assert.truthy(client:download(b64.downloadUrl, out))
+      assert.equals(png .. "x", read(out))
+      assert.truthy(client:upload({ url = "https://example.com/c.png" }))
+      assert.equals(3, #fake:requests("upload"))
+      assert.equals(src, fake:requests("upload")[1].path)
+      local _, err = client:upload("/nonexistent/file.png")
+      assert.equals("io", err.kind)
+      os.remove(src)
+      os.remove(out)
+    end)
+
+    it("run uploads a local reference image first", function()
+      local src = os.tmpname()
+      local f = assert(io.open(src, "wb"))
+      f:write(testing.PNG)
+      f:close()
+      local info = assert(client:run{ model = REQ.model, input = { prompt = "p", reference_image_urls = { src } } })
+      assert.matches("^https://tempfile", info.param.input.reference_image_urls[1])
+      os.remove(src)
+    end)
+  end)
+
+  describe("without blocking", function()
+    it("create_task_async calls back once, from step, after the latency", function()
+      fake = testing.new{ latency = 1 }
+      client = fake:client()
+      local got, calls = nil, 0
+      client:create_task_async(REQ, function(task, err)
+        calls = calls + 1
+        got = task or err
+      end)
+      assert.equals(0, calls)
+      assert.equals(1, #fake:requests("create_task")) -- sent at the call
+      assert.is_true(fake:requests("create_task")[1].async)
+      client:step(0)
+      assert.equals(0, calls)                     -- 1 s has not passed
+      assert.equals(1000, client:poll_timeout())
+      fake:advance(1)
+      client:step(0)
+      assert.equals(1, calls)
+      assert.matches("^task_", got.taskId)
+      client:step(0)
+      assert.equals(1, calls)
+    end)
+
+    it("step(ms) lets virtual time pass, at most ms", function()
+      fake = testing.new{ latency = 5 }
+      client = fake:client()
+      local done = false
+      client:get_task_async("task_nobody", function(_, err) done = err end)
+      client:step(2000)
+      assert.equals(2, fake:now())
+      assert.is_false(done)
+      client:step(60000)
+      assert.equals(5, fake:now())             -- it stopped at the answer
+      assert.equals("not_found", done.kind)
+    end)
+
+    it("kie.spawn runs a whole run in a coroutine driven by step", function()
+      local job = kie.spawn(function()
+        local info, err = client:run(REQ)
+        if not info then return nil, err end
+        return info.state, #info.resultUrls
+      end)
+      assert.is_false(job:done())
+      pump(client, function() return job:done() end)
+      local state, n = job:result()
+      assert.equals("success", state)
+      assert.equals(1, n)
+      assert.is_true(fake:now() >= 9)
+      for _, r in ipairs(fake:requests()) do assert.is_true(r.async) end
+    end)
+
+    it("run_all runs many in virtual time; a canceled call ends with canceled", function()
+      local results, errs = client:run_all({ req("a"), req("b #fail"), req("c") }, { concurrency = 2 })
+      assert.equals("success", results[1].state)
+      assert.equals("task_failed", errs[2].kind)
+      assert.equals("success", results[3].state)
+      fake = testing.new{ latency = 3 }
+      client = fake:client()
+      local err
+      local h = client:create_task_async(REQ, function(_, e) err = e end)
+      h:cancel()
+      pump(client, function() return err ~= nil end)
+      assert.equals("canceled", err.kind)
+    end)
+  end)
+
+  describe("the fake itself", function()
+    it("never opens a socket: a closed port as base_url works (the real core fails there)", function()
+      local opts = { base_url = "http://127.0.0.1:1", upload_url = "http://127.0.0.1:1", max_retries = 0,
+        timeout = 2, connect_timeout = 1 }
+      local info = assert(fake:client(opts):run(REQ))
+      assert.equals("success", info.state)
+      assert.equals("http://127.0.0.1:1/api/v1/jobs/createTask", fake:requests("create_task")[1].url)
+      opts.api_key = "k"
+      local _, err = kie.new(opts):credits() -- the real core, same options
+      assert.equals("network", err.kind)
+    end)
+
+    it("several clients share one fake's tasks and clock", function()
+      local a, b = fake:client(), fake:client()
+      local task = assert(a:create_task(REQ))
+      local info = assert(b:wait(task.taskId))
+      assert.equals("success", info.state)
+      assert.equals(fake:now(), a._env.now())
+    end)
+
+    it("a journal works over the fake (the real core's append_line)", function()
+      local path = os.tmpname()
+      os.remove(path)
+      local c = fake:client{ journal = path }
+      local task = assert(c:create_task(REQ))
+      assert.equals(task.taskId, c:resume()[1].taskId)
+      assert.truthy(c:wait(task.taskId))
+      assert.same({}, c:resume())
+      os.remove(path)
+    end)
+
+    it("other endpoints answer 404; a URL of another host raises as in the real core", function()
+      local h = fake.core.new{ api_key = "k" }
+      local r, err = h:call("GET", "/api/v1/nothing")
+      assert.is_nil(r)
+      assert.equals("not_found", err.kind)
+      assert.equals("call", fake:requests()[1].op)
+      assert.has_error(function() h:call("GET", "https://evil.example/steal") end)
+      h:close()
+      assert.has_error(function() h:get_task("t") end)
+    end)
+
+    it("refuses unknown options and wrong types", function()
+      assert.has_error(function() testing.new{ speed = 1 } end)
+      assert.has_error(function() testing.new{ latency = "1" } end)
+      assert.has_error(function() testing.new{ pace = { waiting = 1 } } end)
+      assert.has_error(function() fake:advance(-1) end)
+    end)
+  end)
+end)
