@@ -324,3 +324,28 @@ describe("reliability: fault x call against the mock #integration", function()
     bad:close()
   end)
 end)
+
+describe("reliability: unknown_outcome over an injected core without HMAC #unit", function()
+  it("still carries a stable fingerprint", function()
+    local creates = 0
+    local handle = {
+      create_task = function()
+        creates = creates + 1
+        return nil, { kind = "unknown_outcome", cause = "timeout", retryable = false,
+          message = "create_task: the answer was lost" }
+      end,
+      close = function() end,
+    }
+    local fake = { new = function() return handle end, now = core.now, sleep = core.sleep,
+      encode = core.encode, decode = core.decode }
+    local c = kie.new{ api_key = "sk-no-hmac", core = fake }
+    local req = { model = "ideogram/v3-reframe",
+      input = { image_url = "https://example.com/a.png", image_size = "square" } }
+    local _, e1 = c:create_task(req)
+    local _, e2 = c:create_task(req)
+    assert.equals("unknown_outcome", e1.kind)
+    assert.matches("^%x+$", e1.fingerprint)
+    assert.equals(e1.fingerprint, e2.fingerprint)
+    assert.equals(2, creates) -- each call sent once, never resent
+  end)
+end)
