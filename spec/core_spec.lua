@@ -465,6 +465,28 @@ describe("kie.core against the mock #core", function()
       assert.equals(before + N, m:count(RECORD))
     end)
 
+    it("poll_timeout is 0 while a budget has left answers unread", function()
+      local N = 6
+      drain(start(N))
+      local want = start(N)
+      -- every request is answered before the first step reads anything
+      local deadline = core.now() + 10
+      while m:count(RECORD) < N * 2 and core.now() < deadline do core.sleep(0.02) end
+      core.sleep(0.2)
+      local left = N
+      while left > 0 do
+        assert.is_true(core.now() < deadline, "timed out")
+        local _, ids = c:step(0, 0)
+        for _, id in ipairs(ids or {}) do
+          assert.is_true(want[id])
+          c:result(id)
+          left = left - 1
+        end
+        if left > 0 then assert.equals(0, c:poll_timeout()) end
+      end
+      assert.is_nil(c:poll_timeout())
+    end)
+
     it("progress drives transfers without handing them out; step then hands out all", function()
       local N = 4
       local want = start(N)

@@ -464,11 +464,12 @@ static int client_poll_timeout(lua_State *L) {
   kie_client *c = check_open(L, 1);
   long ms = -1;
   kie_xfer *x;
-  for (x = c->live; x != NULL; x = x->next) {
-    if (x->done && !x->reported) {
-      lua_pushinteger(L, 0);
-      return 1;
-    }
+  for (x = c->live; x != NULL && !c->unread; x = x->next) {
+    if (x->done && !x->reported) break;
+  }
+  if (c->unread || x != NULL) { /* answers read or ready, not handed out yet */
+    lua_pushinteger(L, 0);
+    return 1;
   }
   if (c->live == NULL || curl_multi_timeout(c->multi, &ms) != CURLM_OK || ms < 0) {
     if (c->live == NULL) lua_pushnil(L);

@@ -7,7 +7,8 @@
  *    read with curl_multi_timeout before and after each poll (no TIMERFUNCTION).
  *  - A budget bounds one step: once its deadline has passed no further ready socket
  *    is handed to libcurl (at least one always is). The rest stay readable and are
- *    served first by the next step (round robin over the watch list), so none starves.
+ *    served first by the next step (round robin over the watch list), so none starves;
+ *    until then poll_timeout() is 0, so that a host loop does not sleep on them.
  *  - wakeup() writes to a non-blocking pipe that every poll also watches; it may be
  *    called from another thread. The pipe is drained by the next poll.
  *  - The budget bounds socket reads only: libcurl's due timers (a transfer that was
@@ -126,6 +127,7 @@ int kie_events_wait(kie_client *c, int wait_ms, double deadline) {
     ready--;
   }
   start = n > 0 ? c->rr % n : 0;
+  c->unread = 0;
   for (k = 0; k < n && ready > 0; k++) {
     struct pollfd *p = &c->pfds[(start + k) % n];
     int ev = 0;
@@ -141,6 +143,7 @@ int kie_events_wait(kie_client *c, int wait_ms, double deadline) {
     }
     if (deadline > 0 && ready > 0 && kie_monotonic() >= deadline) {
       c->rr = (unsigned)(start + k + 1); /* the next step begins after the last one served */
+      c->unread = 1;                     /* and a host loop must not sleep before it */
       break;
     }
   }

@@ -88,6 +88,7 @@ struct kie_client {
   struct pollfd *pfds;          /* poll()'s copy of watch, plus the wakeup pipe */
   int nwatch, capwatch;
   unsigned rr;                  /* where the next budgeted dispatch starts */
+  int unread;                   /* the last dispatch left ready sockets for the next */
   int wake[2];                  /* wakeup pipe: read end polled, write end for wakeup() */
 };
 

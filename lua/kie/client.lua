@@ -404,7 +404,8 @@ function Client:step(timeout_ms, budget_ms)
 end
 
 --- Milliseconds a host loop may sleep before the next `step`, or nil when
--- nothing is pending (0 while finished transfers are queued by a step budget).
+-- nothing is pending (0 while a step budget has left answers unread or finished
+-- transfers queued).
 function Client:poll_timeout()
   if #self._deferred > 0 or self._due[1] then return 0 end
   local q = self._ready
