@@ -158,7 +158,7 @@ describe("garbage collection #gc", function()
       local c = new_client()
       assert(c:create_task(REQ))
       assert(c:credits())
-      -- a kept-alive connection (and libcurl's wakeup pair) are open now
+      -- a kept-alive connection (and the client's wakeup pipe) are open now
       assert.is_true(fds() > before)
     end
     collect()
