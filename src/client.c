@@ -170,13 +170,13 @@ int kie_client_settle(lua_State *L, kie_client *c, kie_xfer *x, int async) {
 }
 
 /* Starts a transfer; async: pushes its id; blocking: runs it and pushes its result.
- * On a failure to start pushes nil, err. Owns sink from here on: [-0, +1|+2]. */
+ * timeout_ms > 0 shortens the client's timeout for it. On a failure to start pushes
+ * nil, err. Owns sink from here on: [-0, +1|+2]. */
 static int launch(lua_State *L, kie_client *c, kie_op op, const char *method, const char *url,
-                  const char *body, size_t len, FILE *sink, size_t cap, const char *task_id,
-                  int async) {
+                  const char *body, size_t len, FILE *sink, size_t cap, long timeout_ms,
+                  const char *task_id, int async) {
   const char *why = NULL;
-  kie_xfer *x = kie_xfer_start(c, op, method, url, body, len, sink, cap, &why);
-  c->next_timeout_ms = 0; /* a one-request override never outlives its request */
+  kie_xfer *x = kie_xfer_start(c, op, method, url, body, len, sink, cap, timeout_ms, &why);
   if (x == NULL) {
     if (sink != NULL) fclose(sink);
     return kie_push_error(L, c, "network", why, 0);
@@ -243,7 +243,7 @@ static int create_task(lua_State *L, int async) {
   if (!encode_body(L, c, 2, "create_task")) return 2;
   body = lua_tolstring(L, 3, &len);
   url = make_url(L, buf, sizeof(buf), c->base_url, path, sizeof(path) - 1);
-  return launch(L, c, KIE_OP_CREATE, "POST", url, body, len, NULL, 0, NULL, async);
+  return launch(L, c, KIE_OP_CREATE, "POST", url, body, len, NULL, 0, 0, NULL, async);
 }
 
 /* get_task(task_id[, timeout_s]): timeout_s shortens the client's request timeout
@@ -274,8 +274,7 @@ static int get_task(lua_State *L, int async) {
       memcpy(buf + blen, pre, sizeof(pre) - 1);
       memcpy(buf + blen + sizeof(pre) - 1, id, n);
       buf[blen + sizeof(pre) - 1 + n] = '\0';
-      c->next_timeout_ms = tmo; /* taken by this launch's transfer */
-      return launch(L, c, KIE_OP_GET, "GET", buf, NULL, 0, NULL, 0, id, async);
+      return launch(L, c, KIE_OP_GET, "GET", buf, NULL, 0, NULL, 0, tmo, id, async);
     }
   }
   esc = curl_easy_escape(NULL, id, (int)n);
@@ -286,8 +285,7 @@ static int get_task(lua_State *L, int async) {
   curl_free(esc);
   lua_concat(L, 3);
   url = lua_tostring(L, -1);
-  c->next_timeout_ms = tmo;
-  return launch(L, c, KIE_OP_GET, "GET", url, NULL, 0, NULL, 0, id, async);
+  return launch(L, c, KIE_OP_GET, "GET", url, NULL, 0, NULL, 0, tmo, id, async);
 }
 
 /* True if url is base itself or lies below it ("base/..." or "base?..."). */
@@ -323,7 +321,7 @@ static int call(lua_State *L, int async) {
     if (!encode_body(L, c, 4, "call")) return 2;
     body = lua_tolstring(L, -1, &len);
   }
-  return launch(L, c, KIE_OP_CALL, method, url, body, len, NULL, 0, NULL, async);
+  return launch(L, c, KIE_OP_CALL, method, url, body, len, NULL, 0, 0, NULL, async);
 }
 
 /* fetch(url, path[, max_bytes]): downloads url into the file at path (created or
@@ -345,7 +343,7 @@ static int fetch(lua_State *L, int async) {
     kie_push_error(L, c, "io", lua_tostring(L, -1), 0);
     return 2;
   }
-  n = launch(L, c, KIE_OP_FETCH, "GET", url, NULL, 0, f, (size_t)cap, NULL, async);
+  n = launch(L, c, KIE_OP_FETCH, "GET", url, NULL, 0, f, (size_t)cap, 0, NULL, async);
   if (async && lua_type(L, -1) == LUA_TNUMBER) {
     /* a started download that ends without its result being taken (cancel,
      * close, collection) removes its partial file */

@@ -77,7 +77,6 @@ struct kie_client {
   char *upload_url;             /* no trailing slash, may be NULL */
   char *ca_file, *ca_path, *proxy, *user_agent;
   long timeout_ms, connect_timeout_ms;
-  long next_timeout_ms;         /* > 0: a shorter timeout for the next transfer only */
   size_t max_response;
   kie_xfer *live;
   unsigned long next_id;
@@ -102,17 +101,19 @@ KIE_HIDDEN const char *kie_client_setup(kie_client *c);
 KIE_HIDDEN void kie_client_teardown(kie_client *c);
 /* prepare: a linked, configured transfer not yet added to the multi handle (the
  * caller may set more options, e.g. a form); launch adds it. Both free the
- * transfer on failure (leaving sink to the caller) and return NULL with *why. */
+ * transfer on failure (leaving sink to the caller) and return NULL with *why.
+ * timeout_ms > 0 shortens the client's request timeout for this transfer. */
 KIE_HIDDEN kie_xfer *kie_xfer_prepare(kie_client *c, kie_op op, const char *url, FILE *sink,
-                                      size_t cap, const char **why);
+                                      size_t cap, long timeout_ms, const char **why);
 KIE_HIDDEN kie_xfer *kie_xfer_launch(kie_client *c, kie_xfer *x, const char **why);
 KIE_HIDDEN kie_xfer *kie_xfer_start(kie_client *c, kie_op op, const char *method,
                                     const char *url, const char *body, size_t len,
-                                    FILE *sink, size_t cap, const char **why);
+                                    FILE *sink, size_t cap, long timeout_ms, const char **why);
 KIE_HIDDEN void kie_xfer_wait(kie_client *c, kie_xfer *x);
 /* Runs due timers and ready sockets; waits up to timeout_ms first unless target (or,
  * with no target, any unreported transfer) is done. budget_s >= 0 stops handing ready
- * sockets to libcurl once that many seconds have passed (one always is; < 0: no budget). 0 if the multi handle failed. */
+ * sockets to libcurl once that many seconds have passed (one always is; < 0: no
+ * budget). 0 if the multi handle failed. */
 KIE_HIDDEN int kie_client_perform(kie_client *c, int timeout_ms, double budget_s,
                                   const kie_xfer *target);
 KIE_HIDDEN kie_xfer *kie_xfer_find(kie_client *c, unsigned long id);

@@ -238,7 +238,7 @@ static void give_easy(kie_client *c, CURL *e) {
  * request on a recycled handle (an upload's form, headers or timeout, a download's
  * missing headers, a POST body) carries over. The method is set by kie_xfer_start
  * (or the form by upload.c); here it is a GET with no body. */
-static int set_request(kie_client *c, kie_xfer *x, const char *url) {
+static int set_request(kie_client *c, kie_xfer *x, const char *url, long timeout_ms) {
   CURL *e = x->easy;
   struct curl_slist *h = NULL;
   int bad = 0;
@@ -247,9 +247,8 @@ static int set_request(kie_client *c, kie_xfer *x, const char *url) {
   if (x->op == KIE_OP_UPLOAD) h = c->form_headers;
   else if (x->op != KIE_OP_FETCH) h = c->headers;
   bad |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, h) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (c->next_timeout_ms > 0 && c->next_timeout_ms < c->timeout_ms)
-                                                  ? c->next_timeout_ms : c->timeout_ms) != CURLE_OK;
-  c->next_timeout_ms = 0;
+  bad |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (timeout_ms > 0 && timeout_ms < c->timeout_ms)
+                                                  ? timeout_ms : c->timeout_ms) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->cap) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_WRITEDATA, x) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_HEADERDATA, x) != CURLE_OK;
@@ -270,7 +269,7 @@ static void drop(kie_client *c, kie_xfer *x) {
 }
 
 kie_xfer *kie_xfer_prepare(kie_client *c, kie_op op, const char *url, FILE *sink, size_t cap,
-                           const char **why) {
+                           long timeout_ms, const char **why) {
   kie_xfer *x = calloc(1, sizeof(*x));
   if (x == NULL) { *why = "out of memory"; return NULL; }
   x->client = c;
@@ -284,7 +283,7 @@ kie_xfer *kie_xfer_prepare(kie_client *c, kie_op op, const char *url, FILE *sink
   x->next = c->live;
   if (c->live) c->live->prev = x;
   c->live = x;
-  if (!set_request(c, x, url)) {
+  if (!set_request(c, x, url, timeout_ms)) {
     *why = "libcurl refused an option";
     drop(c, x);
     return NULL;
@@ -306,8 +305,8 @@ kie_xfer *kie_xfer_launch(kie_client *c, kie_xfer *x, const char **why) {
 
 kie_xfer *kie_xfer_start(kie_client *c, kie_op op, const char *method, const char *url,
                          const char *body, size_t len, FILE *sink, size_t cap,
-                         const char **why) {
-  kie_xfer *x = kie_xfer_prepare(c, op, url, sink, cap, why);
+                         long timeout_ms, const char **why) {
+  kie_xfer *x = kie_xfer_prepare(c, op, url, sink, cap, timeout_ms, why);
   if (x == NULL) return NULL;
   if (body != NULL) {
     if (!kie_buf_append(&x->req, body, len) && len > 0) { *why = "out of memory"; goto fail; }

@@ -60,7 +60,7 @@ static int upload(lua_State *L, int async) {
   lua_pushliteral(L, "/api/file-stream-upload");
   lua_concat(L, 2);
   url = lua_tostring(L, -1);
-  x = kie_xfer_prepare(c, KIE_OP_UPLOAD, url, NULL, 0, &why);
+  x = kie_xfer_prepare(c, KIE_OP_UPLOAD, url, NULL, 0, 0, &why);
   if (x == NULL) return upload_error(L, c, "network", why);
   /* from here on x is on the client's live list: every exit frees it or hands it on */
   x->mime = curl_mime_init(x->easy);
