@@ -33,6 +33,8 @@ local perform = 0 -- core layer: time inside core:step (libcurl), the rest is re
 local started, done, live = 0, 0, 0
 local function fail(msg) io.stderr:write("step: ", msg, "\n") os.exit(1) end
 
+-- the layer's three parts: start one transfer, run one frame, close
+local start_one, frame, close
 if layer == "client" then
   local client = kie.new{ api_key = bodies.API_KEY, base_url = url,
     rate_limits = { create = false, poll = false } }
@@ -40,30 +42,13 @@ if layer == "client" then
     if not info or info.resultUrls[1] ~= bodies.RESULT_URL then fail(tostring(err)) end
     done, live = done + 1, live - 1
   end
-  while done < total do
-    local s0 = now()
-    while live < inflight and started < total do
-      client:get_task_async(bodies.TASK_ID, cb)
-      started, live = started + 1, live + 1
-    end
-    starting = starting + (now() - s0)
-    local t0 = now()
-    client:step(0, budget)
-    local dt = now() - t0
-    nt = nt + 1
-    times[nt] = dt
-    if frame_ms > 0 then core.sleep(frame_ms / 1000) end
-  end
-  client:close()
+  start_one = function() client:get_task_async(bodies.TASK_ID, cb) end
+  frame = function() client:step(0, budget) end
+  close = function() client:close() end
 else
   local c = core.new{ api_key = bodies.API_KEY, base_url = url }
-  while done < total do
-    local s0 = now()
-    while live < inflight and started < total do
-      assert(c:get_task_start(bodies.TASK_ID))
-      started, live = started + 1, live + 1
-    end
-    starting = starting + (now() - s0)
+  start_one = function() assert(c:get_task_start(bodies.TASK_ID)) end
+  frame = function()
     local t0 = now()
     local _, ids = c:step(0, budget)
     perform = perform + (now() - t0)
@@ -74,13 +59,24 @@ else
         done, live = done + 1, live - 1
       end
     end
-    local dt = now() - t0
-    nt = nt + 1
-    times[nt] = dt
-    if frame_ms > 0 then core.sleep(frame_ms / 1000) end
   end
-  c:close()
+  close = function() c:close() end
 end
+
+while done < total do
+  local s0 = now()
+  while live < inflight and started < total do
+    start_one()
+    started, live = started + 1, live + 1
+  end
+  starting = starting + (now() - s0)
+  local t0 = now()
+  frame()
+  nt = nt + 1
+  times[nt] = now() - t0
+  if frame_ms > 0 then core.sleep(frame_ms / 1000) end
+end
+close()
 
 local sum = 0
 for i = 1, nt do sum = sum + times[i] end
