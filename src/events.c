@@ -50,7 +50,7 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp)
   if (what & CURL_POLL_OUT) ev |= POLLOUT;
   if (i < 0) {
     if (c->nwatch == c->capwatch) {
-      int cap = c->capwatch ? 2 * c->capwatch : 16;
+      int cap = 2 * c->capwatch;
       struct pollfd *w = realloc(c->watch, (size_t)(cap + 1) * sizeof(*w));
       struct pollfd *p = realloc(c->pfds, (size_t)(cap + 1) * sizeof(*p));
       if (w) c->watch = w;
@@ -66,9 +66,16 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp)
   return 0;
 }
 
+/* Room for this many sockets (plus the wakeup pipe) from the start; doubled as needed. */
+#define KIE_WATCH_START 16
+
 const char *kie_events_setup(kie_client *c) {
   int i;
   c->wake[0] = c->wake[1] = -1;
+  c->watch = malloc((KIE_WATCH_START + 1) * sizeof(*c->watch));
+  c->pfds = malloc((KIE_WATCH_START + 1) * sizeof(*c->pfds));
+  if (c->watch == NULL || c->pfds == NULL) return "out of memory";
+  c->capwatch = KIE_WATCH_START;
   if (pipe(c->wake) != 0) return "cannot create the wakeup pipe";
   for (i = 0; i < 2; i++) {
     fcntl(c->wake[i], F_SETFL, fcntl(c->wake[i], F_GETFL) | O_NONBLOCK);
@@ -112,10 +119,6 @@ int kie_events_wait(kie_client *c, int wait_ms, double deadline) {
   long ms = -1;
   if (curl_multi_timeout(c->multi, &ms) != CURLM_OK) return 0;
   if (ms >= 0 && ms < wait_ms) wait_ms = (int)ms;
-  if (c->pfds == NULL) { /* no socket yet: room for the wakeup pipe only */
-    c->pfds = malloc(sizeof(*c->pfds));
-    if (c->pfds == NULL) return 0;
-  }
   if (n > 0) memcpy(c->pfds, c->watch, (size_t)n * sizeof(*c->pfds));
   c->pfds[n].fd = c->wake[0];
   c->pfds[n].events = POLLIN;
