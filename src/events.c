@@ -103,22 +103,26 @@ void kie_events_wakeup(kie_client *c) {
   if (c->wake[1] >= 0) (void)!write(c->wake[1], &b, 1);
 }
 
-/* Runs libcurl's due timers (new transfers start this way). */
-int kie_events_timers(kie_client *c) {
+/* Runs libcurl's due timers (new transfers start this way). With next_ms, stores the
+ * ms until libcurl's next timer afterwards (-1: none). */
+int kie_events_timers(kie_client *c, long *next_ms) {
   long ms = -1;
   int running;
   if (curl_multi_timeout(c->multi, &ms) != CURLM_OK) return 0;
-  if (ms != 0) return 1;
-  return curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running) == CURLM_OK;
+  if (ms == 0) {
+    if (curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running) != CURLM_OK) return 0;
+    if (next_ms != NULL && curl_multi_timeout(c->multi, &ms) != CURLM_OK) return 0;
+  }
+  if (next_ms != NULL) *next_ms = ms;
+  return 1;
 }
 
-/* Waits at most wait_ms for the watched sockets (or a wakeup), then hands the ready
- * ones to libcurl until the deadline (0: none) passes. */
-int kie_events_wait(kie_client *c, int wait_ms, double deadline) {
+/* Waits at most wait_ms, and no longer than libcurl's next timer (timer_ms, -1:
+ * none), for the watched sockets (or a wakeup), then hands the ready ones to
+ * libcurl until the deadline (0: none) passes. */
+int kie_events_wait(kie_client *c, int wait_ms, long timer_ms, double deadline) {
   int n = c->nwatch, k, ready, running, start;
-  long ms = -1;
-  if (curl_multi_timeout(c->multi, &ms) != CURLM_OK) return 0;
-  if (ms >= 0 && ms < wait_ms) wait_ms = (int)ms;
+  if (timer_ms >= 0 && timer_ms < wait_ms) wait_ms = (int)timer_ms;
   if (n > 0) memcpy(c->pfds, c->watch, (size_t)n * sizeof(*c->pfds));
   c->pfds[n].fd = c->wake[0];
   c->pfds[n].events = POLLIN;

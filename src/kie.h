@@ -126,8 +126,8 @@ KIE_HIDDEN double kie_monotonic(void);
 KIE_HIDDEN const char *kie_events_setup(kie_client *c);
 KIE_HIDDEN void kie_events_teardown(kie_client *c);
 KIE_HIDDEN void kie_events_wakeup(kie_client *c);
-KIE_HIDDEN int kie_events_timers(kie_client *c);
-KIE_HIDDEN int kie_events_wait(kie_client *c, int wait_ms, double deadline);
+KIE_HIDDEN int kie_events_timers(kie_client *c, long *next_ms);
+KIE_HIDDEN int kie_events_wait(kie_client *c, int wait_ms, long timer_ms, double deadline);
 
 /* json.c: the lua-cjson bridge */
 KIE_HIDDEN void kie_json_init(lua_State *L);

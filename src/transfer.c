@@ -299,7 +299,7 @@ kie_xfer *kie_xfer_launch(kie_client *c, kie_xfer *x, const char **why) {
   }
   /* start it now (connect, or send on a kept-alive connection): the caller pays
    * for its own request, and a budgeted step only reads answers */
-  kie_events_timers(c);
+  kie_events_timers(c, NULL);
   return x;
 }
 
@@ -358,10 +358,11 @@ static int ready(kie_client *c, const kie_xfer *target) {
 int kie_client_perform(kie_client *c, int timeout_ms, double budget_s, const kie_xfer *target) {
   double deadline = budget_s >= 0 ? kie_monotonic() + budget_s : 0;
   int wait_ms;
-  if (!kie_events_timers(c)) return 0;
+  long timer_ms;
+  if (!kie_events_timers(c, &timer_ms)) return 0;
   collect(c);
   wait_ms = (timeout_ms > 0 && !ready(c, target)) ? timeout_ms : 0;
-  if (!kie_events_wait(c, wait_ms, deadline) || !kie_events_timers(c)) return 0;
+  if (!kie_events_wait(c, wait_ms, timer_ms, deadline) || !kie_events_timers(c, NULL)) return 0;
   collect(c);
   return 1;
 }
