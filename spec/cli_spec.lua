@@ -108,6 +108,17 @@ describe("kie.cli units #smoke", function()
     assert.equals("kie: waiting (0.0s)  task_1\nkie: success (1.0s)  task_1\n", out.text())
   end)
 
+  it("names files after a task id only when it is a plain name", function()
+    assert.equals("task_ideogram_1765179922911", cli.file_stem("task_ideogram_1765179922911"))
+    assert.equals("ee9c-27_15", cli.file_stem("ee9c-27_15"))
+    for _, evil in ipairs{ "../x", "..", ".", "", "a/b", "/etc/passwd", "x\0y", "a.b", string.rep("a", 129) } do
+      local stem = cli.file_stem(evil)
+      assert.matches("^task%-%w+$", stem)
+      assert.is_true(#stem > 8)
+    end
+    assert.are_not.equal(cli.file_stem("../x"), cli.file_stem("../y"))
+  end)
+
   it("maps error kinds to exit codes", function()
     assert.equals(2, cli.exit_code{ kind = "validation" })
     assert.equals(3, cli.exit_code{ kind = "auth" })
@@ -264,6 +275,48 @@ describe("bin/kie #core", function()
     assert.equals(3, rc)
     assert.equals("", stdout)
     assert.matches("^kie: not_found: ", stderr)
+  end)
+
+  it("no server string chooses a path: wait -o and generate -o name files safely", function()
+    local encode = require("kie.core").encode
+    local real = { taskId = "task_ideogram_1765179922911" }
+    local rc, stdout, stderr
+    local function answer(task_id)
+      local data = { taskId = task_id, model = "ideogram/character", state = "success", param = "{}",
+        resultJson = encode{ resultUrls = real.resultUrls } }
+      return encode{ code = 200, msg = "success", data = data }
+    end
+    local out = DIR .. "/jail/out"
+    for _, evil in ipairs{ "../escaped", "../../escaped", "/tmp/kie-cli-escaped", "..", "a/../../escaped" } do
+      m:reset()
+      os.execute("rm -rf " .. q(DIR .. "/jail"))
+      -- a result URL the mock serves: an uploaded PNG
+      local up = assert(require("kie").new{ api_key = KEY, base_url = m.url, upload_url = m.url }:upload(ref))
+      real.resultUrls = { up.downloadUrl }
+      m:fault{ path = "/api/v1/jobs/recordInfo", fault = "raw", status = 200, content_type = "application/json",
+        body = answer(evil), times = -1 }
+      -- wait: the user's own id names the files
+      rc, stdout, stderr = kie("wait --interval 0.05 -o " .. q(out) .. " " .. real.taskId, env)
+      assert.equals(0, rc, stderr)
+      assert.equals(out .. "/" .. real.taskId .. "_1.png\n", stdout)
+      -- generate: the server's id only when it is a plain name, else a digest of it
+      m:fault{ path = "/api/v1/jobs/createTask", fault = "raw", status = 200, content_type = "application/json",
+        body = '{"code":200,"msg":"success","data":{"taskId":' .. require("kie.core").encode(evil) .. '}}' }
+      rc, stdout, stderr = kie("generate --interval 0.05 --prompt x --ref https://example.com/r.png -o " ..
+        q(out), env)
+      assert.equals(0, rc, stderr)
+      assert.matches("^" .. out:gsub("%p", "%%%0") .. "/task%-%w+_1%.png\n$", stdout)
+      local _, listing = util.run("find " .. q(DIR .. "/jail") .. " -type f")
+      for path in listing:gmatch("[^\n]+") do
+        assert.equals(out, path:match("^(.*)/[^/]+$"), path)
+      end
+      assert.is_nil(read("/tmp/kie-cli-escaped_1.png"))
+    end
+    -- a user's id that is not a plain name is not used as one either
+    m:reset()
+    rc, stdout = kie("wait --interval 0.05 -o " .. q(out) .. " " .. q("../" .. real.taskId), env)
+    assert.is_nil(read(DIR .. "/jail/" .. real.taskId .. "_1.png"))
+    if rc == 0 then assert.matches("^" .. out:gsub("%p", "%%%0") .. "/task%-%w+_1%.png\n$", stdout) end
   end)
 
   it("upload FILE prints the downloadUrl; a URL is uploaded by URL", function()

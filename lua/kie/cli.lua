@@ -233,13 +233,25 @@ local function _ext_of(url)
   return "png"
 end
 
--- Downloads every result URL of info into dir; returns the paths or nil, err.
-local function _download_all(client, info, dir, prog)
+--- A file name stem for task `id` that cannot leave its directory: `id` itself
+-- when it is a plain name (letters, digits, `_`, `-`; at most 128), else
+-- `task-` and a digest of it. Server text never chooses a path as is.
+-- @param id a task id (any value)
+-- @treturn string
+function M.file_stem(id)
+  id = tostring(id)
+  if #id <= 128 and id:match("^[%w_%-]+$") then return id end
+  return "task-" .. core.hmac_sha256_base64("kie-cli", id):gsub("[^%w]", ""):sub(1, 16)
+end
+
+-- Downloads every result URL of info into dir, named after `stem` (see
+-- file_stem); returns the paths or nil, err.
+local function _download_all(client, info, dir, stem, prog)
   local paths = {}
   local urls = info.resultUrls or {}
   for i, url in ipairs(urls) do
-    local path = dir:gsub("/+$", "") .. "/" .. info.taskId .. "_" .. i .. "." .. _ext_of(url)
-    if dir == "/" then path = "/" .. info.taskId .. "_" .. i .. "." .. _ext_of(url) end
+    local path = dir:gsub("/+$", "") .. "/" .. stem .. "_" .. i .. "." .. _ext_of(url)
+    if dir == "/" then path = "/" .. stem .. "_" .. i .. "." .. _ext_of(url) end
     prog.set{ phase = "downloading", detail = i .. "/" .. #urls }
     local got, err = client:download(url, path, {
       progress = function(n, total) prog.state.bytes, prog.state.total = n, total end,
@@ -323,7 +335,7 @@ function commands.generate(ctx)
       prog.set{ phase = i.state }
     end })
     if not done then return nil, werr end
-    local paths, ferr = _download_all(client, done, a.out, prog)
+    local paths, ferr = _download_all(client, done, a.out, M.file_stem(task_id), prog)
     if not paths then
       ferr.task_id = ferr.task_id or task_id
       return nil, ferr
@@ -332,8 +344,10 @@ function commands.generate(ctx)
     return done
   end)
   if err == "interrupted" then
-    ctx.stderr:write("kie: interrupted", task_id and ("; task " .. task_id ..
-      " goes on: `kie wait " .. task_id .. " --out DIR` picks it up") or "", "\n")
+    -- the id is server text: shown quoted for the shell unless it is a plain name
+    local shown = task_id and (M.file_stem(task_id) == task_id and task_id or _shell_quote(task_id))
+    ctx.stderr:write("kie: interrupted", shown and ("; task " .. shown ..
+      " goes on: `kie wait " .. shown .. " --out DIR` picks it up") or "", "\n")
     return M.EXIT.interrupted
   end
   if not info then
@@ -380,7 +394,7 @@ function commands.wait(ctx)
     end })
     if not done then return nil, werr end
     if a.out then
-      local paths, ferr = _download_all(client, done, a.out, prog)
+      local paths, ferr = _download_all(client, done, a.out, M.file_stem(a.id), prog)
       if not paths then return nil, ferr end
       done.files = paths
     end
