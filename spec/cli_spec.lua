@@ -319,6 +319,62 @@ describe("bin/kie #core", function()
     if rc == 0 then assert.matches("^" .. out:gsub("%p", "%%%0") .. "/task%-%w+_1%.png\n$", stdout) end
   end)
 
+  it("Ctrl-C during status, credits or upload ends at once with 130 and a short message", function()
+    local core = require("kie.core")
+    local cases = {
+      { "credits", "/api/v1/chat/credit" },
+      { "status task_whatever", "/api/v1/jobs/recordInfo" },
+      { "upload " .. q(ref), "/api/file-stream-upload" },
+      { "--json credits", "/api/v1/chat/credit" },
+    }
+    for n, case in ipairs(cases) do
+      m:reset()
+      -- the answer would take 60 s: an exit now did not wait for it
+      m:fault{ path = case[2], fault = "delay", seconds = 60 }
+      local base = DIR .. "/int" .. n
+      os.execute("(" .. env_prefix(env) .. " " .. LUA .. " bin/kie " .. case[1] .. " >" .. q(base .. ".out") ..
+        " 2>" .. q(base .. ".err") .. " </dev/null & echo $! >" .. q(base .. ".pid") .. "; wait $!; echo $? >" ..
+        q(base .. ".rc") .. ") >/dev/null 2>&1 &")
+      local arrived = false
+      for _ = 1, 400 do
+        if m:count(case[2]) > 0 then arrived = true break end
+        core.sleep(0.05)
+      end
+      assert.is_true(arrived, case[1] .. ": the request never reached the mock")
+      core.sleep(0.2) -- inside the transfer now
+      os.execute("kill -INT " .. assert(tonumber(read(base .. ".pid")), "no pid"))
+      local rc
+      for _ = 1, 400 do -- 20 s at most, far below the 60 s of the answer
+        rc = tonumber(read(base .. ".rc") or "")
+        if rc then break end
+        core.sleep(0.05)
+      end
+      assert.equals(130, rc, case[1] .. ": " .. tostring(read(base .. ".err")))
+      assert.equals("kie: interrupted\n", read(base .. ".err"))
+      if case[1]:find("--json", 1, true) then
+        assert.equals("interrupted", json_decode(read(base .. ".out")).error.kind)
+      else
+        assert.equals("", read(base .. ".out"))
+      end
+    end
+  end)
+
+  it("--json with a usage error prints a JSON error object (exit 2)", function()
+    for _, args in ipairs{ "--json", "--json frobnicate", "--json generate --prompt x", "--json status",
+      "--json generate --num 9 --prompt x -o " .. q(DIR), "--json verify-callback" } do
+      local rc, stdout, stderr = kie(args, env)
+      assert.equals(2, rc, args)
+      assert.matches("^kie: ", stderr)
+      local doc = json_decode(stdout)
+      assert.equals("usage", doc.error.kind, args)
+      assert.is_string(doc.error.message)
+    end
+    -- without --json, stdout stays empty
+    local rc, stdout = kie("frobnicate", env)
+    assert.equals(2, rc)
+    assert.equals("", stdout)
+  end)
+
   it("upload FILE prints the downloadUrl; a URL is uploaded by URL", function()
     local rc, stdout, stderr = kie("upload " .. q(ref) .. " --upload-path cli --name hero.png", env)
     assert.equals(0, rc, stderr)
