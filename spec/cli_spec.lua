@@ -436,9 +436,13 @@ describe("bin/kie #core", function()
 
   it("draws a \\r-updated progress line on a terminal (script -qc)", function()
     if sh("command -v script") ~= 0 then return pending("util-linux script is missing") end
-    local cmd = env_prefix(env) .. " " .. LUA .. " bin/kie generate --interval 0.3 --prompt x " ..
+    -- the terminal this test is about, whatever the caller's (TERM=dumb in CI and
+    -- editors' shells turns the live line off, by design)
+    local term = { TERM = "xterm", COLUMNS = "80" }
+    for k, v in pairs(env) do term[k] = v end
+    local cmd = env_prefix(term) .. " " .. LUA .. " bin/kie generate --interval 0.3 --prompt x " ..
       "--ref " .. q(ref) .. " -o " .. q(DIR .. "/tty")
-    local rc, stdout = sh("script -qec " .. q(cmd) .. " /dev/null")
+    local rc, stdout = sh("env TERM=xterm COLUMNS=80 script -qec " .. q(cmd) .. " /dev/null")
     assert.equals(0, rc)
     assert.truthy(stdout:find("\r|  uploading", 1, true) or stdout:find("\r/  uploading", 1, true))
     assert.truthy(stdout:find("  waiting ", 1, true))
@@ -450,6 +454,18 @@ describe("bin/kie #core", function()
     local n = 0
     for _ in pairs(times) do n = n + 1 end
     assert.is_true(n >= 2)
+  end)
+
+  it("under TERM=dumb, even on a terminal, prints plain lines (no \\r)", function()
+    if sh("command -v script") ~= 0 then return pending("util-linux script is missing") end
+    local dumb = { TERM = "dumb" }
+    for k, v in pairs(env) do dumb[k] = v end
+    local cmd = env_prefix(dumb) .. " " .. LUA .. " bin/kie generate --interval 0.05 --prompt x " ..
+      "--ref https://example.com/r.png -o " .. q(DIR .. "/dumb")
+    local rc, stdout = sh("env TERM=dumb script -qec " .. q(cmd) .. " /dev/null")
+    assert.equals(0, rc)
+    assert.matches("kie: success ", stdout)
+    assert.is_nil(stdout:find("\27[K", 1, true))
   end)
 
   it("works from a checkout without LUA_PATH (a new user's first run)", function()
