@@ -515,4 +515,55 @@ describe("upload against the mock #core", function()
       for _, r in ipairs(m:requests("/files/*")) do assert.is_nil(r.headers["authorization"]) end
     end)
   end)
+
+  describe("randomness per process", function()
+    -- Runs `script` in two child processes of interpreter `lua` at once (with
+    -- os.time pinned: started in the same second); returns their outputs.
+    local function twins(lua, script)
+      local flavour = lua
+      if not io.open("build/" .. flavour .. "/kie/core.so", "rb") then return nil end
+      local f = dir .. "/twin-" .. lua .. ".lua"
+      write(f, script)
+      local env = "env LUA_PATH='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH='./build/" .. flavour ..
+        "/?.so;;' KIE_SPEC_URL='" .. m.url .. "' KIE_SPEC_KEY='" .. KEY .. "' "
+      local a = io.popen(env .. lua .. " " .. f .. " a 2>&1")
+      local b = io.popen(env .. lua .. " " .. f .. " b 2>&1")
+      local out_a, out_b = a:read("*a"), b:read("*a")
+      a:close()
+      b:close()
+      return out_a, out_b
+    end
+
+    for _, lua in ipairs{ "lua5.4", "luajit" } do
+      it(lua .. ": math.random differs across processes after require \"kie\"", function()
+        local a, b = twins(lua, 'require "kie"\nio.write(("%.17g"):format(math.random()))\n')
+        if not a then return pending("no build/" .. lua) end
+        assert.matches("^0%.%d+$", a)
+        assert.matches("^0%.%d+$", b)
+        assert.are_not.equal(a, b)
+      end)
+
+      it(lua .. ": two processes downloading to one path use different temporary files", function()
+        local src = dir .. "/twin-src.png"
+        write(src, PNG_MAGIC .. bytes(2000))
+        local url = assert(c:upload(src)).downloadUrl
+        local script = [[
+          local kie = require "kie"
+          local rename = os.rename
+          os.time = function() return 1700000000 end
+          os.rename = function(from, to) io.write("TMP ", from, "\n") return rename(from, to) end
+          local c = kie.new{ api_key = os.getenv "KIE_SPEC_KEY", base_url = os.getenv "KIE_SPEC_URL",
+            upload_url = os.getenv "KIE_SPEC_URL" }
+          assert(c:download("]] .. url .. [[", "]] .. dir .. [[/twin-out-" .. arg[1] .. ".png"))
+        ]]
+        local a, b = twins(lua, script)
+        if not a then return pending("no build/" .. lua) end
+        local ta = a:match("TMP [^\n]*/twin%-out%-a%.png(%.part%-[^\n]+)\n")
+        local tb = b:match("TMP [^\n]*/twin%-out%-b%.png(%.part%-[^\n]+)\n")
+        assert.is_string(ta, a)
+        assert.is_string(tb, b)
+        assert.are_not.equal(ta, tb)
+      end)
+    end
+  end)
 end)

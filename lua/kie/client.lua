@@ -11,6 +11,7 @@ local schedule = require "kie.schedule"
 local options = require "kie.options"
 local redactor = require "kie.redact"
 local fingerprint = require "kie.fingerprint"
+local seed = require "kie.seed"
 
 -- Modules only some programs use load on first use (memory for the others).
 local function _lazy(name)
@@ -45,6 +46,7 @@ local _retry_logger = Client._retry_logger
 --- Makes a client (see `kie.new`).
 function Client.new(user)
   local o = _options(user)
+  seed.ensure() -- once per process: a forked nginx worker seeds its own jitter
   local core = o.core or require "kie.core"
   local copts = {}
   for _, k in ipairs(CORE_OPTIONS) do copts[k] = o[k] end
@@ -360,7 +362,7 @@ function Client:download(url, path, opts)
   local cap = opts.max_bytes or DOWNLOAD_CAP
   local rep = opts.progress ~= nil and files.reporter(opts.progress) or nil
   if rep then _check(opts.progress, "function", "download: opts.progress") end
-  local tmp = path .. ".part-" .. tostring(os.time()) .. "-" .. tostring(math.random(1e9))
+  local tmp = seed.temp_path(path) -- unique across processes and calls
   local ok, err = files.io(self, Client._io, rep, "fetch", url, tmp, cap)
   if not ok and opts.refresh ~= false and _expired(err) then
     local fresh = self:download_url(url)

@@ -11,7 +11,12 @@
 local Client = require "kie.client"
 local errors = require "kie.errors"
 local files = require "kie.files"
+local seed = require "kie.seed"
 local scheduler = require "kie.scheduler"
+
+-- math.random differs per process (Lua 5.1 and LuaJIT start every process alike);
+-- a program that wants a fixed sequence seeds after this require (see kie.seed)
+seed.ensure()
 
 local M = {
   _VERSION = Client.VERSION,
