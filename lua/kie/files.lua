@@ -241,6 +241,24 @@ function M.upload(self, src, opts)
   return res
 end
 
+--- A file name (without extension) for server text such as a task id, that
+-- cannot leave its directory: `s` itself when it is a plain name (letters,
+-- digits, `_`, `-`; at most 128 bytes), else `"task-"` and a digest of it.
+-- Server text never chooses a path as is: name files `safe_name(info.taskId)`.
+-- @param s a task id (any value)
+-- @treturn string
+function M.safe_name(s)
+  s = tostring(s)
+  if #s <= 128 and find(s, "^[%w_%-]+$") then return s end
+  local h1, h2 = 5381, 52711
+  for i = 1, #s do
+    local b = byte(s, i)
+    h1 = (h1 * 33 + b) % 4294967291
+    h2 = (h2 * 131 + b) % 4294967279
+  end
+  return format("task-%08x%08x", h1, h2)
+end
+
 -- kie.file ---------------------------------------------------------------------
 
 -- metatable of the markers made by `file`

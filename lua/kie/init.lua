@@ -67,6 +67,11 @@ end
 -- is uploaded first and sent as its URL. Plain strings are never read as paths.
 M.file = files.file
 
+--- A file name for server text such as a task id: the text itself when it is a
+-- plain name (letters, digits, `_`, `-`), else `task-<digest>`; server text never
+-- chooses a path as is (`("out/%s.png"):format(kie.safe_name(info.taskId))`).
+M.safe_name = files.safe_name
+
 --- Marks a table so that it is sent as a JSON object even when empty
 -- (empty tables are sent as `[]`, which is what every empty list in this API is).
 function M.object(t)
