@@ -10,7 +10,7 @@ local retry = require "kie.retry"
 local schedule = require "kie.schedule"
 local options = require "kie.options"
 local redactor = require "kie.redact"
-local fingerprint = require "kie.fingerprint"
+local paid = require "kie.paid"
 
 -- Modules only some programs use load on first use (memory for the others).
 local function _lazy(name)
@@ -90,10 +90,16 @@ end
 
 -- the calls ----------------------------------------------------------------------
 
--- One attempt of create_task (retry.call2's fn).
-local function _create_attempt(self, req)
+-- One attempt of create_task (retry.call2's fn) for paid call `ctx`: the intent
+-- goes to the journal right before the first request is sent.
+local function _create_attempt(self, ctx)
   local env, lim = self._env, self._create_lim
   if lim then lim:acquire(env) end
+  local req = ctx.req
+  if self._journal and not ctx.intent then
+    local ok, jerr = paid.intend(self, ctx)
+    if not ok then return nil, jerr end
+  end
   if self._opts.logger then self:_log("debug", "request", { op = "create_task", model = req.model }) end
   local r, e = self:_io("create_task", req)
   if not r and lim and e.kind == "rate_limited" then lim:fill(env.now()) end
@@ -104,7 +110,9 @@ end
 -- create limit, and retries only when the request surely never reached the server
 -- (or the server rejected it with 429/455). A create that may have reached it
 -- returns `unknown_outcome` with `fingerprint`; it is never resent. With a
--- journal, the new taskId is on disk before this returns.
+-- journal, the intent is on disk before the request is sent and the new taskId
+-- before this returns (see `kie.paid`); an intent that cannot be written sends
+-- nothing (`io`).
 -- @tparam table request `{model = ..., callBackUrl = ..., input = {...}}`
 -- @tparam[opt] table opts `strict` (false lets unknown input fields through)
 -- @treturn table `{taskId = ...}` or `nil, err`
@@ -125,25 +133,14 @@ function Client:create_task(request, opts)
     self:_log("warn", "create_task: invalid request", { op = "create_task", message = verr.message })
     return nil, verr
   end
+  local ctx = paid.new(self, req)
   local res, err = retry.call2(self._create_policy, self._env,
-    self._retry_loggers.create_task or _retry_logger(self, "create_task"), nil, _create_attempt, self, req)
+    self._retry_loggers.create_task or _retry_logger(self, "create_task"), nil, _create_attempt, self, ctx)
+  res, err = paid.settle(self, ctx, res, err)
   if not res then
-    err = wrap(err)
-    if err.kind == "unknown_outcome" then
-      err.fingerprint = fingerprint(self._mod, req)
-      err.model = req.model
-    end
     self:_log("error", "create_task failed: " .. err.kind, { op = "create_task", kind = err.kind,
       message = err.message, fingerprint = err.fingerprint })
     return nil, err
-  end
-  if self._journal then
-    local ok, msg = self._journal:created(res.taskId, req.model)
-    if not ok then
-      -- the task exists and is paid for: return it all the same, loudly
-      res.journal_error = msg
-      self:_log("error", "journal write failed: " .. tostring(msg), { task_id = res.taskId })
-    end
   end
   if self._opts.logger then
     self:_log("info", "task created", { op = "create_task", task_id = res.taskId, model = req.model })
@@ -223,8 +220,13 @@ function Client:_get(task_id, deadline)
     if msg ~= "" and type(msg) == "string" then info.failMsg = redact(msg) end
     if code ~= "" and type(code) == "string" then info.failCode = redact(code) end
   end
-  if info and self._journal and (info.state == "success" or info.state == "fail") then
-    self._journal:finished(task_id, info.state)
+  local j = self._journal
+  if j then
+    if info and (info.state == "success" or info.state == "fail") then
+      j:finished(task_id, info.state)
+    elseif not info and err.kind == "not_found" and err.code == 404 then
+      j:finished(task_id, "not_found") -- kie.ai no longer knows the task: it ends here
+    end
   end
   return info, err
 end
@@ -302,13 +304,35 @@ function Client:run(request)
   return info
 end
 
---- The journal's unfinished tasks: `{ {taskId =, model =, created =}, ... }`, so a
--- restarted process can `wait` on them instead of paying again.
+--- The journal's unfinished tasks and unresolved creates, oldest first, so a
+-- restarted process can `wait` on them instead of paying again: `{taskId =,
+-- model =, created = <epoch s>}` for a task; `{unknown = true, fingerprint =,
+-- model =, created =, intent =}` for a create whose outcome is unknown (sent,
+-- answer never read: check kie.ai's logs or your callback, then `forget` it).
+-- A task ends when `get_task`/`wait` sees `success`, `fail` or a 404.
 function Client:resume()
   if not self._journal then
     error("resume: no journal configured (kie.new{journal = path})", 2)
   end
   return self._journal:unfinished()
+end
+
+--- Ends one entry of `resume()` by writing a record: a task id, an intent id, or
+-- a fingerprint (the oldest unresolved create with it). Returns true when one
+-- was ended, false when nothing unfinished matches `id`, or `nil, err` (kind
+-- `io`) when the journal cannot be written.
+-- @tparam string id
+function Client:forget(id)
+  _check(id, "string", "forget: id")
+  if not self._journal then
+    error("forget: no journal configured (kie.new{journal = path})", 2)
+  end
+  local ok, msg = self._journal:forget(id)
+  if ok == nil then
+    return nil, errors.new("io", "forget: the journal cannot be written: " .. tostring(msg),
+      { op = "forget" })
+  end
+  return ok
 end
 
 --- Remaining credits (a number) or `nil, err`.
