@@ -121,6 +121,9 @@ function Client:create_task(request, opts)
   local strict = self._opts.strict
   if opts ~= nil then
     _check(opts, "table", "create_task: opts")
+    for k in pairs(opts) do
+      if k ~= "strict" then error("create_task: unknown option '" .. tostring(k) .. "'", 2) end
+    end
     if opts.strict ~= nil then strict = opts.strict end
   end
   local req, verr
@@ -243,6 +246,41 @@ end
 local WAIT_OPTIONS = { timeout = "number", interval = "number", max_interval = "number",
   on_update = "function" }
 
+-- Raises (at `level`) unless `opts` is nil or wait's options: names, types and
+-- values (timeout >= 0; interval, max_interval > 0). `what` names the call.
+local function _check_wait(opts, what, level)
+  if opts == nil then return end
+  if type(opts) ~= "table" then error(what .. ": opts must be a table, got " .. type(opts), level) end
+  for k, v in pairs(opts) do
+    local want = WAIT_OPTIONS[k]
+    if not want then error(what .. ": unknown option '" .. tostring(k) .. "'", level) end
+    if type(v) ~= want then
+      error(what .. ": option '" .. k .. "' must be a " .. want .. ", got " .. type(v), level)
+    end
+  end
+  local t, i, mi = opts.timeout, opts.interval, opts.max_interval
+  if t ~= nil and (t ~= t or t < 0) then error(what .. ": option 'timeout' must be a number >= 0", level) end
+  if i ~= nil and (i ~= i or i <= 0) then error(what .. ": option 'interval' must be a number > 0", level) end
+  if mi ~= nil and (mi ~= mi or mi <= 0) then
+    error(what .. ": option 'max_interval' must be a number > 0", level)
+  end
+end
+
+-- Raises (at `level`) unless `request` is a table whose run options (`wait`,
+-- `upload`, `strict`) are right: run, run_async and run_all check them all
+-- before the first request, so nothing is paid for and then lost to a typo.
+function Client._check_run(_, request, what, level)
+  if type(request) ~= "table" then
+    error(what .. " must be a table, got " .. type(request), level)
+  end
+  _check_wait(request.wait, what .. ": wait", level + 1)
+  if request.upload ~= nil then files.check_options(request.upload, what .. ": upload", level + 1) end
+  local strict = request.strict
+  if strict ~= nil and type(strict) ~= "boolean" then
+    error(what .. ": strict must be a boolean, got " .. type(strict), level)
+  end
+end
+
 --- Polls a task on kie.ai's published schedule (2–3 s for the first 30 s, 5–10 s
 -- until 2 min, 15–30 s after, with jitter) until it ends or the deadline passes.
 -- Returns the finished task, or `nil, err`: `task_failed` (failCode, failMsg),
@@ -252,12 +290,8 @@ local WAIT_OPTIONS = { timeout = "number", interval = "number", max_interval = "
 -- `on_update(info)` (once per state change)
 function Client:wait(task_id, opts)
   _check(task_id, "string", "wait: task_id")
+  _check_wait(opts, "wait", 3)
   opts = opts or {}
-  _check(opts, "table", "wait: opts")
-  for k, v in pairs(opts) do
-    if not WAIT_OPTIONS[k] then error("wait: unknown option '" .. tostring(k) .. "'", 2) end
-    _check(v, WAIT_OPTIONS[k], "wait: option '" .. k .. "'")
-  end
   local timeout = opts.timeout or 900
   local deadline = self._env.now() + timeout
   local user_update = opts.on_update
@@ -285,12 +319,11 @@ end
 -- `create_task` itself stays strict: it sends exactly one request and takes URLs
 -- only.
 function Client:run(request)
-  _check(request, "table", "run: request")
+  self:_check_run(request, "run: request", 3)
   local req = {}
   for k, v in pairs(request) do
     if k ~= "wait" and k ~= "strict" and k ~= "upload" then req[k] = v end
   end
-  if request.upload ~= nil then _check(request.upload, "table", "run: request.upload") end
   local lerr
   req, lerr = files.resolve_local(self, req, request.upload)
   if not req then return nil, lerr end
@@ -436,12 +469,13 @@ end
 --- `wait` without blocking (see `create_task_async`).
 function Client:wait_async(task_id, opts, cb)
   _check(task_id, "string", "wait_async: task_id")
+  _check_wait(opts, "wait_async", 3)
   return self:_async(cb, "wait", task_id, opts)
 end
 
 --- `run` without blocking (see `create_task_async`).
 function Client:run_async(request, cb)
-  _check(request, "table", "run_async: request")
+  self:_check_run(request, "run_async: request", 3)
   return self:_async(cb, "run", request)
 end
 
