@@ -25,7 +25,7 @@ local files = _lazy "kie.files"
 
 local type, pairs, ipairs, tostring, setmetatable, pcall, error, select =
   type, pairs, ipairs, tostring, setmetatable, pcall, error, select
-local max = math.max
+local max, huge = math.max, math.huge
 local unpack = table.unpack or unpack
 local wrap = errors.wrap
 local _check = options.check
@@ -394,6 +394,39 @@ function Client:download_url(url)
 end
 
 local DOWNLOAD_CAP = 100 * 1024 * 1024
+local DOWNLOAD_TIMEOUT = 300 -- seconds, the whole transfer (or the client's timeout, when longer)
+local NO_CAP = 2 ^ 53        -- what max_bytes = math.huge means: bytes no file reaches
+
+local DOWNLOAD_OPTIONS = { max_bytes = "number", refresh = "boolean", progress = "function",
+  timeout = "number" }
+
+-- download's options, checked: returns the byte cap and the timeout.
+local function _download_opts(self, opts)
+  if opts == nil then return DOWNLOAD_CAP, max(DOWNLOAD_TIMEOUT, self._opts.timeout) end
+  if type(opts) ~= "table" then error("download: opts must be a table, got " .. type(opts), 3) end
+  for k, v in pairs(opts) do
+    local want = DOWNLOAD_OPTIONS[k]
+    if not want then error("download: unknown option '" .. tostring(k) .. "'", 3) end
+    if type(v) ~= want then
+      error("download: option '" .. k .. "' must be a " .. want .. ", got " .. type(v), 3)
+    end
+  end
+  local cap, timeout = opts.max_bytes, opts.timeout
+  if cap == huge then
+    cap = NO_CAP
+  elseif cap == nil then
+    cap = DOWNLOAD_CAP
+  elseif cap ~= cap or cap < 1 or cap % 1 ~= 0 or cap > NO_CAP then
+    error("download: option 'max_bytes' must be a whole number of bytes from 1 to 2^53, "
+      .. "or math.huge (no cap), got " .. tostring(cap), 3)
+  end
+  if timeout == nil then
+    timeout = max(DOWNLOAD_TIMEOUT, self._opts.timeout)
+  elseif timeout ~= timeout or timeout <= 0 or timeout == huge then
+    error("download: option 'timeout' must be a finite number of seconds > 0, got " .. tostring(timeout), 3)
+  end
+  return cap, timeout
+end
 
 local function _expired(err)
   return err.kind == "not_found" or (err.kind == "http" and (err.status == 403 or err.status == 410))
@@ -405,22 +438,29 @@ end
 -- one is asked from `download_url` and tried once. Returns `path` or `nil, err`.
 -- @tparam string url
 -- @tparam string path
--- @tparam[opt] table opts `max_bytes` (default 100 MiB), `refresh` (default true),
--- `progress` (`function(bytes_so_far, total_or_nil)`: called from Lua between
--- transfer steps whenever the count changed, and once at the end with the final
--- size; it restarts from 0 when a refreshed link is tried; see `kie.files`)
+-- @tparam[opt] table opts `max_bytes` (default 100 MiB; a whole number, or
+-- `math.huge` for no cap), `timeout` (seconds for the whole download, refresh
+-- included; default 300, or the client's `timeout` when longer), `refresh`
+-- (default true), `progress` (`function(bytes_so_far, total_or_nil)`: called
+-- from Lua between transfer steps whenever the count changed, and once at the
+-- end with the final size; it restarts from 0 when a refreshed link is tried;
+-- see `kie.files`). An unknown option name raises.
 function Client:download(url, path, opts)
   _check(url, "string", "download: url")
   _check(path, "string", "download: path")
+  local cap, timeout = _download_opts(self, opts)
   opts = opts or {}
-  local cap = opts.max_bytes or DOWNLOAD_CAP
   local rep = opts.progress ~= nil and files.reporter(opts.progress) or nil
-  if rep then _check(opts.progress, "function", "download: opts.progress") end
+  local now = self._env.now
+  local deadline = now() + timeout
   local tmp = path .. ".part-" .. tostring(os.time()) .. "-" .. tostring(math.random(1e9))
-  local ok, err = files.io(self, Client._io, rep, "fetch", url, tmp, cap)
+  local ok, err = files.io(self, Client._io, rep, "fetch", url, tmp, cap, timeout)
   if not ok and opts.refresh ~= false and _expired(err) then
     local fresh = self:download_url(url)
-    if fresh then ok, err = files.io(self, Client._io, rep, "fetch", fresh, tmp, cap) end
+    local left = deadline - now()
+    if fresh and left > 0 then
+      ok, err = files.io(self, Client._io, rep, "fetch", fresh, tmp, cap, left)
+    end
   end
   if ok and rep then rep.finish(err) end -- err is the byte count here
   if not ok then
