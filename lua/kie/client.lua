@@ -312,10 +312,11 @@ end
 -- wait = {...}, strict = bool, upload = {...}}`. Returns the finished task or
 -- `nil, err`; an error after the task was created carries its `task_id`.
 --
--- Local files: an image field of `input` (`image_url`, `mask_url`,
--- `reference_image_urls[i]`, `image_urls[i]`, `reference_mask_urls`) that is not
--- an http(s) URL but names an existing local file is uploaded first (see
--- `upload`; `upload` holds its options) and replaced by its `downloadUrl`.
+-- Local files are never implied: a `kie.file(path)` (or `kie.file{data =, file_name =}`)
+-- in an image field of `input` (`image_url`, `mask_url`, `reference_image_urls[i]`,
+-- `image_urls[i]`, `reference_mask_urls`) is uploaded first (see `upload`;
+-- `upload` holds its options) and replaced by its `downloadUrl`; a plain string
+-- there that is not an http(s) URL is a `validation` error (see `kie.files`).
 -- `create_task` itself stays strict: it sends exactly one request and takes URLs
 -- only.
 function Client:run(request)
