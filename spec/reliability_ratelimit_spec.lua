@@ -143,6 +143,26 @@ describe("reliability: client-side rate limits (fake clock) #integration", funct
     c:close()
   end)
 
+  it("a partial rate_limits entry keeps the published defaults for what it leaves out", function()
+    local task = assert(kie.new{ api_key = KEY, base_url = m.url, rate_limits = { create = false } }
+      :create_task(request("partial")))
+    local c, _, sent = fake_client{ rate_limits = { poll = { limit = 5 }, create = { window = 2 } } }
+    for _ = 1, 6 do assert(c:get_task(task.taskId)) end
+    local t = sent.get_task
+    assert.equals(t[1], t[5])
+    -- the 6th waits out poll's published 1 s window, not 10 s
+    assert.is_true(t[6] - t[1] >= 1 and t[6] - t[1] < 1.5, "6th read after " .. (t[6] - t[1]) .. " s")
+    for i = 1, 21 do assert(c:create_task(request(i))) end
+    local ct = sent.create_task
+    assert.equals(ct[1], ct[20])  -- create keeps its limit of 20
+    assert.is_true(ct[21] - ct[1] >= 2 and ct[21] - ct[1] < 2.5)
+    c:close()
+    assert.has_error(function() kie.new{ api_key = KEY, rate_limits = { poll = { limt = 5 } } } end,
+      "kie.new: option 'rate_limits': kie.ratelimit.new: unknown option 'limt'")
+    assert.has_error(function() kie.new{ api_key = KEY, rate_limits = { polls = { limit = 5 } } } end,
+      "kie.new: option 'rate_limits': unknown entry 'polls' (create, poll)")
+  end)
+
   it("can be configured (rate_limits) and switched off", function()
     local c, _, sent = fake_client{ rate_limits = { create = { limit = 2, window = 1 }, poll = false } }
     for i = 1, 5 do assert(c:create_task(request(i))) end
