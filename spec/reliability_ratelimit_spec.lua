@@ -3,6 +3,7 @@
 -- and 10 status reads per second; the client must never send more.
 local kie = require "kie"
 local mock = require "spec.support.mock"
+local core = require "kie.core"
 
 local KEY = "sk-ratelimit-spec-7c1e"
 
@@ -169,5 +170,97 @@ describe("reliability: client-side rate limits (fake clock) #integration", funct
     assert.is_true(max_in_window(sent.create_task, 1) <= 2)
     assert.is_true(sent.create_task[5] - sent.create_task[1] >= 2)
     c:close()
+  end)
+end)
+
+-- Issue 10 item 19: kie.ai counts a request when it ARRIVES. The mock delays each
+-- request between reading it and counting it (latency), and answers 429 over an
+-- account-wide sliding window of arrivals (limit 3 per 1 s here, to keep it short).
+describe("reliability: pacing counts where kie.ai counts (real clock, latency) #integration", function()
+  local m
+  local LIMIT = { limit = 3, window = 1 }
+  local CREATE = "/api/v1/jobs/createTask"
+
+  lazy_setup(function()
+    m = mock.start{ api_key = KEY, pace = 0, account_limit = { create = LIMIT } }
+  end)
+  lazy_teardown(function()
+    if m then m:stop() end
+  end)
+  before_each(function()
+    m:reset()
+    m:config{ latency = false }
+  end)
+
+  local function client(limits)
+    return kie.new{ api_key = KEY, base_url = m.url, timeout = 5, max_retries = 0,
+      rate_limits = { create = limits, poll = false } }
+  end
+
+  local function over_limit()
+    local n = 0
+    for _, r in ipairs(m:requests(CREATE)) do
+      if r.fault == "account_limit" then n = n + 1 end
+    end
+    return n
+  end
+
+  -- the first three creates take 0.3 s to arrive, the later ones none
+  local function slow_first_three()
+    m:fault{ path = CREATE, fault = "delay", seconds = 0, latency = 0.3, times = 3 }
+  end
+
+  it("control: a limiter that counts at sending overshoots at the server", function()
+    slow_first_three()
+    local c = client(false)
+    local lim = require("kie.ratelimit").new(LIMIT)
+    local env = { now = core.now, sleep = core.sleep }
+    local rejected = 0
+    for i = 1, 6 do
+      lim:release(lim:acquire(env), env.now()) -- the old rule: counted from sending
+      local _, err = c:create_task(request("control " .. i))
+      if err then
+        assert.equals("rate_limited", err.kind)
+        rejected = rejected + 1
+      end
+    end
+    c:close()
+    assert.is_true(rejected > 0, "the mock never saw more than 3 arrivals in 1 s")
+    assert.equals(rejected, over_limit())
+  end)
+
+  it("the same load through the client: no 429", function()
+    slow_first_three()
+    local c = client(LIMIT)
+    for i = 1, 6 do
+      local t, err = c:create_task(request("held " .. i))
+      assert.is_nil(err and tostring(err))
+      assert.is_string(t.taskId)
+    end
+    c:close()
+    assert.equals(0, over_limit())
+  end)
+
+  it("random latency 0 - 300 ms, blocking and a concurrent async burst: no 429", function()
+    m:config{ latency = { min = 0, max = 0.3 } }
+    local c = client(LIMIT)
+    for i = 1, 6 do
+      local _, err = c:create_task(request("blocking " .. i))
+      assert.is_nil(err and tostring(err))
+    end
+    local done, errs = 0, {}
+    for i = 1, 9 do
+      c:create_task_async(request("async " .. i), function(t, err)
+        done = done + 1
+        if not t then errs[#errs + 1] = tostring(err) end
+      end)
+    end
+    local deadline = core.now() + 15
+    while done < 9 and core.now() < deadline do c:step(50) end
+    c:close()
+    assert.equals(9, done)
+    assert.same({}, errs)
+    assert.equals(15, m:count(CREATE))
+    assert.equals(0, over_limit())
   end)
 end)
