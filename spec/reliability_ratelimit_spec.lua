@@ -205,9 +205,29 @@ describe("reliability: pacing counts where kie.ai counts (real clock, latency) #
     return n
   end
 
-  -- the first three creates take 0.3 s to arrive, the later ones none
+  -- the first three creates take 0.6 s to arrive, the later ones none
   local function slow_first_three()
-    m:fault{ path = CREATE, fault = "delay", seconds = 0, latency = 0.3, times = 3 }
+    m:fault{ path = CREATE, fault = "delay", seconds = 0, latency = 0.6, times = 3 }
+  end
+
+  -- steps `c` until `pred()` (at most 15 s)
+  local function pump(c, pred)
+    local deadline = core.now() + 15
+    while not pred() and core.now() < deadline do c:step(20) end
+    assert.is_true(pred(), "not done in 15 s")
+  end
+
+  -- creates `n` at once (async); returns a function that tells when all ended, and errs
+  local function fire(c, n, tag, before_each_send)
+    local done, errs = 0, {}
+    for i = 1, n do
+      if before_each_send then before_each_send() end
+      c:create_task_async(request(tag .. i), function(t, err)
+        done = done + 1
+        if not t then errs[#errs + 1] = err.kind end
+      end)
+    end
+    return function() return done == n end, errs
   end
 
   it("control: a limiter that counts at sending overshoots at the server", function()
@@ -215,29 +235,25 @@ describe("reliability: pacing counts where kie.ai counts (real clock, latency) #
     local c = client(false)
     local lim = require("kie.ratelimit").new(LIMIT)
     local env = { now = core.now, sleep = core.sleep }
-    local rejected = 0
-    for i = 1, 6 do
-      lim:release(lim:acquire(env), env.now()) -- the old rule: counted from sending
-      local _, err = c:create_task(request("control " .. i))
-      if err then
-        assert.equals("rate_limited", err.kind)
-        rejected = rejected + 1
-      end
-    end
+    local function at_send() lim:release(lim:acquire(env), env.now()) end -- the old rule
+    local first = fire(c, 3, "control a", at_send)
+    pump(c, first)
+    local second, errs = fire(c, 3, "control b", at_send)   -- sent 1.05 s after the first
+    pump(c, second)
     c:close()
-    assert.is_true(rejected > 0, "the mock never saw more than 3 arrivals in 1 s")
-    assert.equals(rejected, over_limit())
+    assert.is_true(#errs > 0, "the mock never saw more than 3 arrivals in 1 s")
+    assert.equals("rate_limited", errs[1])
+    assert.equals(#errs, over_limit())
   end)
 
   it("the same load through the client: no 429", function()
     slow_first_three()
     local c = client(LIMIT)
-    for i = 1, 6 do
-      local t, err = c:create_task(request("held " .. i))
-      assert.is_nil(err and tostring(err))
-      assert.is_string(t.taskId)
-    end
+    local all, errs = fire(c, 6, "held ")
+    pump(c, all)
     c:close()
+    assert.same({}, errs)
+    assert.equals(6, m:count(CREATE))
     assert.equals(0, over_limit())
   end)
 
@@ -248,17 +264,9 @@ describe("reliability: pacing counts where kie.ai counts (real clock, latency) #
       local _, err = c:create_task(request("blocking " .. i))
       assert.is_nil(err and tostring(err))
     end
-    local done, errs = 0, {}
-    for i = 1, 9 do
-      c:create_task_async(request("async " .. i), function(t, err)
-        done = done + 1
-        if not t then errs[#errs + 1] = tostring(err) end
-      end)
-    end
-    local deadline = core.now() + 15
-    while done < 9 and core.now() < deadline do c:step(50) end
+    local all, errs = fire(c, 9, "async ")
+    pump(c, all)
     c:close()
-    assert.equals(9, done)
     assert.same({}, errs)
     assert.equals(15, m:count(CREATE))
     assert.equals(0, over_limit())
