@@ -21,7 +21,8 @@
 --   wrong_shape      HTTP 200 {"code":200,"msg":"success","data":"not-an-object"} on
 --                    createTask, {"code":200,"msg":"success"} (no data) elsewhere; `data` overrides
 --   raw              HTTP `status` (200) with `body`, `content_type`
--- Every kind also accepts `headers` (extra response headers).
+-- Every kind also accepts `headers` (extra response headers) and `latency` (seconds
+-- before the request counts as arrived: mock/account.lua).
 
 local store = require "store"
 local respond = require "respond"
