@@ -47,6 +47,19 @@ local MIB = 1024 * 1024
 local UPLOAD_OPTIONS = { upload_path = "string", file_name = "string", max_bytes = "number",
   timeout = "number" }
 
+--- Raises (at `level`) unless `opts` is nil or a table of `upload`'s options
+-- with the right types; `what` names the call ("upload", "run: upload").
+-- @local
+function M.check_options(opts, what, level)
+  if opts == nil then return end
+  if type(opts) ~= "table" then error(what .. ": opts must be a table, got " .. type(opts), level) end
+  for k, v in pairs(opts) do
+    local want = UPLOAD_OPTIONS[k]
+    if not want then error(what .. ": unknown option '" .. tostring(k) .. "'", level) end
+    if type(v) ~= want then error(what .. ": option '" .. k .. "' must be a " .. want, level) end
+  end
+end
+
 -- input fields that hold image URLs: "one" a string, "list" an array of strings
 local IMAGE_FIELDS = {
   image_url = "one", mask_url = "one", reference_mask_urls = "one",
@@ -172,15 +185,8 @@ end
 -- @treturn table the upload's `data`: `downloadUrl`, `fileName`, `filePath`,
 -- `fileSize`, `mimeType`, `uploadedAt`; or `nil, err`
 function M.upload(self, src, opts)
-  if opts ~= nil and type(opts) ~= "table" then
-    error("upload: opts must be a table, got " .. type(opts), 3)
-  end
+  M.check_options(opts, "upload", 4)
   opts = opts or {}
-  for k, v in pairs(opts) do
-    local want = UPLOAD_OPTIONS[k]
-    if not want then error("upload: unknown option '" .. tostring(k) .. "'", 3) end
-    if type(v) ~= want then error("upload: option '" .. k .. "' must be a " .. want, 3) end
-  end
   local upload_path, perr = _upload_path(opts.upload_path)
   if not upload_path then return nil, perr end
   local base = self._opts.upload_url
