@@ -534,6 +534,31 @@ describe("upload against the mock #core", function()
       return out_a, out_b
     end
 
+    it("never reseeds a process it seeded; a client made after a fork seeds once", function()
+      local seed = require "kie.seed"
+      -- the first values after math.randomseed(12345); kie.new may draw some (a salt)
+      math.randomseed(12345)
+      local mine = {}
+      for _ = 1, 8 do mine[math.random()] = true end
+      local function next_after(fn)
+        math.randomseed(12345)
+        fn()
+        return math.random()
+      end
+      local function new() kie.new{ api_key = KEY, base_url = m.url } end
+      -- the user's own seed stands: kie.new in the same process does not reseed
+      assert.is_true(mine[next_after(new)])
+      local real_pid = seed.pid
+      seed.pid = function() return (real_pid() or 0) + 1 end -- as in a forked child
+      local ok, forked = pcall(next_after, new)
+      local again = ok and next_after(new)
+      seed.pid = real_pid
+      assert.is_true(ok, forked)
+      assert.is_nil(mine[forked])
+      assert.is_true(mine[again]) -- seeded once in that "process"
+      seed.ensure() -- back to this process's pid (reseeds once)
+    end)
+
     for _, lua in ipairs{ "lua5.4", "luajit" } do
       it(lua .. ": math.random differs across processes after require \"kie\"", function()
         local a, b = twins(lua, 'require "kie"\nio.write(("%.17g"):format(math.random()))\n')
