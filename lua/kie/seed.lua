@@ -12,7 +12,7 @@
 -- @module kie.seed
 -- @local
 
-local open, type, tostring, tonumber, pcall, require = io.open, type, tostring, tonumber, pcall, require
+local open, type, tostring, tonumber, pcall, rawget = io.open, type, tostring, tonumber, pcall, rawget
 local floor, randomseed, random = math.floor, math.randomseed, math.random
 local byte, match = string.byte, string.match
 
@@ -20,23 +20,16 @@ local M = {}
 
 local TWO31 = 2147483648
 
--- getpid through LuaJIT's FFI, when there is one
-local ffi_getpid
-do
-  local ok, ffi = pcall(require, "ffi")
-  if ok and type(ffi) == "table" then
-    pcall(ffi.cdef, "int getpid(void);")
-    local okp, C = pcall(function() return ffi.C end)
-    if okp and pcall(function() return C.getpid end) then
-      ffi_getpid = function() return tonumber(C.getpid()) end
-    end
-  end
-end
-
---- This process's id, or nil when it cannot be known (no /proc, no FFI).
+--- This process's id (ngx.worker.pid in nginx, else /proc/self/stat), or nil
+-- when it cannot be known. (No FFI declaration: a global `getpid` cdef would
+-- clash with another library's.)
 -- @treturn ?number
 function M.pid()
-  if ffi_getpid then return ffi_getpid() end
+  local ngx = rawget(_G, "ngx")
+  if type(ngx) == "table" and type(ngx.worker) == "table" and type(ngx.worker.pid) == "function" then
+    local ok, pid = pcall(ngx.worker.pid)
+    if ok and type(pid) == "number" then return pid end
+  end
   local f = open("/proc/self/stat", "rb")
   if not f then return nil end
   local s = f:read(32)
