@@ -343,6 +343,28 @@ describe("upload against the mock #core", function()
       assert.equals(0, m:count("/api/*"))
     end)
 
+    it("uploads nothing for a request that would fail validation", function()
+      local ref = dir .. "/never-sent.png"
+      write(ref, PNG_MAGIC .. bytes(100))
+      for _, case in ipairs{
+        { { prompt = string.rep("x", 5001), reference_image_urls = { kie.file(ref) } }, "input.prompt" },
+        { { prompt = "x", style = "WATERCOLOR", reference_image_urls = { kie.file(ref) } }, "input.style" },
+        { { prompt = "x", colour = "red", reference_image_urls = { kie.file(ref) } }, "input.colour" },
+      } do
+        local r, e = c:run{ model = "ideogram/character", input = case[1] }
+        assert.is_nil(r)
+        assert.equals("validation", e.kind)
+        assert.equals(case[2], e.field)
+      end
+      assert.equals(0, m:count("/api/*"))
+      -- strict = false lets the unknown field through: then the file is uploaded
+      local info, err = c:run{ model = "ideogram/character", strict = false, wait = { interval = 0.02 },
+        input = { prompt = "x", colour = "red", reference_image_urls = { kie.file(ref) } } }
+      assert.is_nil(err)
+      assert.equals("success", info.state)
+      assert.equals(1, m:count("/api/file-stream-upload"))
+    end)
+
     it("returns io for a kie.file that does not exist, and sends nothing", function()
       local r, e = c:run{ model = "ideogram/character", input = {
         prompt = "x", reference_image_urls = { kie.file(dir .. "/missing.png") } } }

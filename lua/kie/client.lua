@@ -322,7 +322,9 @@ function Client:run(request)
     if k ~= "wait" and k ~= "strict" and k ~= "upload" then req[k] = v end
   end
   local lerr
-  req, lerr = files.resolve_local(self, req, request.upload)
+  local strict = request.strict
+  if strict == nil then strict = self._opts.strict end
+  req, lerr = files.resolve_local(self, req, request.upload, strict) -- nothing uploaded for an invalid request
   if not req then return nil, lerr end
   local task, err = self:create_task(req, { strict = request.strict })
   if not task then return nil, err end
