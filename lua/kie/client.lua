@@ -177,19 +177,28 @@ local function _io_n(self, name, n, a1, a2, a3, a4, a5)
 end
 
 -- One attempt of a read (retry.call2's fn): `n` arguments in `args`, a table (the
--- one argument itself when n is 1).
-local function _read_attempt(self, op, deadline, name, n, args)
+-- one argument itself when n is 1). `by` (a wait's) is nil or `{send_by =,
+-- deadline =}`: no request starts after send_by, none runs past deadline.
+local function _read_attempt(self, op, by, name, n, args)
   local env, lim = self._env, self._poll_lim
-  if lim and not _acquire_by(lim, env, deadline) then
+  if lim and not _acquire_by(lim, env, by and by.send_by) then
     return nil, errors.new("rate_limited", op .. ": the client-side read limit would delay "
       .. "this request past the deadline; not sent", { op = op, client_side = true,
       retry_after = lim:delay(env.now()) })
   end
+  local left
+  if by and n == 1 and name == "get_task" then
+    -- the read's own timeout never carries wait past its deadline
+    left = by.deadline - env.now()
+    if left <= 0 then
+      return nil, errors.new("timeout", op .. ": no time left before the deadline; not sent",
+        { op = op, not_sent = true })
+    end
+  end
   if self._opts.logger then self:_log("debug", "request", { op = op }) end
   local r, e
-  if n == 1 and deadline and name == "get_task" then
-    -- the read's own timeout never carries wait past its deadline
-    r, e = self:_io(name, args, max(deadline - env.now(), 0.001))
+  if left then
+    r, e = self:_io(name, args, left)
   elseif n == 1 then
     r, e = self:_io(name, args)
   elseif n <= 5 then
@@ -203,20 +212,22 @@ end
 
 local NO_ARGS = {}
 
-function Client:_read(op, deadline, name, ...)
+-- `by`: nil, or a wait's `{send_by =, deadline =}` (see _read_attempt); no retry
+-- starts after send_by.
+function Client:_read(op, by, name, ...)
   local n = select("#", ...)
   local args
   if n == 1 then args = ...
   elseif n == 0 then args = NO_ARGS
   else args = { ... } end
   local res, err = retry.call2(self._read_policy, self._env, self._retry_loggers[op] or _retry_logger(self, op),
-    deadline, _read_attempt, self, op, deadline, name, n, args)
+    by and by.send_by, _read_attempt, self, op, by, name, n, args)
   if res == nil then return nil, wrap(err) end
   return res
 end
 
-function Client:_get(task_id, deadline)
-  local info, err = self:_read("get_task", deadline, "get_task", task_id)
+function Client:_get(task_id, by)
+  local info, err = self:_read("get_task", by, "get_task", task_id)
   local redact = self._redact
   if redact and type(info) == "table" then -- these reach task_failed errors and logs
     local msg, code = info.failMsg, info.failCode
@@ -293,10 +304,15 @@ function Client:wait(task_id, opts)
   _check_wait(opts, "wait", 3)
   opts = opts or {}
   local timeout = opts.timeout or 900
+  -- no poll goes out that could not be answered before the deadline: the last
+  -- one leaves it min(schedule.min_read, timeout / 2) seconds
+  local reserve = timeout / 2
+  if reserve > schedule.min_read then reserve = schedule.min_read end
   local deadline = self._env.now() + timeout
+  local by = { send_by = deadline - reserve, deadline = deadline }
   local user_update = opts.on_update
-  local info, err = schedule.wait(function(id) return self:_get(id, deadline) end, task_id, {
-    timeout = timeout, interval = opts.interval, max_interval = opts.max_interval,
+  local info, err = schedule.wait(function(id) return self:_get(id, by) end, task_id, {
+    timeout = timeout, interval = opts.interval, max_interval = opts.max_interval, reserve = reserve,
     on_update = function(i)
       self:_log("info", "task state", { task_id = task_id, state = i.state })
       if user_update then user_update(i) end
