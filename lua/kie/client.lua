@@ -100,6 +100,24 @@ local function _create_attempt(self, req)
   return r, e
 end
 
+-- The answer of a create canceled after it was sent (kie.lifecycle reads it in
+-- the background): a task it created is journaled and logged like any other.
+function Client:_on_orphan(req, res, err)
+  if type(res) ~= "table" or not res.taskId then
+    self:_log("warn", "create_task: a canceled create was answered without a task", {
+      op = "create_task", model = req.model, kind = err and err.kind, message = err and err.message })
+    return
+  end
+  if self._journal then
+    local ok, msg = self._journal:created(res.taskId, req.model)
+    if not ok then
+      self:_log("error", "journal write failed: " .. tostring(msg), { task_id = res.taskId })
+    end
+  end
+  self:_log("info", "task created by a canceled create", { op = "create_task", task_id = res.taskId,
+    model = req.model })
+end
+
 --- Creates a task: validates it (see `kie.models`), paces it within kie.ai's
 -- create limit, and retries only when the request surely never reached the server
 -- (or the server rejected it with 429/455). A create that may have reached it
@@ -419,11 +437,6 @@ end
 function Client:run_async(request, cb)
   _check(request, "table", "run_async: request")
   return self:_async(cb, "run", request)
-end
-
---- Frees the connections. Idempotent; also done by the garbage collector.
-function Client:close()
-  self._core:close()
 end
 
 return Client
