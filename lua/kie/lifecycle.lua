@@ -440,7 +440,8 @@ function M.step(c, timeout_ms, budget_ms, watch)
     else
       did, errs = run_entry(c, e, errs)
     end
-    if did and deadline and now() >= deadline then break end
+    -- once closed, the callbacks left are all called: step returns 0 from then on
+    if did and deadline and not c._closed and now() >= deadline then break end
   end
   if q.head > q.tail then q.head, q.tail = 1, 0 end
   if errs then raise(errs) end
