@@ -37,6 +37,7 @@ local M = {}
 
 local PARK = {}          -- what a kie task yields when it parks (anything else is not kie's)
 local running_task = nil -- the task whose coroutine is running, if any
+local stepping = nil     -- the client whose step runs a unit of work now, if any
 
 -- Lua 5.1's xpcall passes no arguments to the function
 local XPCALL_ARGS = select(2, xpcall(function(a) return a end, tostring, true)) == true
@@ -87,7 +88,12 @@ local function finish(t, results)
   local p = t._parent
   if p and p._kids then p._kids[t] = nil end
   if t._on_end then t._on_end(t) end
-  if t._cb then push(t._owner, t) end
+  if t._cb then
+    local o = t._owner
+    -- ended by the unit of work its client's step runs: the callback is part
+    -- of that unit; else (inside the *_async call, a cancel ...) it is queued
+    if o == stepping and not o._now_cb then o._now_cb = t else push(o, t) end
+  end
 end
 
 --- The error of a call ended by a close of its client.
@@ -386,15 +392,20 @@ local function hand_over(c, id, errs)
   return true, errs
 end
 
+-- Calls ended task t's callback (once).
+local function fire(t, errs)
+  local cb = t._cb
+  t._cb = nil
+  local r = t._results
+  return call(errs, cb, unpack(r, 1, r.n))
+end
+
 -- Runs one queued task entry: resumes it, or calls its callback once it ended.
 local function run_entry(c, t, errs)
   c._qtasks = c._qtasks - 1
   if t._ended then
-    local cb = t._cb
-    if not cb then return false, errs end
-    t._cb = nil
-    local r = t._results
-    return true, call(errs, cb, unpack(r, 1, r.n))
+    if not t._cb then return false, errs end
+    return true, fire(t, errs)
   end
   if t._wait ~= "queued" then return false, errs end
   t._wait, t._client = nil, nil
@@ -429,6 +440,8 @@ function M.step(c, timeout_ms, budget_ms, watch)
       if deadline then deadline = now() + budget_ms / 2000 end
     end
   end
+  local outer = stepping
+  stepping = c
   while q.head <= q.tail do
     local head = q.head
     local e = q[head]
@@ -440,9 +453,15 @@ function M.step(c, timeout_ms, budget_ms, watch)
     else
       did, errs = run_entry(c, e, errs)
     end
+    local t = c._now_cb
+    if t then
+      c._now_cb = nil
+      errs = fire(t, errs)
+    end
     -- once closed, the callbacks left are all called: step returns 0 from then on
     if did and deadline and not c._closed and now() >= deadline then break end
   end
+  stepping = outer
   if q.head > q.tail then q.head, q.tail = 1, 0 end
   if errs then raise(errs) end
   if c._closed then return 0 end
