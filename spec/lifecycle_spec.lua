@@ -117,6 +117,25 @@ describe("lifecycle of a call", function()
     end)
   end)
 
+  describe("cancel from a callback", function()
+    it("the canceled call's callback is called in the same step", function()
+      local fake = testing.new{ latency = 1, pace = 1000 }
+      local fc = fake:client{ rate_limits = { create = false, poll = false } }
+      local id = assert(fc:create_task(REQ)).taskId
+      local got = {}
+      local hb = fc:wait_async(id, { interval = 60, timeout = 600 }, function(_, err) got.b = err end)
+      fc:step(0, math.huge)
+      fake:advance(2) -- b's first poll came back: it sleeps on a timer now
+      fc:step(0, math.huge)
+      fc:get_task_async(id, function(info) got.a = info hb:cancel() end)
+      fake:advance(2)
+      assert.equals(0, fc:step(0, math.huge))
+      assert.is_table(got.a)
+      assert.equals("canceled", got.b and got.b.kind)
+      fc:close()
+    end)
+  end)
+
   describe("close", function()
     it("inside a callback: the other callbacks fire once, later steps return 0", function()
       local task = assert(c:create_task(REQ))

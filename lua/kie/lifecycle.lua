@@ -454,9 +454,10 @@ function M.step(c, timeout_ms, budget_ms, watch)
       did, errs = run_entry(c, e, errs)
     end
     local t = c._now_cb
-    if t then
+    while t do -- (a callback may end another call: its callback is called too)
       c._now_cb = nil
       errs = fire(t, errs)
+      t = c._now_cb
     end
     -- once closed, the callbacks left are all called: step returns 0 from then on
     if did and deadline and not c._closed and now() >= deadline then break end
