@@ -244,6 +244,46 @@ describe("the paid-call state machine in the journal #integration", function()
     end)
   end)
 
+  it("a create canceled after it was sent: an unknown intent, resolved by its late answer", function()
+    local path = tmp()
+    local c = client(path)
+    m:fault{ path = CREATE, fault = "delay", seconds = 0.3 }
+    local got
+    local h = c:create_task_async(req("canceled in flight"), function(_, e) got = e end)
+    assert.is_true(h:cancel())
+    c:step(0)
+    assert_unknown_listed(c, path, got)
+    assert.equals("canceled", got.cause)
+    -- the answer is still read; its task id resolves the intent
+    for _ = 1, 500 do
+      if h.task_id then break end
+      c:step(10)
+    end
+    assert.is_string(h.task_id)
+    local open = c:resume()
+    assert.equals(1, #open)
+    assert.equals(h.task_id, open[1].taskId)
+    assert.is_nil(open[1].unknown)
+    local recs = lines_of(path)
+    assert.equals("intent created", events(path))
+    assert.equals(recs[1].intent, recs[2].intent)
+    c:close()
+  end)
+
+  it("a canceled create whose late answer is lost stays unknown", function()
+    local path = tmp()
+    local c = client(path)
+    m:fault{ path = CREATE, fault = "drop_after_body", delay = 0.3 }
+    local got
+    local h = kie.spawn(function() return c:create_task(req("canceled, then lost")) end)
+    assert.is_true(h:cancel())
+    got = select(2, h:result())
+    for _ = 1, 100 do c:step(10) end
+    assert.is_nil(h.task_id)
+    assert_unknown_listed(c, path, got)
+    c:close()
+  end)
+
   it("a process killed between intent and answer leaves the intent on disk", function()
     local path, out, errf = tmp(), tmp(".out"), tmp(".err")
     m:fault{ path = CREATE, fault = "delay", seconds = 3 }

@@ -106,6 +106,28 @@ local function _create_attempt(self, ctx)
   return r, e
 end
 
+-- The answer of a create canceled after it was sent (kie.lifecycle reads it in
+-- the background): it settles the paid call like any other answer (a task id
+-- resolves the intent in the journal; a lost answer leaves it unknown).
+function Client:_on_orphan(req, res, err)
+  local ctx = paid.of(req) or paid.new(self, req)
+  if type(res) ~= "table" or not res.taskId then
+    paid.settle(self, ctx, nil, err or errors.new("protocol", "create_task: answer without a task"))
+    self:_log("warn", "create_task: a canceled create was answered without a task", {
+      op = "create_task", model = req.model, kind = err and err.kind, message = err and err.message })
+    return
+  end
+  paid.settle(self, ctx, res)
+  self:_log("info", "task created by a canceled create", { op = "create_task", task_id = res.taskId,
+    model = req.model })
+end
+
+-- The unknown_outcome of a create canceled after it was sent (kie.lifecycle):
+-- the paid call's fingerprint, model and intent.
+function Client:_on_unknown(req, err)
+  return paid.unknown(self, req, err)
+end
+
 --- Creates a task: validates it (see `kie.models`), paces it within kie.ai's
 -- create limit, and retries only when the request surely never reached the server
 -- (or the server rejected it with 429/455). A create that may have reached it
@@ -533,11 +555,6 @@ end
 function Client:run_async(request, cb)
   self:_check_run(request, "run_async: request", 3)
   return self:_async(cb, "run", request)
-end
-
---- Frees the connections. Idempotent; also done by the garbage collector.
-function Client:close()
-  self._core:close()
 end
 
 return Client

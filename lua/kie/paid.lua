@@ -15,16 +15,36 @@
 local errors = require "kie.errors"
 local fingerprint = require "kie.fingerprint"
 
-local tostring = tostring
+local tostring, setmetatable = tostring, setmetatable
 
 local M = {}
+
+-- the request table sent -> its paid call, for the hooks kie.lifecycle calls
+-- with the request (a create canceled after it was sent)
+local by_req = setmetatable({}, { __mode = "k" })
 
 --- A paid call's state for request `req` (validated): `{req =, model =,
 -- fingerprint =, intent =}`.
 function M.new(self, req)
   local ctx = { req = req, model = req.model }
   if self._journal then ctx.fingerprint = fingerprint(self._mod, req) end
+  by_req[req] = ctx
   return ctx
+end
+
+--- The paid call of request table `req` (nil if none).
+function M.of(req)
+  return by_req[req]
+end
+
+--- Gives `err` (an `unknown_outcome` made outside the call: a cancel after
+-- sending) the call's fingerprint, model and intent.
+function M.unknown(self, req, err)
+  local ctx = by_req[req]
+  err.fingerprint = ctx and ctx.fingerprint or fingerprint(self._mod, req)
+  err.model = req.model
+  err.intent = ctx and ctx.intent
+  return err
 end
 
 -- Writes the intent before the first request goes out: nil, err when it cannot.
