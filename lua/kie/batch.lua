@@ -34,9 +34,11 @@ end
 --- Runs many requests at once (each as `run` would) within the client's rate
 -- limits, and returns `results, errs` indexed like the input: `results[i]` is the
 -- finished task or nil; `errs` is nil when every item succeeded, else `errs[i]` is
--- item i's error. One failure does not stop the others: an item whose own code
--- raises (a bad option, an `on_update` that raises) ends with kind `raised`
--- (`task_id` set when its task was created). Blocking, or yielding inside
+-- item i's error. Every item's options (`wait`, `upload`, `strict`) and run_all's
+-- own are checked before the first request: a bad one raises, nothing is paid.
+-- One failure does not stop the others: an item whose own code raises (an
+-- `on_update` that raises) ends with kind `raised` (`task_id` set when its task
+-- was created). Blocking, or yielding inside
 -- `kie.spawn`: canceling that job starts no further item and cancels the running
 -- ones. Closing the client ends the items still pending (`canceled`).
 -- @tparam table requests a list of `run` requests
