@@ -92,6 +92,21 @@ describe("kie.journal: intents", function()
     assert.is_false(j:forget(i1)) -- already ended
   end)
 
+  it("a paid call does not keep its request alive (Lua 5.1 / LuaJIT: no ephemerons)", function()
+    local paid = require "kie.paid"
+    local client = { _journal = journal.open(tmp(), core), _mod = core }
+    local probe = setmetatable({}, { __mode = "v" })
+    do
+      local req = { model = "m", input = { prompt = "p" } }
+      probe[1] = req
+      assert.is_table(paid.new(client, req))
+      assert.equals("m", paid.of(req).model)
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.is_nil(probe[1])
+  end)
+
   it("still reads the records of older versions", function()
     local path = tmp()
     local f = assert(io.open(path, "w"))

@@ -92,10 +92,9 @@ end
 
 -- One attempt of create_task (retry.call2's fn) for paid call `ctx`: the intent
 -- goes to the journal right before the first request is sent.
-local function _create_attempt(self, ctx)
+local function _create_attempt(self, ctx, req)
   local env, lim = self._env, self._create_lim
   if lim then lim:acquire(env) end
-  local req = ctx.req
   if self._journal and not ctx.intent then
     local ok, jerr = paid.intend(self, ctx)
     if not ok then return nil, jerr end
@@ -112,12 +111,12 @@ end
 function Client:_on_orphan(req, res, err)
   local ctx = paid.of(req) or paid.new(self, req)
   if type(res) ~= "table" or not res.taskId then
-    paid.settle(self, ctx, nil, err or errors.new("protocol", "create_task: answer without a task"))
+    paid.settle(self, ctx, req, nil, err or errors.new("protocol", "create_task: answer without a task"))
     self:_log("warn", "create_task: a canceled create was answered without a task", {
       op = "create_task", model = req.model, kind = err and err.kind, message = err and err.message })
     return
   end
-  paid.settle(self, ctx, res)
+  paid.settle(self, ctx, req, res)
   self:_log("info", "task created by a canceled create", { op = "create_task", task_id = res.taskId,
     model = req.model })
 end
@@ -160,8 +159,8 @@ function Client:create_task(request, opts)
   end
   local ctx = paid.new(self, req)
   local res, err = retry.call2(self._create_policy, self._env,
-    self._retry_loggers.create_task or _retry_logger(self, "create_task"), nil, _create_attempt, self, ctx)
-  res, err = paid.settle(self, ctx, res, err)
+    self._retry_loggers.create_task or _retry_logger(self, "create_task"), nil, _create_attempt, self, ctx, req)
+  res, err = paid.settle(self, ctx, req, res, err)
   if not res then
     self:_log("error", "create_task failed: " .. err.kind, { op = "create_task", kind = err.kind,
       message = err.message, fingerprint = err.fingerprint })

@@ -19,14 +19,16 @@ local tostring, setmetatable = tostring, setmetatable
 
 local M = {}
 
--- the request table sent -> its paid call, for the hooks kie.lifecycle calls
--- with the request (a create canceled after it was sent)
+-- the request table sent (the call's own validated copy) -> its paid call, for
+-- the hooks kie.lifecycle calls with the request (a create canceled after it was
+-- sent). The call never refers to its request: Lua 5.1 and LuaJIT would never
+-- collect a weak key its own value refers to.
 local by_req = setmetatable({}, { __mode = "k" })
 
---- A paid call's state for request `req` (validated): `{req =, model =,
--- fingerprint =, intent =}`.
+--- A paid call's state for request `req` (validated): `{model =, fingerprint =,
+-- intent =}`.
 function M.new(self, req)
-  local ctx = { req = req, model = req.model }
+  local ctx = { model = req.model }
   if self._journal then ctx.fingerprint = fingerprint(self._mod, req) end
   by_req[req] = ctx
   return ctx
@@ -61,11 +63,11 @@ function M.intend(self, ctx)
   return true
 end
 
---- Ends the call: `res` (the create's answer) or `err`. Journals the task id (or
--- the sure failure) and gives an `unknown_outcome` its fingerprint, model and
--- intent. Returns `res` or `nil, err`. Also the hook for an answer read after
--- the call itself ended (a create canceled after it was sent).
-function M.settle(self, ctx, res, err)
+--- Ends the call of request `req`: `res` (the create's answer) or `err`.
+-- Journals the task id (or the sure failure) and gives an `unknown_outcome` its
+-- fingerprint, model and intent. Returns `res` or `nil, err`. Also the hook for
+-- an answer read after the call itself ended (a create canceled after it was sent).
+function M.settle(self, ctx, req, res, err)
   local j = self._journal
   if res then
     if j then
@@ -80,7 +82,7 @@ function M.settle(self, ctx, res, err)
   end
   err = errors.wrap(err)
   if err.kind == "unknown_outcome" then
-    err.fingerprint = ctx.fingerprint or fingerprint(self._mod, ctx.req)
+    err.fingerprint = ctx.fingerprint or fingerprint(self._mod, req)
     err.model = ctx.model
     err.intent = ctx.intent
   elseif j and ctx.intent then
