@@ -63,8 +63,8 @@ function Client.new(user)
     _opts = o,
     _create_policy = _policy(o, false),
     _read_policy = _policy(o, true),
-    _create_lim = _limiter(limits.create, RATE_LIMITS.create),
-    _poll_lim = _limiter(limits.poll, RATE_LIMITS.poll),
+    _create_lim = _limiter(limits.create, RATE_LIMITS.create, o.timeout),
+    _poll_lim = _limiter(limits.poll, RATE_LIMITS.poll, o.timeout),
     _journal = o.journal and journal.open(o.journal, core) or nil,
     _retry_loggers = {}, -- op -> on_retry function
   }, Client)
@@ -94,14 +94,17 @@ end
 -- goes to the journal right before the first request is sent.
 local function _create_attempt(self, ctx, req)
   local env, lim = self._env, self._create_lim
-  if lim then lim:acquire(env) end
+  local slot = lim and lim:acquire(env) -- held until the answer (kie.ratelimit)
   if self._journal and not ctx.intent then
     local ok, jerr = paid.intend(self, ctx)
-    if not ok then return nil, jerr end
+    if not ok then
+      if lim then lim:release(slot, env.now(), false) end
+      return nil, jerr
+    end
   end
   if self._opts.logger then self:_log("debug", "request", { op = "create_task", model = req.model }) end
   local r, e = self:_io("create_task", req)
-  if not r and lim and e.kind == "rate_limited" then lim:fill(env.now()) end
+  if lim then lim:release(slot, env.now(), not r and e.kind == "rate_limited") end
   return r, e
 end
 
@@ -172,19 +175,6 @@ function Client:create_task(request, opts)
   return res
 end
 
--- Waits for a slot of limiter `lim` like lim:acquire(env), but never past
--- `deadline`: returns false (nothing taken) when the slot comes too late.
-local function _acquire_by(lim, env, deadline)
-  if not deadline then lim:acquire(env) return true end
-  while true do
-    local now = env.now()
-    local d = lim:delay(now)
-    if d <= 0 then lim:take(now) return true end
-    if now + d > deadline then return false end
-    env.sleep(d)
-  end
-end
-
 -- An idempotent read: paced by the poll limiter, retried with backoff. With a
 -- deadline (wait), neither the limiter nor a retry sleeps past it.
 -- Calls self:_io(name, ...) with exactly `n` of the arguments a1..a5.
@@ -202,16 +192,21 @@ end
 -- deadline =}`: no request starts after send_by, none runs past deadline.
 local function _read_attempt(self, op, by, name, n, args)
   local env, lim = self._env, self._poll_lim
-  if lim and not _acquire_by(lim, env, by and by.send_by) then
-    return nil, errors.new("rate_limited", op .. ": the client-side read limit would delay "
-      .. "this request past the deadline; not sent", { op = op, client_side = true,
-      retry_after = lim:delay(env.now()) })
+  local slot, wait
+  if lim then
+    slot, wait = lim:acquire(env, by and by.send_by)
+    if not slot then
+      return nil, errors.new("rate_limited", op .. ": the client-side read limit would delay "
+        .. "this request past the deadline; not sent", { op = op, client_side = true,
+        retry_after = wait })
+    end
   end
   local left
   if by and n == 1 and name == "get_task" then
     -- the read's own timeout never carries wait past its deadline
     left = by.deadline - env.now()
     if left <= 0 then
+      if lim then lim:release(slot, env.now(), false) end
       return nil, errors.new("timeout", op .. ": no time left before the deadline; not sent",
         { op = op, not_sent = true })
     end
@@ -227,7 +222,7 @@ local function _read_attempt(self, op, by, name, n, args)
   else
     r, e = self:_io(name, unpack(args, 1, n))
   end
-  if r == nil and lim and e.kind == "rate_limited" then lim:fill(env.now()) end
+  if lim then lim:release(slot, env.now(), r == nil and e.kind == "rate_limited") end
   return r, e
 end
 
@@ -349,10 +344,11 @@ end
 -- wait = {...}, strict = bool, upload = {...}}`. Returns the finished task or
 -- `nil, err`; an error after the task was created carries its `task_id`.
 --
--- Local files: an image field of `input` (`image_url`, `mask_url`,
--- `reference_image_urls[i]`, `image_urls[i]`, `reference_mask_urls`) that is not
--- an http(s) URL but names an existing local file is uploaded first (see
--- `upload`; `upload` holds its options) and replaced by its `downloadUrl`.
+-- Local files are never implied: a `kie.file(path)` (or `kie.file{data =, file_name =}`)
+-- in an image field of `input` (`image_url`, `mask_url`, `reference_image_urls[i]`,
+-- `image_urls[i]`, `reference_mask_urls`) is uploaded first (see `upload`;
+-- `upload` holds its options) and replaced by its `downloadUrl`; a plain string
+-- there that is not an http(s) URL is a `validation` error (see `kie.files`).
 -- `create_task` itself stays strict: it sends exactly one request and takes URLs
 -- only.
 function Client:run(request)
