@@ -101,7 +101,8 @@ local function _create_attempt(self, req)
 end
 
 -- The answer of a create canceled after it was sent (kie.lifecycle reads it in
--- the background): a task it created is journaled and logged like any other.
+-- the background), or read but not handed over when the client was closed: a
+-- task it created is journaled and logged like any other.
 function Client:_on_orphan(req, res, err)
   if type(res) ~= "table" or not res.taskId then
     self:_log("warn", "create_task: a canceled create was answered without a task", {
@@ -114,7 +115,7 @@ function Client:_on_orphan(req, res, err)
       self:_log("error", "journal write failed: " .. tostring(msg), { task_id = res.taskId })
     end
   end
-  self:_log("info", "task created by a canceled create", { op = "create_task", task_id = res.taskId,
+  self:_log("info", "task created by a canceled (or closed) create", { op = "create_task", task_id = res.taskId,
     model = req.model })
 end
 
