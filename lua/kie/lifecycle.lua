@@ -332,7 +332,6 @@ function M.close(c)
   end
   local ended = {}
   for t in pairs(c._joined) do ended[#ended + 1] = t end
-  local q = c._runq
   for i = q.head, q.tail do
     local e = q[i]
     if type(e) == "table" and not e._ended and e._wait == "queued" then ended[#ended + 1] = e end
