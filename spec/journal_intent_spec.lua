@@ -299,6 +299,28 @@ describe("the paid-call state machine in the journal #integration", function()
     c:close()
   end)
 
+  it("close with a create's answer read but not handed over: its task id resolves the intent", function()
+    local path = tmp()
+    local fake = require("kie.testing").new{ latency = 1 }
+    local fc = fake:client{ journal = path, rate_limits = { create = false, poll = false } }
+    local h1 = fc:create_task_async(req("closed 1"))
+    local h2 = fc:create_task_async(req("closed 2"))
+    fake:advance(2)
+    fc:step(0, 0) -- one answer handed over, the other queued
+    local h = h1:done() and h2 or h1
+    fc:close()
+    local err = select(2, h:result())
+    assert.equals("unknown_outcome", err.kind)
+    assert.is_string(err.intent)
+    local open = journal.open(path, core):unfinished()
+    assert.equals(2, #open)
+    for _, e in ipairs(open) do
+      assert.is_nil(e.unknown)
+      assert.is_string(e.taskId)
+    end
+    assert.equals("intent intent created created", events(path))
+  end)
+
   it("a process killed between intent and answer leaves the intent on disk", function()
     local path, out, errf = tmp(), tmp(".out"), tmp(".err")
     m:fault{ path = CREATE, fault = "delay", seconds = 3 }

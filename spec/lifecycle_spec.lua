@@ -192,6 +192,27 @@ describe("lifecycle of a call", function()
       c:close() -- idempotent
     end)
 
+    it("keeps the task id of a create whose answer was read but not handed over", function()
+      local fake = testing.new{ latency = 1 }
+      local fc = fake:client{ rate_limits = { create = false, poll = false } }
+      local errs = {}
+      local h1 = fc:create_task_async(REQ, function(_, e) errs[1] = e end)
+      local h2 = fc:create_task_async(REQ, function(_, e) errs[2] = e end)
+      fake:advance(2)
+      fc:step(0, 0) -- one answer handed over, the other queued
+      assert.is_true(h1:done() ~= h2:done())
+      local h = h1:done() and h2 or h1
+      fc:close()
+      local r, err = h:result()
+      assert.is_nil(r)
+      assert.equals("unknown_outcome", err.kind)
+      assert.equals("closed", err.cause)
+      assert.is_string(h.task_id)
+      assert.equals(h.task_id, err.task_id)
+      assert.equals(0, fc:step(0))
+      assert.equals(err, errs[h == h1 and 1 or 2])
+    end)
+
     it("a spawned job that closes its client gets errors, not a hang, from later calls", function()
       local h = kie.spawn(function()
         assert(c:create_task(REQ))

@@ -109,8 +109,9 @@ local function _create_attempt(self, ctx, req)
 end
 
 -- The answer of a create canceled after it was sent (kie.lifecycle reads it in
--- the background): it settles the paid call like any other answer (a task id
--- resolves the intent in the journal; a lost answer leaves it unknown).
+-- the background), or read but not handed over when the client was closed: it
+-- settles the paid call like any other answer (a task id resolves the intent in
+-- the journal; a lost answer leaves it unknown).
 function Client:_on_orphan(req, res, err)
   local ctx = paid.of(req) or paid.new(self, req)
   if type(res) ~= "table" or not res.taskId then
@@ -120,12 +121,12 @@ function Client:_on_orphan(req, res, err)
     return
   end
   paid.settle(self, ctx, req, res)
-  self:_log("info", "task created by a canceled create", { op = "create_task", task_id = res.taskId,
-    model = req.model })
+  self:_log("info", "task created by a canceled (or closed) create", { op = "create_task",
+    task_id = res.taskId, model = req.model })
 end
 
--- The unknown_outcome of a create canceled after it was sent (kie.lifecycle):
--- the paid call's fingerprint, model and intent.
+-- The unknown_outcome of a create canceled or closed after it was sent
+-- (kie.lifecycle): the paid call's fingerprint, model and intent.
 function Client:_on_unknown(req, err)
   return paid.unknown(self, req, err)
 end

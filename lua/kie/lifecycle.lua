@@ -285,6 +285,25 @@ function M.wake(t)
   push(c, t)
 end
 
+local function on_error(e)
+  return { e, traceback("", 2) }
+end
+
+-- Calls f(...) protected; adds what it raised (with the traceback) to errs.
+local function call(errs, f, ...)
+  local ok, e
+  if XPCALL_ARGS then
+    ok, e = xpcall(f, on_error, ...)
+  else
+    local args = pack(...)
+    ok, e = xpcall(function() return f(unpack(args, 1, args.n)) end, on_error)
+  end
+  if ok then return errs end
+  errs = errs or {}
+  errs[#errs + 1] = e
+  return errs
+end
+
 -- close ----------------------------------------------------------------------------
 
 --- Closes client `c`: every call parked or queued on it ends at once (`canceled`
@@ -294,9 +313,25 @@ end
 function M.close(c)
   if c._closed then return end
   c._closed = true
+  -- creates whose answer was read but not handed over yet: their task ids are kept
+  -- (on the handle and its error) and recorded like an orphan's
+  local q = c._runq
+  for i = q.head, q.tail do
+    local id = q[i]
+    local p = type(id) == "number" and c._parked[id]
+    if p and (p._orphan or p._paid) then
+      local t = p._orphan and p.task or p
+      local r, e = c._core:result(id)
+      if type(r) == "table" and r.taskId then
+        t.task_id = r.taskId
+        if p._orphan then p.err.task_id = r.taskId end
+      end
+      call(nil, c._on_orphan, c, p.req or p._paid, r, e)
+      if p._orphan then c._parked[id] = nil end -- a task: ended below, with its task id
+    end
+  end
   local ended = {}
   for t in pairs(c._joined) do ended[#ended + 1] = t end
-  local q = c._runq
   for i = q.head, q.tail do
     local e = q[i]
     if type(e) == "table" and not e._ended and e._wait == "queued" then ended[#ended + 1] = e end
@@ -334,25 +369,6 @@ local function due_timers(c, now)
     t._wait, t._at = "queued", nil
     push(c, t)
   end
-end
-
-local function on_error(e)
-  return { e, traceback("", 2) }
-end
-
--- Calls f(...) protected; adds what it raised (with the traceback) to errs.
-local function call(errs, f, ...)
-  local ok, e
-  if XPCALL_ARGS then
-    ok, e = xpcall(f, on_error, ...)
-  else
-    local args = pack(...)
-    ok, e = xpcall(function() return f(unpack(args, 1, args.n)) end, on_error)
-  end
-  if ok then return errs end
-  errs = errs or {}
-  errs[#errs + 1] = e
-  return errs
 end
 
 -- The value step raises: every callback error of the step, printable.
@@ -510,5 +526,4 @@ function Handle:cancel()
   return M.cancel(self)
 end
 
-M.Handle = Handle
 return M
