@@ -39,8 +39,8 @@ function M.of(req)
   return by_req[req]
 end
 
---- Gives `err` (an `unknown_outcome` made outside the call: a cancel after
--- sending) the call's fingerprint, model and intent.
+--- Gives `err` (an `unknown_outcome` made outside the call: a cancel or close
+-- after sending, see kie.lifecycle) the call's fingerprint, model and intent.
 function M.unknown(self, req, err)
   local ctx = by_req[req]
   err.fingerprint = ctx and ctx.fingerprint or fingerprint(self._mod, req)
@@ -66,7 +66,8 @@ end
 --- Ends the call of request `req`: `res` (the create's answer) or `err`.
 -- Journals the task id (or the sure failure) and gives an `unknown_outcome` its
 -- fingerprint, model and intent. Returns `res` or `nil, err`. Also the hook for
--- an answer read after the call itself ended (a create canceled after it was sent).
+-- an answer read after the call itself ended (a create canceled after it was
+-- sent, or closed with its answer read but not handed over).
 function M.settle(self, ctx, req, res, err)
   local j = self._journal
   if res then
