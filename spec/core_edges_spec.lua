@@ -10,6 +10,49 @@ local REQ = {
   input = { prompt = "a knight", reference_image_urls = { "https://example.com/ref.png" } },
 }
 
+-- Runs `code` (with kie.core loaded as core) in a new interpreter with this
+-- process's paths; returns its output, or nil when it ran past `seconds`.
+local function in_child(code, seconds)
+  local procs = require "spec.support.procs"
+  local util = require "spec.support.util"
+  local script = os.tmpname()
+  local f = assert(io.open(script, "w"))
+  f:write('local core = require "kie.core"\n', code)
+  f:close()
+  local ok, out, rc = util.run("timeout " .. seconds .. " " .. procs.lua_command(script))
+  os.remove(script)
+  if rc == 124 then return nil end
+  assert(ok, out)
+  return out
+end
+
+describe("kie.core encoding #core", function()
+  it("refuses a table that contains itself at once", function()
+    local out = in_child([[
+      local t = {}
+      t[1] = t
+      t[2] = t
+      local r, msg = core.encode(t)
+      print(r, msg)
+      local c = core.new{ api_key = "sk-cycle-key-0", base_url = "http://127.0.0.1:1" }
+      local _, e = c:create_task{ model = "m", input = t }
+      print(e.kind, e.message)
+    ]], 20)
+    assert.is_not_nil(out, "encoding a cycle ran for 20 s")
+    assert.matches("nil\ta table contains itself", out)
+    assert.matches("validation\tcreate_task: the request cannot be encoded as JSON: a table contains itself", out)
+  end)
+
+  it("still encodes a table used twice (no cycle)", function()
+    local urls = { "https://example.com/a.png" }
+    local empty = {}
+    local s = core.encode{ a = urls, b = urls, c = empty, d = empty }
+    assert.same({ a = urls, b = urls, c = {}, d = {} }, core.decode(s))
+    assert.matches('"c":%[%]', s)
+    assert.matches('"d":%[%]', s)
+  end)
+end)
+
 -- Runs step until the transfer id is handed out, then returns its result.
 local function settle(c, id)
   for _ = 1, 2000 do

@@ -3,7 +3,15 @@
  * Caveats:
  *  - The userdata is zeroed and given its metatable before any libcurl handle or
  *    string is created, so __gc is safe on every failure path; close, __gc and
- *    __close are one idempotent function.
+ *    __close are idempotent.
+ *  - In-call guard (hiredis's REDIS_IN_CALLBACK): a method that may run Lua code (an
+ *    allocation may run a finalizer) holds c->in_call; a close() made meanwhile only
+ *    marks the client closed, and the method's end releases it. A transfer being
+ *    finished is detached first, so a nested cancel cannot free it; step builds its
+ *    list without allocating while it walks. After Lua code ran, a method that has
+ *    not sent its request yet checks c->closed and raises instead of sending. A
+ *    method that raises halfway (out of memory, a finalizer's error on 5.1-5.3)
+ *    leaves the guard held: the client is then released by __gc.
  *  - Wrong argument types raise (programmer errors); everything that depends on
  *    the network or the server returns nil, err.
  *  - The key is kept in C memory only: it is in the Authorization header list and
@@ -120,10 +128,10 @@ static int client_new(lua_State *L) {
   return 1;
 }
 
-/* client:close() / __gc / __close: frees everything, idempotent: [-0, +0]. */
-static int client_close(lua_State *L) {
-  kie_client *c = luaL_checkudata(L, 1, KIE_CLIENT_MT);
-  if (c->closed) return 0;
+/* Releases everything the client holds, once; the key's copies are wiped. */
+static void client_free(kie_client *c) {
+  if (c->freed) return;
+  c->freed = 1;
   c->closed = 1;
   kie_client_teardown(c);
   if (c->api_key) memset(c->api_key, 0, strlen(c->api_key));
@@ -136,12 +144,41 @@ static int client_close(lua_State *L) {
   free(c->user_agent);
   c->api_key = c->base_url = c->upload_url = NULL;
   c->ca_file = c->ca_path = c->proxy = c->user_agent = NULL;
+}
+
+/* client:close() / __close: idempotent. Inside a C method (a finalizer or a
+ * metamethod run by it) the release waits for the method's end: [-0, +0]. */
+static int client_close(lua_State *L) {
+  kie_client *c = luaL_checkudata(L, 1, KIE_CLIENT_MT);
+  c->closed = 1;
+  if (c->in_call == 0) client_free(c);
   return 0;
 }
 
-/* Pushes the decoded result of a finished transfer and frees it: [-0, +1|+2]. */
+/* __gc: nothing can run a method on an unreachable client, so in_call (stale
+ * after a method raised) does not matter here: [-0, +0]. */
+static int client_gc(lua_State *L) {
+  client_free(luaL_checkudata(L, 1, KIE_CLIENT_MT));
+  return 0;
+}
+
+/* A method that may run Lua code (an allocation may run a finalizer) enters the
+ * client after its argument checks and leaves it on the way out. */
+void kie_client_enter(kie_client *c) { c->in_call++; }
+
+/* Leaves the client: the last one out does a close() made meanwhile. nret < 0:
+ * the client was closed before the request went out: raises that: [-0, +0]. */
+int kie_client_leave(lua_State *L, kie_client *c, int nret) {
+  if (--c->in_call == 0 && c->closed) client_free(c);
+  if (nret < 0) return luaL_error(L, "kie.core: the client is closed");
+  return nret;
+}
+
+/* Pushes the decoded result of a finished transfer and frees it. x is detached
+ * first: a finalizer run by the decoding cannot cancel or free it: [-0, +1|+2]. */
 static int finish(lua_State *L, kie_client *c, kie_xfer *x) {
   int n;
+  kie_xfer_detach(c, x);
   if (x->op == KIE_OP_FETCH) {
     FILE *f = x->sink;
     x->sink = NULL;
@@ -240,26 +277,21 @@ static int create_task(lua_State *L, int async) {
   static const char path[] = "/api/v1/jobs/createTask";
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
-  if (!encode_body(L, c, 2, "create_task")) return 2;
+  kie_client_enter(c);
+  if (!encode_body(L, c, 2, "create_task")) return kie_client_leave(L, c, 2);
   body = lua_tolstring(L, 3, &len);
   url = make_url(L, buf, sizeof(buf), c->base_url, path, sizeof(path) - 1);
-  return launch(L, c, KIE_OP_CREATE, "POST", url, body, len, NULL, 0, 0, NULL, async);
+  if (c->closed) return kie_client_leave(L, c, -1); /* by Lua code run while encoding */
+  return kie_client_leave(L, c, launch(L, c, KIE_OP_CREATE, "POST", url, body, len, NULL, 0, 0,
+                                       NULL, async));
 }
 
-/* get_task(task_id[, timeout_s]): timeout_s shortens the client's request timeout
- * for this read (wait's deadline): [-0, +1|+2]. */
-static int get_task(lua_State *L, int async) {
-  kie_client *c = check_open(L, 1);
-  size_t n;
-  const char *id = luaL_checklstring(L, 2, &n);
-  lua_Number t = luaL_optnumber(L, 3, 0);
-  long tmo;
+/* get_task's work once its arguments are checked (id, n at index 2): [-0, +1|+2]. */
+static int get_task_go(lua_State *L, kie_client *c, const char *id, size_t n, long tmo,
+                       int async) {
   char *esc;
   const char *url;
   char buf[KIE_URL_BUF];
-  if (t != t || t < 0) return luaL_argerror(L, 3, "must be a number >= 0");
-  lua_settop(L, 2);
-  tmo = t > 0 ? (t * 1000 < 1 ? 1 : (t * 1000 > 3.6e6 ? 3600000L : (long)(t * 1000))) : 0;
   if (n == 0) {
     int r = kie_push_error(L, c, "validation", "get_task: task_id is empty", 0);
     lua_pushliteral(L, "get_task");
@@ -285,7 +317,23 @@ static int get_task(lua_State *L, int async) {
   curl_free(esc);
   lua_concat(L, 3);
   url = lua_tostring(L, -1);
+  if (c->closed) return -1;
   return launch(L, c, KIE_OP_GET, "GET", url, NULL, 0, NULL, 0, tmo, id, async);
+}
+
+/* get_task(task_id[, timeout_s]): timeout_s shortens the client's request timeout
+ * for this read (wait's deadline): [-0, +1|+2]. */
+static int get_task(lua_State *L, int async) {
+  kie_client *c = check_open(L, 1);
+  size_t n;
+  const char *id = luaL_checklstring(L, 2, &n);
+  lua_Number t = luaL_optnumber(L, 3, 0);
+  long tmo;
+  if (t != t || t < 0) return luaL_argerror(L, 3, "must be a number >= 0");
+  lua_settop(L, 2);
+  tmo = kie_clock_ms(t);
+  kie_client_enter(c);
+  return kie_client_leave(L, c, get_task_go(L, c, id, n, tmo, async));
 }
 
 /* True if url is base itself or lies below it ("base/..." or "base?..."). */
@@ -308,20 +356,24 @@ static int call(lua_State *L, int async) {
   }
   if (!lua_isnoneornil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
   lua_settop(L, 4);
-  if (path[0] == '/') {
-    url = push_url(L, c->base_url, path);
-  } else if (under(path, c->base_url) || under(path, c->upload_url)) {
-    lua_pushvalue(L, 3);
-    url = lua_tostring(L, -1);
-  } else {
+  if (path[0] != '/' && !under(path, c->base_url) && !under(path, c->upload_url)) {
     return luaL_argerror(L, 3, "must be a path or a URL under base_url/upload_url "
                                "(the API key is never sent to another host)");
   }
+  kie_client_enter(c);
+  if (path[0] == '/') {
+    url = push_url(L, c->base_url, path);
+  } else {
+    lua_pushvalue(L, 3);
+    url = lua_tostring(L, -1);
+  }
   if (!lua_isnil(L, 4)) {
-    if (!encode_body(L, c, 4, "call")) return 2;
+    if (!encode_body(L, c, 4, "call")) return kie_client_leave(L, c, 2);
     body = lua_tolstring(L, -1, &len);
   }
-  return launch(L, c, KIE_OP_CALL, method, url, body, len, NULL, 0, 0, NULL, async);
+  if (c->closed) return kie_client_leave(L, c, -1); /* by Lua code run while encoding */
+  return kie_client_leave(L, c, launch(L, c, KIE_OP_CALL, method, url, body, len, NULL, 0, 0,
+                                       NULL, async));
 }
 
 /* fetch(url, path[, max_bytes]): downloads url into the file at path (created or
@@ -337,11 +389,12 @@ static int fetch(lua_State *L, int async) {
     return luaL_argerror(L, 2, "must be an http(s) URL");
   }
   if (cap < 0) return luaL_argerror(L, 4, "must be >= 0");
+  kie_client_enter(c);
   f = fopen(path, "wb");
   if (f == NULL) {
     lua_pushfstring(L, "download: cannot write %s: %s", path, strerror(errno));
     kie_push_error(L, c, "io", lua_tostring(L, -1), 0);
-    return 2;
+    return kie_client_leave(L, c, 2);
   }
   n = launch(L, c, KIE_OP_FETCH, "GET", url, NULL, 0, f, (size_t)cap, 0, NULL, async);
   if (async && lua_type(L, -1) == LUA_TNUMBER) {
@@ -350,7 +403,7 @@ static int fetch(lua_State *L, int async) {
     kie_xfer *x = kie_xfer_find(c, (unsigned long)lua_tointeger(L, -1));
     if (x != NULL) x->sink_path = dup_str(path, strlen(path));
   }
-  return n;
+  return kie_client_leave(L, c, n);
 }
 
 static int client_create_task(lua_State *L) { return create_task(L, 0); }
@@ -377,26 +430,31 @@ static int client_step(lua_State *L) {
   if (ms > 3600000) ms = 3600000;
   kie_client_perform(c, (int)ms, budget < 0 ? -1 : budget / 1000, NULL);
   for (x = c->live; x != NULL; x = x->next) {
+    if (!x->done) running++;
+    else if (!x->reported) done++;
+  }
+  if (done == 0) {
+    lua_pushinteger(L, running);
+    lua_pushnil(L);
+    return 2;
+  }
+  /* the table is made before the walk: an allocation may run a finalizer that
+   * changes the list (cancel, close: deferred), so the walk itself allocates nothing */
+  kie_client_enter(c);
+  lua_createtable(L, done, 0);
+  running = done = 0;
+  for (x = c->live; x != NULL; x = x->next) {
     if (!x->done) {
       running++;
     } else if (!x->reported) {
-      if (done == 0) {
-        lua_pushinteger(L, 0); /* placeholder for the count, filled below */
-        lua_newtable(L);
-      }
       x->reported = 1;
       lua_pushinteger(L, (lua_Integer)x->id);
       lua_rawseti(L, -2, ++done);
     }
   }
-  if (done == 0) {
-    lua_pushinteger(L, running);
-    lua_pushnil(L);
-  } else {
-    lua_pushinteger(L, running);
-    lua_replace(L, -3);
-  }
-  return 2;
+  lua_pushinteger(L, running);
+  lua_insert(L, -2);
+  return kie_client_leave(L, c, 2);
 }
 
 /* Returns the live transfer with the id at idx, or raises: [-0, +0]. */
@@ -411,7 +469,8 @@ static int client_result(lua_State *L) {
   kie_client *c = check_open(L, 1);
   kie_xfer *x = check_xfer(L, c, 2);
   if (!x->done) return luaL_argerror(L, 2, "transfer has not finished (see step)");
-  return finish(L, c, x);
+  kie_client_enter(c);
+  return kie_client_leave(L, c, finish(L, c, x));
 }
 
 /* client:progress(id[, wait_ms]) -> done, bytes, total | nil (no such transfer).
@@ -529,7 +588,7 @@ void kie_client_open(lua_State *L) {
     lua_newtable(L);
     luaL_setfuncs(L, methods, 0);
     lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, client_close);
+    lua_pushcfunction(L, client_gc);
     lua_setfield(L, -2, "__gc");
 #if LUA_VERSION_NUM >= 504
     lua_pushcfunction(L, client_close);

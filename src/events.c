@@ -154,7 +154,7 @@ int kie_events_wait(kie_client *c, int wait_ms, long timer_ms, double deadline) 
       int i = find_watch(c, fd);
       if (i >= 0) c->watch[i] = c->watch[--c->nwatch];
     }
-    if (deadline > 0 && ready > 0 && kie_monotonic() >= deadline) {
+    if (deadline > 0 && ready > 0 && kie_clock_now() >= deadline) {
       c->rr = (unsigned)(start + k + 1); /* the next step begins after the last one served */
       c->unread = 1;                     /* and a host loop must not sleep before it */
       break;

@@ -19,7 +19,7 @@
 
 /* core.now() -> monotonic seconds: [-0, +1]. */
 static int core_now(lua_State *L) {
-  lua_pushnumber(L, kie_monotonic());
+  lua_pushnumber(L, kie_clock_now());
   return 1;
 }
 

@@ -28,6 +28,8 @@
 #define KIE_CLIENT_MT "kie.core.Client"
 #define KIE_DEFAULT_MAX_RESPONSE (8u * 1024u * 1024u)
 #define KIE_IDLE_EASY 8
+/* the longest timeout: one day (a longer or infinite one is clamped to it) */
+#define KIE_MAX_MS 86400000L
 /* URLs up to this size are built on the C stack (longer ones as Lua strings) */
 #define KIE_URL_BUF 512
 
@@ -59,6 +61,7 @@ typedef struct kie_xfer {
   char *task_id;            /* KIE_OP_GET: the id asked for (for errors) */
   int too_large;            /* the cap was hit */
   int done;                 /* curl reported completion */
+  int detached;             /* off the live list (being finished): unknown to find/cancel */
   CURLcode result;
   long status;
   char retry_after[64];     /* raw Retry-After header value, "" if none */
@@ -82,7 +85,10 @@ struct kie_client {
   unsigned long next_id;
   CURL *idle[KIE_IDLE_EASY];
   int nidle;
-  int closed;
+  int closed;                   /* close() was called: every method raises */
+  int freed;                    /* handles, transfers and strings released */
+  int in_call;                  /* C methods running that may run Lua code (hiredis's
+                                 * REDIS_IN_CALLBACK): a close() then waits for them */
   struct pollfd *watch;         /* the sockets libcurl asked us to watch (events.c) */
   struct pollfd *pfds;          /* poll()'s copy of watch, plus the wakeup pipe */
   int nwatch, capwatch;
@@ -118,9 +124,15 @@ KIE_HIDDEN int kie_client_perform(kie_client *c, int timeout_ms, double budget_s
                                   const kie_xfer *target);
 KIE_HIDDEN kie_xfer *kie_xfer_find(kie_client *c, unsigned long id);
 KIE_HIDDEN void kie_xfer_free(kie_client *c, kie_xfer *x);
+/* Takes x off the client's live list (idempotent): find, cancel and close no longer
+ * see it; the caller frees it with kie_xfer_free. */
+KIE_HIDDEN void kie_xfer_detach(kie_client *c, kie_xfer *x);
 KIE_HIDDEN double kie_retry_after_seconds(const char *value);
 KIE_HIDDEN int kie_xfer_reached_server(const kie_xfer *x);
-KIE_HIDDEN double kie_monotonic(void);
+
+/* clock.c: monotonic seconds; seconds (>= 0, not NaN) to ms in [0, KIE_MAX_MS] */
+KIE_HIDDEN double kie_clock_now(void);
+KIE_HIDDEN long kie_clock_ms(double s);
 
 /* events.c: socket watch list, poll, wakeup pipe (no Lua) */
 KIE_HIDDEN const char *kie_events_setup(kie_client *c);
@@ -150,6 +162,8 @@ KIE_HIDDEN void kie_client_open(lua_State *L);
 KIE_HIDDEN int kie_client_new(lua_State *L);
 KIE_HIDDEN kie_client *kie_check_client(lua_State *L, int idx);
 KIE_HIDDEN int kie_client_settle(lua_State *L, kie_client *c, kie_xfer *x, int async);
+KIE_HIDDEN void kie_client_enter(kie_client *c);
+KIE_HIDDEN int kie_client_leave(lua_State *L, kie_client *c, int nret);
 
 /* upload.c: the multipart stream upload (client methods) and base64_encode (module) */
 KIE_HIDDEN int kie_client_upload(lua_State *L);

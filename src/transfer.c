@@ -47,12 +47,6 @@ int kie_global_init(void) {
   return global_rc == CURLE_OK;
 }
 
-double kie_monotonic(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 int kie_buf_append(kie_buf *b, const char *p, size_t n) {
   if (n == 0) return 1;
   if (b->len + n + 1 > b->cap) {
@@ -364,7 +358,7 @@ static int ready(kie_client *c, const kie_xfer *target) {
 }
 
 int kie_client_perform(kie_client *c, int timeout_ms, double budget_s, const kie_xfer *target) {
-  double deadline = budget_s >= 0 ? kie_monotonic() + budget_s : 0;
+  double deadline = budget_s >= 0 ? kie_clock_now() + budget_s : 0;
   int wait_ms;
   long timer_ms;
   if (!kie_events_timers(c, &timer_ms)) return 0;
@@ -417,10 +411,17 @@ int kie_xfer_reached_server(const kie_xfer *x) {
   return !(pre == 0 && req == 0);
 }
 
-void kie_xfer_free(kie_client *c, kie_xfer *x) {
+void kie_xfer_detach(kie_client *c, kie_xfer *x) {
+  if (x->detached) return;
   if (x->prev) x->prev->next = x->next;
   else c->live = x->next;
   if (x->next) x->next->prev = x->prev;
+  x->prev = x->next = NULL;
+  x->detached = 1;
+}
+
+void kie_xfer_free(kie_client *c, kie_xfer *x) {
+  kie_xfer_detach(c, x);
   if (x->easy) {
     if (c->multi) curl_multi_remove_handle(c->multi, x->easy);
     if (x->mime != NULL) {

@@ -37,29 +37,25 @@ static int add_text(curl_mime *form, const char *name, const char *value) {
          curl_mime_data(part, value, CURL_ZERO_TERMINATED) == CURLE_OK;
 }
 
-/* upload(path, upload_path[, file_name[, mime_type[, timeout_s]]]): multipart POST
- * of the file at path with uploadPath (and fileName) parts: [-0, +1|+2].
- * Result (blocking): the envelope's data | nil, err; async: the transfer id. */
-static int upload(lua_State *L, int async) {
-  kie_client *c = kie_check_client(L, 1);
-  const char *path = luaL_checkstring(L, 2);
-  const char *upload_path = luaL_checkstring(L, 3);
-  const char *file_name = luaL_optstring(L, 4, NULL);
-  const char *mime_type = luaL_optstring(L, 5, NULL);
-  lua_Number timeout = luaL_optnumber(L, 6, 0);
+/* upload's work once its arguments (at 2..5) are checked; -1: the client was
+ * closed by Lua code run meanwhile: [-0, +1|+2]. */
+static int upload_go(lua_State *L, kie_client *c, long timeout_ms, int async) {
+  const char *path = lua_tostring(L, 2);
+  const char *upload_path = lua_tostring(L, 3);
+  const char *file_name = lua_tostring(L, 4);
+  const char *mime_type = lua_tostring(L, 5);
   const char *url, *why = NULL;
   kie_xfer *x;
   curl_mimepart *part;
   CURLcode rc;
-  if (timeout < 0) return luaL_argerror(L, 6, "must be >= 0");
   if (c->upload_url == NULL) {
     return upload_error(L, c, "validation", "upload: the client has no upload_url");
   }
-  lua_settop(L, 6);
   lua_pushstring(L, c->upload_url);
   lua_pushliteral(L, "/api/file-stream-upload");
   lua_concat(L, 2);
   url = lua_tostring(L, -1);
+  if (c->closed) return -1;
   x = kie_xfer_prepare(c, KIE_OP_UPLOAD, url, NULL, 0, 0, &why);
   if (x == NULL) return upload_error(L, c, "network", why);
   /* from here on x is on the client's live list: every exit frees it or hands it on */
@@ -83,13 +79,29 @@ static int upload(lua_State *L, int async) {
       !add_text(x->mime, "uploadPath", upload_path) ||
       (file_name != NULL && !add_text(x->mime, "fileName", file_name)) ||
       curl_easy_setopt(x->easy, CURLOPT_MIMEPOST, x->mime) != CURLE_OK ||
-      (timeout > 0 &&
-       curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000)) != CURLE_OK)) {
+      (timeout_ms > 0 && curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, timeout_ms) != CURLE_OK)) {
     kie_xfer_free(c, x);
     return upload_error(L, c, "network", "upload: libcurl refused the form");
   }
   if (kie_xfer_launch(c, x, &why) == NULL) return upload_error(L, c, "network", why);
   return kie_client_settle(L, c, x, async);
+}
+
+/* upload(path, upload_path[, file_name[, mime_type[, timeout_s]]]): multipart POST
+ * of the file at path with uploadPath (and fileName) parts: [-0, +1|+2].
+ * Result (blocking): the envelope's data | nil, err; async: the transfer id. */
+static int upload(lua_State *L, int async) {
+  kie_client *c = kie_check_client(L, 1);
+  lua_Number timeout;
+  luaL_checkstring(L, 2);
+  luaL_checkstring(L, 3);
+  luaL_optstring(L, 4, NULL);
+  luaL_optstring(L, 5, NULL);
+  timeout = luaL_optnumber(L, 6, 0);
+  if (!(timeout >= 0)) return luaL_argerror(L, 6, "must be a number >= 0");
+  lua_settop(L, 5);
+  kie_client_enter(c);
+  return kie_client_leave(L, c, upload_go(L, c, kie_clock_ms(timeout), async));
 }
 
 /* client:upload(...) blocking, and client:upload_start(...) -> id: [-0, +1|+2]. */
