@@ -53,6 +53,69 @@ describe("kie.core encoding #core", function()
   end)
 end)
 
+describe("kie.core numbers #core", function()
+  local function new(o)
+    o.api_key = "sk-numbers-0"
+    o.base_url = "http://127.0.0.1:1"
+    return core.new(o)
+  end
+  local NAN, HUGE = 0 / 0, math.huge
+
+  it("refuses a timeout that is not a positive number of seconds up to a day", function()
+    for _, name in ipairs({ "timeout", "connect_timeout" }) do
+      for _, v in ipairs({ HUGE, -HUGE, NAN, 1e19, 86401, 0, -1, "5" }) do
+        assert.has_error(function() new{ [name] = v } end,
+          "kie.core.new: option '" .. name .. "' must be a positive number of seconds up to 86400")
+      end
+      new{ [name] = 86400 }:close()
+      new{ [name] = 0.0001 }:close()
+    end
+  end)
+
+  it("refuses a max_response_bytes that is not a whole number from 1 to 2^53", function()
+    for _, v in ipairs({ HUGE, NAN, 1e19, 0.5, 0, -1, 2 ^ 53 + 2 }) do
+      assert.has_error(function() new{ max_response_bytes = v } end,
+        "kie.core.new: option 'max_response_bytes' must be a whole number from 1 to 2^53")
+    end
+    new{ max_response_bytes = 2 ^ 53 }:close()
+    new{ max_response_bytes = 1 }:close()
+  end)
+
+  it("checks every other number it takes", function()
+    local c = new{ timeout = 1 }
+    -- a read's own timeout: math.huge shortens nothing
+    local _, e = c:get_task("t", HUGE)
+    assert.equals("network", e.kind)
+    assert.has_error(function() c:get_task("t", NAN) end)
+    -- step: wait and budget
+    assert.has_error(function() c:step(NAN) end)
+    assert.has_error(function() c:step(-1) end)
+    assert.has_error(function() c:step(0, NAN) end)
+    assert.has_error(function() c:step(0, -1) end)
+    assert.equals(0, (c:step(0.5)))
+    assert.equals(0, (c:step(0, HUGE)))
+    -- transfer ids no transfer can have
+    for _, id in ipairs({ HUGE, NAN, 1e300, 0.5, -1 }) do
+      assert.is_nil(c:progress(id))
+      assert.is_false(c:cancel(id))
+      assert.has_error(function() c:result(id) end)
+    end
+    local id = c:get_task_start("t")
+    assert.has_error(function() c:progress(id, NAN) end)
+    assert.has_error(function() c:progress(id, -1) end)
+    assert.is_boolean((c:progress(id, 0.5)))
+    -- a download's cap: math.huge is no cap of its own, NaN is an error
+    local path = os.tmpname()
+    assert.has_error(function() c:fetch("http://127.0.0.1:1/x", path, NAN) end)
+    assert.has_error(function() c:fetch("http://127.0.0.1:1/x", path, -1) end)
+    _, e = c:fetch("http://127.0.0.1:1/x", path, HUGE)
+    assert.equals("network", e.kind)
+    os.remove(path)
+    assert.has_error(function() c:upload("/nonexistent", "p", nil, nil, NAN) end)
+    c:close()
+  end)
+end)
+
 -- Runs step until the transfer id is handed out, then returns its result.
 local function settle(c, id)
   for _ = 1, 2000 do

@@ -65,19 +65,41 @@ static void opt_string(lua_State *L, const char *name, char **out, int required,
   if (*out == NULL) luaL_error(L, "kie.core.new: out of memory");
 }
 
-/* Reads opts[name] as a positive number (default def): [-0, +0]. */
-static double opt_number(lua_State *L, const char *name, double def) {
+/* Reads opts[name] as a number in (0, max] (default def), whole if whole is set;
+ * raises `what` otherwise (NaN and infinities included): [-0, +0]. */
+static double opt_number(lua_State *L, const char *name, double def, double max, int whole,
+                         const char *what) {
   double v = 0;
   lua_getfield(L, 1, name);
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     return def;
   }
-  if (lua_type(L, -1) != LUA_TNUMBER || !((v = lua_tonumber(L, -1)) > 0)) {
-    luaL_error(L, "kie.core.new: option '%s' must be a positive number", name);
+  if (lua_type(L, -1) != LUA_TNUMBER || !((v = lua_tonumber(L, -1)) > 0 && v <= max) ||
+      (whole && v != (double)(long long)v)) {
+    luaL_error(L, "kie.core.new: option '%s' must be %s", name, what);
   }
   lua_pop(L, 1);
   return v;
+}
+
+#define KIE_SECONDS "a positive number of seconds up to 86400"
+#define KIE_MAX_BYTES 9007199254740992.0 /* 2^53: every whole number below is exact */
+
+/* Reads the argument at idx as a transfer id: 0 (no transfer has it) unless it is
+ * a whole number in [1, 2^53]; raises if it is no number: [-0, +0]. */
+static unsigned long check_id(lua_State *L, int idx) {
+  lua_Number v = luaL_checknumber(L, idx);
+  if (!(v >= 1 && v <= KIE_MAX_BYTES) || v != (lua_Number)(long long)v) return 0;
+  return (unsigned long)v;
+}
+
+/* Reads an optional wait in ms at idx (default 0): NaN or < 0 raises, a fraction
+ * is dropped, more than an hour (math.huge too) is an hour: [-0, +0]. */
+static int opt_wait_ms(lua_State *L, int idx) {
+  lua_Number v = luaL_optnumber(L, idx, 0);
+  if (!(v >= 0)) luaL_argerror(L, idx, "must be a number >= 0");
+  return v > 3600000 ? 3600000 : (int)v;
 }
 
 static const char *const known_opts[] = {
@@ -118,12 +140,12 @@ static int client_new(lua_State *L) {
   if (c->user_agent == NULL && (c->user_agent = dup_str("lua-kie/" KIE_VERSION, strlen("lua-kie/" KIE_VERSION))) == NULL) {
     return luaL_error(L, "kie.core.new: out of memory");
   }
-  c->timeout_ms = (long)(opt_number(L, "timeout", 30) * 1000);
-  c->connect_timeout_ms = (long)(opt_number(L, "connect_timeout", 10) * 1000);
-  mr = opt_number(L, "max_response_bytes", KIE_DEFAULT_MAX_RESPONSE);
+  c->timeout_ms = kie_clock_ms(opt_number(L, "timeout", 30, KIE_MAX_MS / 1000, 0, KIE_SECONDS));
+  c->connect_timeout_ms =
+    kie_clock_ms(opt_number(L, "connect_timeout", 10, KIE_MAX_MS / 1000, 0, KIE_SECONDS));
+  mr = opt_number(L, "max_response_bytes", KIE_DEFAULT_MAX_RESPONSE, KIE_MAX_BYTES, 1,
+                  "a whole number from 1 to 2^53");
   c->max_response = (size_t)mr;
-  if (c->timeout_ms < 1) c->timeout_ms = 1;
-  if (c->connect_timeout_ms < 1) c->connect_timeout_ms = 1;
   if ((why = kie_client_setup(c)) != NULL) return luaL_error(L, "kie.core.new: %s", why);
   return 1;
 }
@@ -388,7 +410,8 @@ static int fetch(lua_State *L, int async) {
   if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) {
     return luaL_argerror(L, 2, "must be an http(s) URL");
   }
-  if (cap < 0) return luaL_argerror(L, 4, "must be >= 0");
+  if (!(cap >= 0)) return luaL_argerror(L, 4, "must be a number >= 0");
+  if (cap > KIE_MAX_BYTES) cap = KIE_MAX_BYTES; /* math.huge: no cap of its own */
   kie_client_enter(c);
   f = fopen(path, "wb");
   if (f == NULL) {
@@ -421,14 +444,12 @@ static int client_fetch_start(lua_State *L) { return fetch(L, 1); }
  * wait for the next step): [-0, +2]. */
 static int client_step(lua_State *L) {
   kie_client *c = check_open(L, 1);
-  lua_Integer ms = luaL_optinteger(L, 2, 0);
+  int ms = opt_wait_ms(L, 2);
   lua_Number budget = luaL_optnumber(L, 3, -1); /* < 0: no budget */
   kie_xfer *x;
   int running = 0, done = 0;
-  if (ms < 0) return luaL_argerror(L, 2, "must be >= 0");
   if (!lua_isnoneornil(L, 3) && !(budget >= 0)) return luaL_argerror(L, 3, "must be >= 0");
-  if (ms > 3600000) ms = 3600000;
-  kie_client_perform(c, (int)ms, budget < 0 ? -1 : budget / 1000, NULL);
+  kie_client_perform(c, ms, budget < 0 ? -1 : budget / 1000, NULL);
   for (x = c->live; x != NULL; x = x->next) {
     if (!x->done) running++;
     else if (!x->reported) done++;
@@ -459,7 +480,7 @@ static int client_step(lua_State *L) {
 
 /* Returns the live transfer with the id at idx, or raises: [-0, +0]. */
 static kie_xfer *check_xfer(lua_State *L, kie_client *c, int idx) {
-  kie_xfer *x = kie_xfer_find(c, (unsigned long)luaL_checkinteger(L, idx));
+  kie_xfer *x = kie_xfer_find(c, check_id(L, idx));
   if (x == NULL) luaL_argerror(L, idx, "no such transfer (finished, canceled or unknown)");
   return x;
 }
@@ -480,16 +501,14 @@ static int client_result(lua_State *L) {
  * total is nil while unknown: [-0, +1|+3]. */
 static int client_progress(lua_State *L) {
   kie_client *c = check_open(L, 1);
-  kie_xfer *x = kie_xfer_find(c, (unsigned long)luaL_checkinteger(L, 2));
-  lua_Integer ms = luaL_optinteger(L, 3, 0);
+  kie_xfer *x = kie_xfer_find(c, check_id(L, 2));
+  int ms = opt_wait_ms(L, 3);
   curl_off_t now = 0, total = -1;
-  if (ms < 0) return luaL_argerror(L, 3, "must be >= 0");
-  if (ms > 3600000) ms = 3600000;
   if (x == NULL) {
     lua_pushnil(L);
     return 1;
   }
-  if (ms > 0 && !x->done && !kie_client_perform(c, (int)ms, -1, x)) {
+  if (ms > 0 && !x->done && !kie_client_perform(c, ms, -1, x)) {
     x->done = 1; /* the multi handle failed: end it as kie_xfer_wait does */
     x->result = CURLE_FAILED_INIT;
   }
@@ -510,7 +529,7 @@ static int client_progress(lua_State *L) {
 /* client:cancel(id) -> true if a live transfer was dropped: [-0, +1]. */
 static int client_cancel(lua_State *L) {
   kie_client *c = check_open(L, 1);
-  kie_xfer *x = kie_xfer_find(c, (unsigned long)luaL_checkinteger(L, 2));
+  kie_xfer *x = kie_xfer_find(c, check_id(L, 2));
   if (x != NULL) kie_xfer_free(c, x);
   lua_pushboolean(L, x != NULL);
   return 1;
