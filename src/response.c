@@ -241,22 +241,23 @@ static int protocol_error(lua_State *L, kie_client *c, kie_xfer *x, const char *
   return 2;
 }
 
-/* Pushes a short, redacted, printable excerpt of a non-JSON body: [-0, +1]. */
+/* Pushes a short, redacted, printable excerpt of a non-JSON body: [-0, +1]. The
+ * whole body is redacted before it is cut: a key crossing the cut would otherwise
+ * leave its first bytes unmatched. */
 static void push_excerpt(lua_State *L, kie_client *c, kie_xfer *x) {
   char tmp[121];
-  size_t i, n = x->resp.len < 120 ? x->resp.len : 120;
+  size_t i, n, len;
+  const char *s;
+  kie_push_redacted(L, c, x->resp.data, x->resp.len);
+  s = lua_tolstring(L, -1, &len);
+  n = len < 120 ? len : 120;
   for (i = 0; i < n; i++) {
-    unsigned char ch = (unsigned char)x->resp.data[i];
+    unsigned char ch = (unsigned char)s[i];
     tmp[i] = (ch < 32 || ch > 126) ? ' ' : (char)ch;
   }
   tmp[n] = '\0';
   lua_pushfstring(L, "non-JSON body: %s", tmp);
-  {
-    size_t len;
-    const char *s = lua_tolstring(L, -1, &len);
-    kie_push_redacted(L, c, s, len);
-    lua_remove(L, -2);
-  }
+  lua_remove(L, -2);
 }
 
 /* For a create, turns the error on top into unknown_outcome when the server got

@@ -19,6 +19,10 @@
  *    (2/s), so the handshake costs nothing that matters.
  *  - TLS verification is always on; redirects are never followed (the key would
  *    travel with them); only http and https are allowed.
+ *  - The key's copies in C are the client's api_key, the three header lists and the
+ *    transient buffer they are built from: all are zeroed before they are freed.
+ *    libcurl's own request buffers (each request's header block) are freed by
+ *    libcurl unwiped; that is out of our reach.
  *  - Four header lists: JSON calls carry auth + JSON headers, GETs auth + Accept
  *    only, multipart uploads (KIE_OP_UPLOAD) auth + Accept + Expect (libcurl
  *    writes Content-Type with the boundary), downloads (KIE_OP_FETCH) none at
@@ -112,6 +116,15 @@ static void share_lock(CURL *h, curl_lock_data d, curl_lock_access a, void *u) {
   (void)h; (void)d; (void)a; (void)u; /* one client is used by one thread at a time */
 }
 
+/* Frees a header list after zeroing its strings: they hold the key. */
+static void free_list(struct curl_slist *l) {
+  struct curl_slist *h;
+  for (h = l; h != NULL; h = h->next) {
+    if (h->data != NULL) memset(h->data, 0, strlen(h->data));
+  }
+  curl_slist_free_all(l);
+}
+
 const char *kie_client_setup(kie_client *c) {
   struct curl_slist *h = NULL, *t;
   const char *why;
@@ -132,6 +145,7 @@ const char *kie_client_setup(kie_client *c) {
   if (auth == NULL) return "out of memory";
   snprintf(auth, n, "Authorization: Bearer %s", c->api_key);
   t = curl_slist_append(h, auth);
+  memset(auth, 0, n);
   free(auth);
   if (t == NULL) return "out of memory";
   h = t;
@@ -145,7 +159,7 @@ const char *kie_client_setup(kie_client *c) {
   t = NULL;
   for (; h != NULL; h = h->next) {
     struct curl_slist *u = curl_slist_append(t, h->data);
-    if (u == NULL) { curl_slist_free_all(t); return "out of memory"; }
+    if (u == NULL) { free_list(t); return "out of memory"; }
     t = u;
   }
   c->headers = t;
@@ -158,13 +172,13 @@ const char *kie_client_setup(kie_client *c) {
   for (h = c->form_headers; h != NULL; h = h->next) {
     struct curl_slist *u;
     if (strncmp(h->data, "Expect:", 7) == 0) continue;
-    if ((u = curl_slist_append(t, h->data)) == NULL) { curl_slist_free_all(t); return "out of memory"; }
+    if ((u = curl_slist_append(t, h->data)) == NULL) { free_list(t); return "out of memory"; }
     t = u;
   }
   c->get_headers = t;
   return NULL;
 oom:
-  curl_slist_free_all(h);
+  free_list(h);
   return "out of memory";
 }
 
@@ -176,9 +190,9 @@ void kie_client_teardown(kie_client *c) {
   if (c->multi) curl_multi_cleanup(c->multi);
   if (c->share) curl_share_cleanup(c->share);
   kie_events_teardown(c);
-  curl_slist_free_all(c->headers);
-  curl_slist_free_all(c->form_headers);
-  curl_slist_free_all(c->get_headers);
+  free_list(c->headers);
+  free_list(c->form_headers);
+  free_list(c->get_headers);
   c->get_headers = NULL;
   c->multi = NULL;
   c->share = NULL;
