@@ -379,7 +379,7 @@ describe("kie.testing #unit", function()
       fake = testing.new{ latency = 3 }
       client = fake:client()
       local err
-      local h = client:create_task_async(REQ, function(_, e) err = e end)
+      local h = client:get_task_async("task_nobody", function(_, e) err = e end)
       h:cancel()
       pump(client, function() return err ~= nil end)
       assert.equals("canceled", err.kind)

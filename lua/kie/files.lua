@@ -24,7 +24,7 @@
 -- @module kie.files
 
 local errors = require "kie.errors"
-local scheduler = require "kie.scheduler"
+local lifecycle = require "kie.lifecycle"
 
 local type, tostring, pairs, ipairs, pcall, error = type, tostring, pairs, ipairs, pcall, error
 local setmetatable, getmetatable = setmetatable, getmetatable
@@ -381,9 +381,10 @@ function M.io(self, plain_io, rep, name, ...)
   if not rep or self._io ~= plain_io or type(core.progress) ~= "function" then
     return self:_io(name, ...)
   end
-  local id, err = core[name .. "_start"](core, ...)
-  if type(id) ~= "number" then return id, err end
-  if scheduler.current() then
+  local t = lifecycle.current()
+  if t then
+    local id, err = lifecycle.send(self, t, name, ...)
+    if type(id) ~= "number" then return id, err end
     local w = self._watch or {}
     self._watch = w
     w[id] = rep
@@ -391,8 +392,10 @@ function M.io(self, plain_io, rep, name, ...)
       w[id] = nil
       return ...
     end
-    return done(scheduler.wait_for{ client = self, id = id })
+    return done(lifecycle.await(self, t, id))
   end
+  local id, err = core[name .. "_start"](core, ...)
+  if type(id) ~= "number" then return id, err end
   -- blocking: drive this transfer (and the others of the client, without
   -- handing out their results) until it ends, reporting in between
   local ok, raised = pcall(function()

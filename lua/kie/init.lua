@@ -10,7 +10,7 @@
 
 local Client = require "kie.client"
 local errors = require "kie.errors"
-local scheduler = require "kie.scheduler"
+local lifecycle = require "kie.lifecycle"
 
 local M = {
   _VERSION = Client.VERSION,
@@ -28,9 +28,10 @@ end })
 
 --- Runs `fn(...)` at once in a coroutine in which the client calls yield instead
 -- of blocking; the `step` of the client a call used resumes it. Returns a handle
--- with `done()`, `result()` (fn's results, or `nil, err` if it raised) and
--- `cancel()`. The same code works blocking and non-blocking.
-M.spawn = scheduler.spawn
+-- with `done()`, `result()` (fn's results, or `nil, err` if it raised),
+-- `cancel()` and `task_id` (see `kie.lifecycle`). The same code works blocking
+-- and non-blocking.
+M.spawn = lifecycle.spawn
 
 --- Makes a client. Every option is optional:
 --
