@@ -158,6 +158,35 @@ describe("kie.core edges #core", function()
       end
     end)
 
+    it("handle:redact replaces the key in linear time, held in C", function()
+      assert.is_function(c.redact)
+      assert.equals("no key here", c:redact("no key here"))
+      assert.equals("a [redacted] b [redacted][redacted]", c:redact("a " .. KEY .. " b " .. KEY .. KEY))
+      assert.equals(KEY:sub(1, -2), c:redact(KEY:sub(1, -2)))
+      local big = string.rep("s", 2 ^ 20) .. KEY .. string.rep(KEY:sub(1, -2) .. "!", 1000)
+      local r = c:redact(big)
+      assert.equals(#big - #KEY + #"[redacted]", #r)
+      assert.is_nil(r:find(KEY, 1, true))
+      assert.has_error(function() c:redact(nil) end)
+      local k = core.new{ api_key = "sk-gone-0123", base_url = m.url }
+      k:close()
+      assert.is_nil(k:redact("sk-gone-0123")) -- closed: the key is gone, the caller decides
+    end)
+
+    it("the Lua redactor uses the core's (fake cores without it keep the HMAC one)", function()
+      local redactor = require "kie.redact"
+      local calls = 0
+      local handle = { redact = function(_, s) calls = calls + 1; return c:redact(s) end }
+      local r = redactor({}, KEY, handle) -- a core module without HMAC
+      assert.equals("x [redacted] y", r("x " .. KEY .. " y"))
+      assert.equals(1, calls)
+      handle.redact = function() return nil end -- a closed handle: HMAC fallback
+      r = redactor(core, KEY, handle)
+      assert.equals("x [redacted] y", r("x " .. KEY .. " y"))
+      r = redactor(core, KEY, {}) -- a fake handle without redact
+      assert.equals("x [redacted] y", r("x " .. KEY .. " y"))
+    end)
+
     it("close() leaves no copy of the key in the process's memory", function()
       if (os.getenv("LD_PRELOAD") or ""):find("asan", 1, true) then
         return pending("ASan's allocator keeps freed memory its own way: plain builds only")

@@ -573,6 +573,21 @@ static int client_pending(lua_State *L) {
   return 1;
 }
 
+/* client:redact(s) -> s with every copy of the key replaced by "[redacted]", in
+ * one linear pass over s; nil on a closed client (the key is gone): [-0, +1]. */
+static int client_redact(lua_State *L) {
+  kie_client *c = luaL_checkudata(L, 1, KIE_CLIENT_MT);
+  size_t n;
+  const char *s = luaL_checklstring(L, 2, &n);
+  if (c->closed) {
+    lua_pushnil(L);
+    return 1;
+  }
+  kie_client_enter(c);
+  kie_push_redacted(L, c, s, n);
+  return kie_client_leave(L, c, 1);
+}
+
 /* __tostring: never shows the key: [-0, +1]. */
 static int client_tostring(lua_State *L) {
   kie_client *c = luaL_checkudata(L, 1, KIE_CLIENT_MT);
@@ -598,6 +613,7 @@ static const luaL_Reg methods[] = {
   {"poll_timeout", client_poll_timeout},
   {"wakeup", client_wakeup},
   {"pending", client_pending},
+  {"redact", client_redact},
   {"close", client_close},
   {NULL, NULL}
 };

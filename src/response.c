@@ -14,6 +14,7 @@
  *  - May raise only on out-of-memory (lua_* allocation); the transfer stays owned
  *    by the client's live list and is freed by close/__gc in that case.
  */
+#define _GNU_SOURCE /* memmem */
 #include <string.h>
 #include <stdio.h>
 #include "kie.h"
@@ -50,15 +51,10 @@ static const char *kind_of(long code, int *retryable) {
   }
 }
 
-/* Returns the first occurrence of key (klen > 0) in [p, end), or NULL. */
+/* Returns the first occurrence of key (klen > 0) in [p, end), or NULL; memmem
+ * (two-way search) is linear in the text whatever the key. */
 static const char *find_key(const char *p, const char *end, const char *key, size_t klen) {
-  while ((size_t)(end - p) >= klen) {
-    const char *hit = memchr(p, key[0], (size_t)(end - p) - klen + 1);
-    if (hit == NULL) return NULL;
-    if (memcmp(hit, key, klen) == 0) return hit;
-    p = hit + 1;
-  }
-  return NULL;
+  return memmem(p, (size_t)(end - p), key, klen);
 }
 
 void kie_push_redacted(lua_State *L, kie_client *c, const char *s, size_t len) {
