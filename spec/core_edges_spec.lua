@@ -244,6 +244,68 @@ describe("kie.core edges #core", function()
     end)
   end)
 
+  describe("requests", function()
+    it("a GET carries no body: call raises instead of sending a POST", function()
+      assert.has_error(function() c:call("GET", "/api/v1/chat/credit", { a = 1 }) end)
+      assert.has_error(function() c:call_start("GET", "/api/v1/chat/credit", { a = 1 }) end)
+      assert(c:call("GET", "/api/v1/chat/credit"))
+      local reqs = m:requests()
+      assert.equals(1, #reqs)
+      assert.equals("GET", reqs[1].method)
+    end)
+
+    it("an async request on a fresh connection goes out at the call, not at the next step", function()
+      local id = c:create_task_start(REQ) -- a fresh client: no connection yet
+      core.sleep(0.3)                     -- no step in between
+      assert.equals(1, m:count(CREATE))
+      local task = settle(c, id)
+      assert.matches("^task_", task.taskId)
+      id = c:get_task_start(task.taskId)  -- and on the kept-alive one
+      core.sleep(0.3)
+      assert.equals(1, m:count("/api/v1/jobs/recordInfo"))
+      assert(settle(c, id))
+    end)
+  end)
+
+  describe("Retry-After", function()
+    local function retry_after(value)
+      m:fault{ path = "/api/v1/jobs/recordInfo", fault = "rate_limit", retry_after = value }
+      local _, e = c:get_task("t")
+      assert.equals("rate_limited", e.kind)
+      return e.retry_after
+    end
+    local function http_date(fmt, offset)
+      return os.date("!" .. fmt, os.time() + offset)
+    end
+
+    it("reads delta-seconds: digits only", function()
+      assert.equals(120, retry_after("120"))
+      assert.equals(0, retry_after("0"))
+      assert.equals(7, retry_after("007"))
+      assert.is_true(retry_after("99999999999999999999") >= 2 ^ 31 - 1) -- the most it can say
+    end)
+
+    it("refuses anything else a number parser would take", function()
+      for _, v in ipairs({ "0x10", "1e3", "-7", "+7", "inf", "nan", "1.5", "12abc", "3 4", "soon" }) do
+        assert.is_nil(retry_after(v), v)
+      end
+    end)
+
+    it("reads the three HTTP-date forms, strictly", function()
+      local function near(want, got) return got and math.abs(got - want) <= 2 end
+      assert.is_true(near(30, retry_after(http_date("%a, %d %b %Y %H:%M:%S GMT", 30))))
+      assert.is_true(near(40, retry_after(http_date("%A, %d-%b-%y %H:%M:%S GMT", 40))))
+      local asctime = http_date("%a %b %d %H:%M:%S %Y", 50):gsub("^(%a+ %a+ )0", "%1 ")
+      assert.is_true(near(50, retry_after(asctime)))
+      assert.equals(0, retry_after(http_date("%a, %d %b %Y %H:%M:%S GMT", -3600))) -- past
+      for _, v in ipairs({ "Wed, 21 Foo 2015 07:28:00 GMT", "Wed, 21 Oct 2015 24:00:00 GMT",
+        "Wed, 21 Oct 2015 07:28:00 CET", "Sun, 29 Feb 2015 00:00:00 GMT", "Wed, 21 Oct 2015",
+        "21 Oct 2015 07:28:00 GMT", "Wed, 21 Oct 2015 07:28:00 GMT junk" }) do
+        assert.is_nil(retry_after(v), v)
+      end
+    end)
+  end)
+
   describe("a create on a kept-alive connection that dies after reading it", function()
     it("is sent once and is unknown_outcome (blocking)", function()
       c:get_task("warm") -- not_found is an answer: the connection is kept alive

@@ -366,7 +366,8 @@ static int under(const char *url, const char *base) {
   return strncmp(url, base, n) == 0 && (url[n] == '\0' || url[n] == '/' || url[n] == '?');
 }
 
-/* call(method, path_or_url[, body_table]): [-0, +1|+2]. */
+/* call(method, path_or_url[, body_table]): a GET with a body raises (it would
+ * go out as a POST): [-0, +1|+2]. */
 static int call(lua_State *L, int async) {
   kie_client *c = check_open(L, 1);
   const char *method = luaL_checkstring(L, 2);
@@ -377,6 +378,7 @@ static int call(lua_State *L, int async) {
     return luaL_argerror(L, 2, "method must be \"GET\" or \"POST\"");
   }
   if (!lua_isnoneornil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
+  if (!lua_isnoneornil(L, 4) && method[0] == 'G') return luaL_argerror(L, 4, "a GET carries no body");
   lua_settop(L, 4);
   if (path[0] != '/' && !under(path, c->base_url) && !under(path, c->upload_url)) {
     return luaL_argerror(L, 3, "must be a path or a URL under base_url/upload_url "

@@ -19,6 +19,11 @@
  *    itself, and re-reads that copy by index after every libcurl call, since the
  *    callback may realloc it. A socket poll() reports as invalid is dropped from
  *    the list after libcurl has seen the error.
+ *  - kie_events_start gives a new transfer its first turn at the call: due timers
+ *    (it connects, or writes on a kept-alive connection), then up to three rounds
+ *    of poll(0) over the sockets opened for it (a loopback connect is done at once),
+ *    so that its request goes out before the call returns whenever no wait is
+ *    needed. It never waits and serves no other transfer's socket.
  *  - poll() over the list: right for the tens to hundreds of transfers a client has;
  *    thousands would want epoll.
  */
@@ -44,11 +49,12 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp)
   kie_client *c = ud;
   int i = find_watch(c, fd);
   short ev = 0;
-  (void)e; (void)sockp;
+  (void)sockp;
   if (what == CURL_POLL_REMOVE) {
     if (i >= 0) c->watch[i] = c->watch[--c->nwatch];
     return 0;
   }
+  if (e == c->starting && c->nstarted < KIE_STARTED) c->started[c->nstarted++] = fd;
   if (what & CURL_POLL_IN) ev |= POLLIN;
   if (what & CURL_POLL_OUT) ev |= POLLOUT;
   if (i < 0) {
@@ -117,6 +123,40 @@ int kie_events_timers(kie_client *c, long *next_ms) {
     if (next_ms != NULL && curl_multi_timeout(c->multi, &ms) != CURLM_OK) return 0;
   }
   if (next_ms != NULL) *next_ms = ms;
+  return 1;
+}
+
+int kie_events_start(kie_client *c, CURL *e) {
+  int round, k, n, running;
+  c->starting = e;
+  c->nstarted = 0;
+  if (!kie_events_timers(c, NULL)) {
+    c->starting = NULL;
+    return 0;
+  }
+  c->starting = NULL;
+  /* a few turns: connected -> request written -> waiting for the answer */
+  for (round = 0; round < 3; round++) {
+    struct pollfd p[KIE_STARTED];
+    int fired = 0;
+    for (k = n = 0; k < c->nstarted; k++) {
+      int i = find_watch(c, c->started[k]);
+      if (i < 0) continue;
+      p[n] = c->watch[i];
+      p[n++].revents = 0;
+    }
+    if (n == 0 || poll(p, (nfds_t)n, 0) <= 0) break;
+    for (k = 0; k < n; k++) {
+      int ev = 0;
+      if (p[k].revents & (POLLIN | POLLHUP)) ev |= CURL_CSELECT_IN;
+      if (p[k].revents & POLLOUT) ev |= CURL_CSELECT_OUT;
+      if (p[k].revents & (POLLERR | POLLNVAL)) ev |= CURL_CSELECT_ERR;
+      if (!ev) continue;
+      fired = 1;
+      if (curl_multi_socket_action(c->multi, p[k].fd, ev, &running) != CURLM_OK) return 0;
+    }
+    if (!fired) break;
+  }
   return 1;
 }
 

@@ -28,6 +28,8 @@
 #define KIE_CLIENT_MT "kie.core.Client"
 #define KIE_DEFAULT_MAX_RESPONSE (8u * 1024u * 1024u)
 #define KIE_IDLE_EASY 8
+/* sockets kie_events_start follows for a new transfer (happy eyeballs opens two) */
+#define KIE_STARTED 4
 /* the longest timeout: one day (a longer or infinite one is clamped to it) */
 #define KIE_MAX_MS 86400000L
 /* URLs up to this size are built on the C stack (longer ones as Lua strings) */
@@ -95,6 +97,9 @@ struct kie_client {
   unsigned rr;                  /* where the next budgeted dispatch starts */
   int unread;                   /* the last dispatch left ready sockets for the next */
   int wake[2];                  /* wakeup pipe: read end polled, write end for wakeup() */
+  CURL *starting;               /* the transfer kie_events_start is giving its first turn */
+  curl_socket_t started[KIE_STARTED]; /* sockets libcurl opened for it meanwhile */
+  int nstarted;
 };
 
 /* buf.c-like helpers (transfer.c) */
@@ -127,8 +132,11 @@ KIE_HIDDEN void kie_xfer_free(kie_client *c, kie_xfer *x);
 /* Takes x off the client's live list (idempotent): find, cancel and close no longer
  * see it; the caller frees it with kie_xfer_free. */
 KIE_HIDDEN void kie_xfer_detach(kie_client *c, kie_xfer *x);
-KIE_HIDDEN double kie_retry_after_seconds(const char *value);
 KIE_HIDDEN int kie_xfer_reached_server(const kie_xfer *x);
+
+/* retry_after.c: seconds a Retry-After value asks for (>= 0), -1 if it is not
+ * delay-seconds nor an HTTP-date */
+KIE_HIDDEN double kie_retry_after_seconds(const char *value);
 
 /* clock.c: monotonic seconds; seconds (>= 0, not NaN) to ms in [0, KIE_MAX_MS] */
 KIE_HIDDEN double kie_clock_now(void);
@@ -139,6 +147,7 @@ KIE_HIDDEN const char *kie_events_setup(kie_client *c);
 KIE_HIDDEN void kie_events_teardown(kie_client *c);
 KIE_HIDDEN void kie_events_wakeup(kie_client *c);
 KIE_HIDDEN int kie_events_timers(kie_client *c, long *next_ms);
+KIE_HIDDEN int kie_events_start(kie_client *c, CURL *e);
 KIE_HIDDEN int kie_events_wait(kie_client *c, int wait_ms, long timer_ms, double deadline);
 
 /* json.c: the lua-cjson bridge */

@@ -313,9 +313,9 @@ kie_xfer *kie_xfer_launch(kie_client *c, kie_xfer *x, const char **why) {
     drop(c, x);
     return NULL;
   }
-  /* start it now (connect, or send on a kept-alive connection): the caller pays
-   * for its own request, and a budgeted step only reads answers */
-  kie_events_timers(c, NULL);
+  /* start it now (connect and send, or send on a kept-alive connection): the
+   * caller pays for its own request, and a budgeted step only reads answers */
+  kie_events_start(c, x->easy);
   return x;
 }
 
@@ -456,17 +456,4 @@ void kie_xfer_free(kie_client *c, kie_xfer *x) {
   kie_buf_free(&x->resp);
   free(x->task_id);
   free(x);
-}
-
-double kie_retry_after_seconds(const char *v) {
-  char *end;
-  double s;
-  time_t when;
-  if (v == NULL || *v == '\0') return -1;
-  s = strtod(v, &end);
-  if (end != v && *end == '\0') return s < 0 ? 0 : s;
-  when = curl_getdate(v, NULL);
-  if (when == (time_t)-1) return -1;
-  s = difftime(when, time(NULL));
-  return s < 0 ? 0 : s;
 }
