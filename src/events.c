@@ -5,7 +5,8 @@
  *    them ourselves and hand each ready one to curl_multi_socket_action, so a step
  *    costs O(ready sockets), not O(transfers) as curl_multi_perform does. Timers are
  *    read with curl_multi_timeout before and after each poll (no TIMERFUNCTION).
- *  - A budget bounds one step: once its deadline has passed no further ready socket
+ *  - A budget bounds one step's work: its clock starts when poll() returns (the
+ *    wait is not work). Once its deadline has passed no further ready socket
  *    is handed to libcurl (at least one always is). The rest stay readable and are
  *    served first by the next step (round robin over the watch list), so none starves;
  *    until then poll_timeout() is 0, so that a host loop does not sleep on them.
@@ -162,15 +163,17 @@ int kie_events_start(kie_client *c, CURL *e) {
 
 /* Waits at most wait_ms, and no longer than libcurl's next timer (timer_ms, -1:
  * none), for the watched sockets (or a wakeup), then hands the ready ones to
- * libcurl until the deadline (0: none) passes. */
-int kie_events_wait(kie_client *c, int wait_ms, long timer_ms, double deadline) {
+ * libcurl until budget_s (< 0: none) has passed since the wait ended. */
+int kie_events_wait(kie_client *c, int wait_ms, long timer_ms, double budget_s) {
   int n = c->nwatch, k, ready, running, start;
+  double deadline;
   if (timer_ms >= 0 && timer_ms < wait_ms) wait_ms = (int)timer_ms;
   if (n > 0) memcpy(c->pfds, c->watch, (size_t)n * sizeof(*c->pfds));
   c->pfds[n].fd = c->wake[0];
   c->pfds[n].events = POLLIN;
   ready = poll(c->pfds, (nfds_t)n + 1, wait_ms);
   if (ready < 0) return errno == EINTR;
+  deadline = budget_s >= 0 ? kie_clock_now() + budget_s : 0; /* the wait is not work */
   if (ready > 0 && c->pfds[n].revents) {
     char buf[64];
     while (read(c->wake[0], buf, sizeof(buf)) > 0) {}

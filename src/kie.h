@@ -148,7 +148,7 @@ KIE_HIDDEN void kie_events_teardown(kie_client *c);
 KIE_HIDDEN void kie_events_wakeup(kie_client *c);
 KIE_HIDDEN int kie_events_timers(kie_client *c, long *next_ms);
 KIE_HIDDEN int kie_events_start(kie_client *c, CURL *e);
-KIE_HIDDEN int kie_events_wait(kie_client *c, int wait_ms, long timer_ms, double deadline);
+KIE_HIDDEN int kie_events_wait(kie_client *c, int wait_ms, long timer_ms, double budget_s);
 
 /* json.c: the lua-cjson bridge */
 KIE_HIDDEN void kie_json_init(lua_State *L);

@@ -372,13 +372,12 @@ static int ready(kie_client *c, const kie_xfer *target) {
 }
 
 int kie_client_perform(kie_client *c, int timeout_ms, double budget_s, const kie_xfer *target) {
-  double deadline = budget_s >= 0 ? kie_clock_now() + budget_s : 0;
   int wait_ms;
   long timer_ms;
   if (!kie_events_timers(c, &timer_ms)) return 0;
   collect(c);
   wait_ms = (timeout_ms > 0 && !ready(c, target)) ? timeout_ms : 0;
-  if (!kie_events_wait(c, wait_ms, timer_ms, deadline) || !kie_events_timers(c, NULL)) return 0;
+  if (!kie_events_wait(c, wait_ms, timer_ms, budget_s) || !kie_events_timers(c, NULL)) return 0;
   collect(c);
   return 1;
 }
