@@ -21,6 +21,21 @@
  *  - progress(id, wait_ms) may drive the multi handle but never marks a transfer
  *    as reported: only step() hands out finished ids, so a blocking loop over
  *    progress() steals nobody's result.
+ *
+ * Lua-facing (stack effect; "result" is value | nil, err):
+ *  core.new(opts) -> client                                   [-0, +1]
+ *  client:create_task(req) / get_task(id[, s]) / call(m, p[, body]) / fetch(url,
+ *    path[, cap]) -> result; the *_start forms -> transfer id  [-0, +1|+2]
+ *  client:step([ms[, budget_ms]]) -> in_flight, {ids} | nil     [-0, +2]
+ *  client:result(id) -> result (frees the transfer)           [-0, +1|+2]
+ *  client:progress(id[, ms]) -> done, bytes, total | nil       [-0, +1|+3]
+ *  client:cancel(id) -> boolean                               [-0, +1]
+ *  client:poll_timeout() -> ms | nil                          [-0, +1]
+ *  client:wakeup()                                            [-0, +0]
+ *  client:pending() -> count                                  [-0, +1]
+ *  client:redact(s) -> s redacted | nil (closed)              [-0, +1]
+ *  client:close() / __close / __gc                            [-0, +0]
+ *  __tostring -> "kie.core.Client (open|closed)"              [-0, +1]
  */
 #include <stdlib.h>
 #include <string.h>
@@ -146,7 +161,7 @@ static int client_new(lua_State *L) {
   mr = opt_number(L, "max_response_bytes", KIE_DEFAULT_MAX_RESPONSE, KIE_MAX_BYTES, 1,
                   "a whole number from 1 to 2^53");
   c->max_response = (size_t)mr;
-  if ((why = kie_client_setup(c)) != NULL) return luaL_error(L, "kie.core.new: %s", why);
+  if ((why = kie_transfer_setup(c)) != NULL) return luaL_error(L, "kie.core.new: %s", why);
   return 1;
 }
 
@@ -155,7 +170,7 @@ static void client_free(kie_client *c) {
   if (c->freed) return;
   c->freed = 1;
   c->closed = 1;
-  kie_client_teardown(c);
+  kie_transfer_teardown(c);
   if (c->api_key) memset(c->api_key, 0, strlen(c->api_key));
   free(c->api_key);
   free(c->base_url);
@@ -200,20 +215,20 @@ int kie_client_leave(lua_State *L, kie_client *c, int nret) {
  * first: a finalizer run by the decoding cannot cancel or free it: [-0, +1|+2]. */
 static int finish(lua_State *L, kie_client *c, kie_xfer *x) {
   int n;
-  kie_xfer_detach(c, x);
+  kie_transfer_detach(c, x);
   if (x->op == KIE_OP_FETCH) {
     FILE *f = x->sink;
     x->sink = NULL;
     if (f != NULL && fclose(f) != 0 && x->result == CURLE_OK && !x->io_error) {
       x->io_error = errno ? errno : EIO;
     }
-    n = kie_push_fetch_result(L, c, x);
+    n = kie_response_push_fetch(L, c, x);
     free(x->sink_path); /* the result is taken: the file is the caller's now */
     x->sink_path = NULL;
   } else {
-    n = kie_push_response(L, c, x);
+    n = kie_response_push(L, c, x);
   }
-  kie_xfer_free(c, x);
+  kie_transfer_free(c, x);
   return n;
 }
 
@@ -224,7 +239,7 @@ int kie_client_settle(lua_State *L, kie_client *c, kie_xfer *x, int async) {
     lua_pushinteger(L, (lua_Integer)x->id);
     return 1;
   }
-  kie_xfer_wait(c, x);
+  kie_transfer_wait(c, x);
   return finish(L, c, x);
 }
 
@@ -235,10 +250,10 @@ static int launch(lua_State *L, kie_client *c, kie_op op, const char *method, co
                   const char *body, size_t len, FILE *sink, size_t cap, long timeout_ms,
                   const char *task_id, int async) {
   const char *why = NULL;
-  kie_xfer *x = kie_xfer_start(c, op, method, url, body, len, sink, cap, timeout_ms, &why);
+  kie_xfer *x = kie_transfer_start(c, op, method, url, body, len, sink, cap, timeout_ms, &why);
   if (x == NULL) {
     if (sink != NULL) fclose(sink);
-    return kie_push_error(L, c, "network", why, 0);
+    return kie_response_error(L, c, "network", why, 0);
   }
   if (task_id != NULL) x->task_id = dup_str(task_id, strlen(task_id));
   return kie_client_settle(L, c, x, async);
@@ -286,7 +301,7 @@ static int url_safe(const char *s, size_t n) {
 static int encode_body(lua_State *L, kie_client *c, int idx, const char *op) {
   if (kie_json_encode(L, idx)) return 1;
   lua_pushfstring(L, "%s: the request cannot be encoded as JSON: %s", op, lua_tostring(L, -1));
-  kie_push_error(L, c, "validation", lua_tostring(L, -1), 0);
+  kie_response_error(L, c, "validation", lua_tostring(L, -1), 0);
   return 0;
 }
 
@@ -315,7 +330,7 @@ static int get_task_go(lua_State *L, kie_client *c, const char *id, size_t n, lo
   const char *url;
   char buf[KIE_URL_BUF];
   if (n == 0) {
-    int r = kie_push_error(L, c, "validation", "get_task: task_id is empty", 0);
+    int r = kie_response_error(L, c, "validation", "get_task: task_id is empty", 0);
     lua_pushliteral(L, "get_task");
     lua_setfield(L, -2, "op");
     return r;
@@ -418,14 +433,14 @@ static int fetch(lua_State *L, int async) {
   f = fopen(path, "wb");
   if (f == NULL) {
     lua_pushfstring(L, "download: cannot write %s: %s", path, strerror(errno));
-    kie_push_error(L, c, "io", lua_tostring(L, -1), 0);
+    kie_response_error(L, c, "io", lua_tostring(L, -1), 0);
     return kie_client_leave(L, c, 2);
   }
   n = launch(L, c, KIE_OP_FETCH, "GET", url, NULL, 0, f, (size_t)cap, 0, NULL, async);
   if (async && lua_type(L, -1) == LUA_TNUMBER) {
     /* a started download that ends without its result being taken (cancel,
      * close, collection) removes its partial file */
-    kie_xfer *x = kie_xfer_find(c, (unsigned long)lua_tointeger(L, -1));
+    kie_xfer *x = kie_transfer_find(c, (unsigned long)lua_tointeger(L, -1));
     if (x != NULL) x->sink_path = dup_str(path, strlen(path));
   }
   return kie_client_leave(L, c, n);
@@ -451,7 +466,7 @@ static int client_step(lua_State *L) {
   kie_xfer *x;
   int running = 0, done = 0;
   if (!lua_isnoneornil(L, 3) && !(budget >= 0)) return luaL_argerror(L, 3, "must be >= 0");
-  kie_client_perform(c, ms, budget < 0 ? -1 : budget / 1000, NULL);
+  kie_transfer_perform(c, ms, budget < 0 ? -1 : budget / 1000, NULL);
   for (x = c->live; x != NULL; x = x->next) {
     if (!x->done) running++;
     else if (!x->reported) done++;
@@ -482,7 +497,7 @@ static int client_step(lua_State *L) {
 
 /* Returns the live transfer with the id at idx, or raises: [-0, +0]. */
 static kie_xfer *check_xfer(lua_State *L, kie_client *c, int idx) {
-  kie_xfer *x = kie_xfer_find(c, check_id(L, idx));
+  kie_xfer *x = kie_transfer_find(c, check_id(L, idx));
   if (x == NULL) luaL_argerror(L, idx, "no such transfer (finished, canceled or unknown)");
   return x;
 }
@@ -503,15 +518,15 @@ static int client_result(lua_State *L) {
  * total is nil while unknown: [-0, +1|+3]. */
 static int client_progress(lua_State *L) {
   kie_client *c = check_open(L, 1);
-  kie_xfer *x = kie_xfer_find(c, check_id(L, 2));
+  kie_xfer *x = kie_transfer_find(c, check_id(L, 2));
   int ms = opt_wait_ms(L, 3);
   curl_off_t now = 0, total = -1;
   if (x == NULL) {
     lua_pushnil(L);
     return 1;
   }
-  if (ms > 0 && !x->done && !kie_client_perform(c, ms, -1, x)) {
-    x->done = 1; /* the multi handle failed: end it as kie_xfer_wait does */
+  if (ms > 0 && !x->done && !kie_transfer_perform(c, ms, -1, x)) {
+    x->done = 1; /* the multi handle failed: end it as kie_transfer_wait does */
     x->result = CURLE_FAILED_INIT;
   }
   if (x->op == KIE_OP_UPLOAD) {
@@ -531,8 +546,8 @@ static int client_progress(lua_State *L) {
 /* client:cancel(id) -> true if a live transfer was dropped: [-0, +1]. */
 static int client_cancel(lua_State *L) {
   kie_client *c = check_open(L, 1);
-  kie_xfer *x = kie_xfer_find(c, check_id(L, 2));
-  if (x != NULL) kie_xfer_free(c, x);
+  kie_xfer *x = kie_transfer_find(c, check_id(L, 2));
+  if (x != NULL) kie_transfer_free(c, x);
   lua_pushboolean(L, x != NULL);
   return 1;
 }
@@ -586,7 +601,7 @@ static int client_redact(lua_State *L) {
     return 1;
   }
   kie_client_enter(c);
-  kie_push_redacted(L, c, s, n);
+  kie_response_redacted(L, c, s, n);
   return kie_client_leave(L, c, 1);
 }
 
@@ -606,8 +621,8 @@ static const luaL_Reg methods[] = {
   {"get_task_start", client_get_task_start},
   {"call_start", client_call_start},
   {"fetch_start", client_fetch_start},
-  {"upload", kie_client_upload},
-  {"upload_start", kie_client_upload_start},
+  {"upload", kie_upload_run},
+  {"upload_start", kie_upload_start},
   {"progress", client_progress},
   {"step", client_step},
   {"result", client_result},
@@ -645,4 +660,4 @@ void kie_client_open(lua_State *L) {
 int kie_client_new(lua_State *L) { return client_new(L); }
 
 /* The open client at idx, for upload.c; raises otherwise: [-0, +0]. */
-kie_client *kie_check_client(lua_State *L, int idx) { return check_open(L, idx); }
+kie_client *kie_client_check(lua_State *L, int idx) { return check_open(L, idx); }

@@ -6,6 +6,8 @@
  *  - kie_clock_ms takes seconds already checked to be >= 0 and not NaN (callers
  *    raise otherwise) and clamps instead of converting out of range: a float to
  *    integer conversion of math.huge or 1e19 is undefined in C.
+ *
+ * Lua-facing: none (no lua_State here).
  */
 #include <time.h>
 #include "kie.h"

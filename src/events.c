@@ -27,6 +27,8 @@
  *    needed. It never waits and serves no other transfer's socket.
  *  - poll() over the list: right for the tens to hundreds of transfers a client has;
  *    thousands would want epoll.
+ *
+ * Lua-facing: none (no lua_State here).
  */
 #include <stdlib.h>
 #include <string.h>

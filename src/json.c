@@ -18,6 +18,11 @@
  *    walking a cycle down to that depth would take 2^depth steps.
  *  - No Lua code runs here but cjson's: __jsontype is read raw (as cjson reads its
  *    own markers). An allocation may still run a finalizer (see client.c's guard).
+ *
+ * C functions on the Lua stack (stack effect):
+ *  kie_json_init(L): cjson.safe's functions into the registry  [-0, +0]
+ *  kie_json_encode(L, idx) -> 1 and the JSON | 0 and a message  [-0, +1]
+ *  kie_json_decode(L, s, n) -> 1 and the value | 0 and a message [-0, +1]
  */
 #include <string.h>
 #include <stdio.h>

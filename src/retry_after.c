@@ -10,6 +10,8 @@
  *    08:49:37 1994"), always GMT; the day must exist in that month and year. The
  *    weekday is checked for spelling, not against the date.
  *  - The caller (transfer.c's header callback) trims surrounding whitespace.
+ *
+ * Lua-facing: none (no lua_State here).
  */
 #include <string.h>
 #include <time.h>

@@ -27,11 +27,13 @@
  *    only, multipart uploads (KIE_OP_UPLOAD) auth + Accept + Expect (libcurl
  *    writes Content-Type with the boundary), downloads (KIE_OP_FETCH) none at
  *    all, so a file host never sees the key.
- *  - kie_xfer_prepare/kie_xfer_launch split kie_xfer_start for callers that set
+ *  - kie_transfer_prepare/kie_transfer_launch split kie_transfer_start for callers that set
  *    more options in between (upload.c's form); on failure both free the transfer
  *    but leave its sink to the caller, who opened it.
- *  - curl_global_init is not thread-safe before 7.84; kie_global_init is guarded by
+ *  - curl_global_init is not thread-safe before 7.84; kie_transfer_global_init is guarded by
  *    a pthread once so several lua_States in several threads may load the module.
+ *
+ * Lua-facing: none (no lua_State here).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -46,32 +48,9 @@ static CURLcode global_rc = CURLE_FAILED_INIT;
 
 static void global_init_once(void) { global_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
 
-int kie_global_init(void) {
+int kie_transfer_global_init(void) {
   pthread_once(&global_once, global_init_once);
   return global_rc == CURLE_OK;
-}
-
-int kie_buf_append(kie_buf *b, const char *p, size_t n) {
-  if (n == 0) return 1;
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 1024;
-    char *d;
-    while (cap < b->len + n + 1) cap *= 2;
-    d = realloc(b->data, cap);
-    if (d == NULL) return 0;
-    b->data = d;
-    b->cap = cap;
-  }
-  memcpy(b->data + b->len, p, n);
-  b->len += n;
-  b->data[b->len] = '\0';
-  return 1;
-}
-
-void kie_buf_free(kie_buf *b) {
-  free(b->data);
-  b->data = NULL;
-  b->len = b->cap = 0;
 }
 
 /* libcurl write callback: append to the response buffer, refuse past the cap. */
@@ -125,12 +104,12 @@ static void free_list(struct curl_slist *l) {
   curl_slist_free_all(l);
 }
 
-const char *kie_client_setup(kie_client *c) {
+const char *kie_transfer_setup(kie_client *c) {
   struct curl_slist *h = NULL, *t;
   const char *why;
   char *auth;
   size_t n;
-  if (!kie_global_init()) return "curl_global_init failed";
+  if (!kie_transfer_global_init()) return "curl_global_init failed";
   c->multi = curl_multi_init();
   c->share = curl_share_init();
   if (c->multi == NULL || c->share == NULL) return "out of memory creating libcurl handles";
@@ -182,9 +161,9 @@ oom:
   return "out of memory";
 }
 
-void kie_client_teardown(kie_client *c) {
+void kie_transfer_teardown(kie_client *c) {
   int i;
-  while (c->live != NULL) kie_xfer_free(c, c->live);
+  while (c->live != NULL) kie_transfer_free(c, c->live);
   for (i = 0; i < c->nidle; i++) curl_easy_cleanup(c->idle[i]);
   c->nidle = 0;
   if (c->multi) curl_multi_cleanup(c->multi);
@@ -249,7 +228,7 @@ static void give_easy(kie_client *c, CURL *e) {
 
 /* Per-request options, all of them on every request so that nothing of a previous
  * request on a recycled handle (an upload's form, headers or timeout, a download's
- * missing headers, a POST body) carries over. The method is set by kie_xfer_start
+ * missing headers, a POST body) carries over. The method is set by kie_transfer_start
  * (or the form by upload.c); here it is a GET with no body. */
 static int set_request(kie_client *c, kie_xfer *x, const char *url, long timeout_ms) {
   CURL *e = x->easy;
@@ -281,10 +260,10 @@ static int set_request(kie_client *c, kie_xfer *x, const char *url, long timeout
 /* Frees a transfer that failed to start; its sink stays the caller's to close. */
 static void drop(kie_client *c, kie_xfer *x) {
   x->sink = NULL;
-  kie_xfer_free(c, x);
+  kie_transfer_free(c, x);
 }
 
-kie_xfer *kie_xfer_prepare(kie_client *c, kie_op op, const char *url, FILE *sink, size_t cap,
+kie_xfer *kie_transfer_prepare(kie_client *c, kie_op op, const char *url, FILE *sink, size_t cap,
                            long timeout_ms, const char **why) {
   kie_xfer *x = calloc(1, sizeof(*x));
   if (x == NULL) { *why = "out of memory"; return NULL; }
@@ -295,7 +274,7 @@ kie_xfer *kie_xfer_prepare(kie_client *c, kie_op op, const char *url, FILE *sink
   x->id = ++c->next_id;
   x->easy = take_easy(c);
   if (x->easy == NULL) { free(x); *why = "out of memory"; return NULL; }
-  /* linked first so that kie_xfer_free cleans up on every path below */
+  /* linked first so that kie_transfer_free cleans up on every path below */
   x->next = c->live;
   if (c->live) c->live->prev = x;
   c->live = x;
@@ -307,7 +286,7 @@ kie_xfer *kie_xfer_prepare(kie_client *c, kie_op op, const char *url, FILE *sink
   return x;
 }
 
-kie_xfer *kie_xfer_launch(kie_client *c, kie_xfer *x, const char **why) {
+kie_xfer *kie_transfer_launch(kie_client *c, kie_xfer *x, const char **why) {
   if (curl_multi_add_handle(c->multi, x->easy) != CURLM_OK) {
     *why = "libcurl refused the transfer";
     drop(c, x);
@@ -319,10 +298,10 @@ kie_xfer *kie_xfer_launch(kie_client *c, kie_xfer *x, const char **why) {
   return x;
 }
 
-kie_xfer *kie_xfer_start(kie_client *c, kie_op op, const char *method, const char *url,
+kie_xfer *kie_transfer_start(kie_client *c, kie_op op, const char *method, const char *url,
                          const char *body, size_t len, FILE *sink, size_t cap,
                          long timeout_ms, const char **why) {
-  kie_xfer *x = kie_xfer_prepare(c, op, url, sink, cap, timeout_ms, why);
+  kie_xfer *x = kie_transfer_prepare(c, op, url, sink, cap, timeout_ms, why);
   if (x == NULL) return NULL;
   if (body != NULL) {
     if (!kie_buf_append(&x->req, body, len) && len > 0) { *why = "out of memory"; goto fail; }
@@ -337,7 +316,7 @@ kie_xfer *kie_xfer_start(kie_client *c, kie_op op, const char *method, const cha
   } else if (body == NULL && op != KIE_OP_FETCH) {
     curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, c->get_headers);
   }
-  return kie_xfer_launch(c, x, why);
+  return kie_transfer_launch(c, x, why);
 fail:
   drop(c, x);
   return NULL;
@@ -371,7 +350,7 @@ static int ready(kie_client *c, const kie_xfer *target) {
   return 0;
 }
 
-int kie_client_perform(kie_client *c, int timeout_ms, double budget_s, const kie_xfer *target) {
+int kie_transfer_perform(kie_client *c, int timeout_ms, double budget_s, const kie_xfer *target) {
   int wait_ms;
   long timer_ms;
   if (!kie_events_timers(c, &timer_ms)) return 0;
@@ -382,9 +361,9 @@ int kie_client_perform(kie_client *c, int timeout_ms, double budget_s, const kie
   return 1;
 }
 
-void kie_xfer_wait(kie_client *c, kie_xfer *x) {
+void kie_transfer_wait(kie_client *c, kie_xfer *x) {
   while (!x->done) {
-    if (!kie_client_perform(c, 1000, -1, x)) break;
+    if (!kie_transfer_perform(c, 1000, -1, x)) break;
   }
   if (!x->done) { /* the multi handle failed: report as a transport failure */
     x->done = 1;
@@ -392,7 +371,7 @@ void kie_xfer_wait(kie_client *c, kie_xfer *x) {
   }
 }
 
-kie_xfer *kie_xfer_find(kie_client *c, unsigned long id) {
+kie_xfer *kie_transfer_find(kie_client *c, unsigned long id) {
   kie_xfer *x;
   for (x = c->live; x != NULL; x = x->next) {
     if (x->id == id) return x;
@@ -400,7 +379,7 @@ kie_xfer *kie_xfer_find(kie_client *c, unsigned long id) {
   return NULL;
 }
 
-int kie_xfer_reached_server(const kie_xfer *x) {
+int kie_transfer_reached_server(const kie_xfer *x) {
   curl_off_t pre = 0;
   long req = 0;
   switch (x->result) {
@@ -424,7 +403,7 @@ int kie_xfer_reached_server(const kie_xfer *x) {
   return !(pre == 0 && req == 0);
 }
 
-void kie_xfer_detach(kie_client *c, kie_xfer *x) {
+void kie_transfer_detach(kie_client *c, kie_xfer *x) {
   if (x->detached) return;
   if (x->prev) x->prev->next = x->next;
   else c->live = x->next;
@@ -433,8 +412,8 @@ void kie_xfer_detach(kie_client *c, kie_xfer *x) {
   x->detached = 1;
 }
 
-void kie_xfer_free(kie_client *c, kie_xfer *x) {
-  kie_xfer_detach(c, x);
+void kie_transfer_free(kie_client *c, kie_xfer *x) {
+  kie_transfer_detach(c, x);
   if (x->easy) {
     if (c->multi) curl_multi_remove_handle(c->multi, x->easy);
     if (x->mime != NULL) {

@@ -12,10 +12,15 @@
  *    every path, after it is unbound from the easy handle.
  *  - Policy (which files, how large, what type) is the Lua layer's (kie.files);
  *    this file only refuses what cannot work (no upload_url, unreadable file).
- *  - The response is decoded by kie_push_response like every API call; the upload
+ *  - The response is decoded by kie_response_push like every API call; the upload
  *    host's envelope {success, code, msg, data} is understood there.
  *  - The base64 JSON and URL uploads need nothing here: they go through call(),
  *    which accepts URLs under upload_url.
+ *
+ * Lua-facing (stack effect):
+ *  client:upload(path, upload_path[, name[, type[, s]]]) -> data | nil, err  [-0, +1|+2]
+ *  client:upload_start(...) -> transfer id | nil, err                       [-0, +1|+2]
+ *  core.base64_encode(bytes) -> string                                      [-0, +1]
  */
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +29,7 @@
 
 /* Pushes nil, err{kind, op = "upload"}: [-0, +2]. */
 static int upload_error(lua_State *L, kie_client *c, const char *kind, const char *msg) {
-  kie_push_error(L, c, kind, msg, 0);
+  kie_response_error(L, c, kind, msg, 0);
   lua_pushliteral(L, "upload");
   lua_setfield(L, -2, "op");
   return 2;
@@ -56,20 +61,20 @@ static int upload_go(lua_State *L, kie_client *c, long timeout_ms, int async) {
   lua_concat(L, 2);
   url = lua_tostring(L, -1);
   if (c->closed) return -1;
-  x = kie_xfer_prepare(c, KIE_OP_UPLOAD, url, NULL, 0, 0, &why);
+  x = kie_transfer_prepare(c, KIE_OP_UPLOAD, url, NULL, 0, 0, &why);
   if (x == NULL) return upload_error(L, c, "network", why);
   /* from here on x is on the client's live list: every exit frees it or hands it on */
   x->mime = curl_mime_init(x->easy);
   if (x->mime == NULL || (part = curl_mime_addpart(x->mime)) == NULL ||
       curl_mime_name(part, "file") != CURLE_OK) {
-    kie_xfer_free(c, x);
+    kie_transfer_free(c, x);
     return upload_error(L, c, "network", "upload: out of memory building the form");
   }
   errno = 0;
   rc = curl_mime_filedata(part, path);
   if (rc != CURLE_OK) {
     int e = errno;
-    kie_xfer_free(c, x);
+    kie_transfer_free(c, x);
     lua_pushfstring(L, "upload: cannot read %s: %s", path,
                     e ? strerror(e) : curl_easy_strerror(rc));
     return upload_error(L, c, "io", lua_tostring(L, -1));
@@ -80,10 +85,10 @@ static int upload_go(lua_State *L, kie_client *c, long timeout_ms, int async) {
       (file_name != NULL && !add_text(x->mime, "fileName", file_name)) ||
       curl_easy_setopt(x->easy, CURLOPT_MIMEPOST, x->mime) != CURLE_OK ||
       (timeout_ms > 0 && curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, timeout_ms) != CURLE_OK)) {
-    kie_xfer_free(c, x);
+    kie_transfer_free(c, x);
     return upload_error(L, c, "network", "upload: libcurl refused the form");
   }
-  if (kie_xfer_launch(c, x, &why) == NULL) return upload_error(L, c, "network", why);
+  if (kie_transfer_launch(c, x, &why) == NULL) return upload_error(L, c, "network", why);
   return kie_client_settle(L, c, x, async);
 }
 
@@ -91,7 +96,7 @@ static int upload_go(lua_State *L, kie_client *c, long timeout_ms, int async) {
  * of the file at path with uploadPath (and fileName) parts: [-0, +1|+2].
  * Result (blocking): the envelope's data | nil, err; async: the transfer id. */
 static int upload(lua_State *L, int async) {
-  kie_client *c = kie_check_client(L, 1);
+  kie_client *c = kie_client_check(L, 1);
   lua_Number timeout;
   luaL_checkstring(L, 2);
   luaL_checkstring(L, 3);
@@ -105,8 +110,8 @@ static int upload(lua_State *L, int async) {
 }
 
 /* client:upload(...) blocking, and client:upload_start(...) -> id: [-0, +1|+2]. */
-int kie_client_upload(lua_State *L) { return upload(L, 0); }
-int kie_client_upload_start(lua_State *L) { return upload(L, 1); }
+int kie_upload_run(lua_State *L) { return upload(L, 0); }
+int kie_upload_start(lua_State *L) { return upload(L, 1); }
 
 static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
