@@ -197,7 +197,7 @@ describe("kie.core edges #core", function()
       -- keys made here: the caller's own strings never follow "Bearer "; the second
       -- client stays open, so that a blind probe is seen
       local function make_key()
-        return ("sk-wipe-%08x%08x"):format(math.random(0, 2 ^ 31), math.random(0, 2 ^ 31))
+        return ("sk-wipe-%08x%08x"):format(math.random(0, 2 ^ 30), math.random(0, 2 ^ 30))
       end
       local key, kept = make_key(), make_key()
       local regions = {}
