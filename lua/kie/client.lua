@@ -54,7 +54,7 @@ function Client.new(user)
   if not ok then
     error((tostring(handle):gsub("^kie%.core%.new", "kie.new")), 2)
   end
-  local redact = redactor(core, o.api_key)
+  local redact = redactor(core, o.api_key, handle)
   o.api_key = nil -- kept only inside the core
   o.core = nil
   local limits = o.rate_limits or {}
