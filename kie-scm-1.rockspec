@@ -39,6 +39,7 @@ build = {
     ["kie.options"] = "lua/kie/options.lua",
     ["kie.redact"] = "lua/kie/redact.lua",
     ["kie.fingerprint"] = "lua/kie/fingerprint.lua",
+    ["kie.paid"] = "lua/kie/paid.lua",
     ["kie.log"] = "lua/kie/log.lua",
     ["kie.loop"] = "lua/kie/loop.lua",
     ["kie.batch"] = "lua/kie/batch.lua",

@@ -465,7 +465,9 @@ local function start_example(base_url, cleanup)
     if sh("id -u"):match("^%s*0%s*$") then conf = "user root root;\n" .. conf end
     write_file(prefix .. "/nginx.conf", conf)
     local start, src = sh("env KIE_API_KEY=" .. q(KEY) .. " KIE_BASE_URL=" .. q(base_url)
-      .. " KIE_WEBHOOK_HMAC_KEY=" .. q(HMAC_KEY) .. " nginx -p " .. q(prefix .. "/")
+      .. " KIE_WEBHOOK_HMAC_KEY=" .. q(HMAC_KEY)
+      .. " KIE_CALLBACK_URL=" .. q("http://127.0.0.1:" .. ex.port .. "/kie-callback")
+      .. " nginx -p " .. q(prefix .. "/")
       .. " -c " .. q(prefix .. "/nginx.conf") .. " -e " .. q(prefix .. "/logs/error.log"))
     assert(src == 0, "example nginx did not start: " .. start)
     ex.url = "http://127.0.0.1:" .. ex.port
@@ -600,6 +602,36 @@ describe("kie.ngx in nginx #ngx", function()
         model = "ideogram/v3-reframe", input = { image_url = "not a url" },
       })
       assert.equals(400, bad)
+    end)
+
+    it("takes only allow-listed fields at /generate: a path is never read, nothing else passes", function()
+      m:reset()
+      local png = app_dir .. "/server-side.png" -- a file nginx can read
+      write_file(png, "\137PNG\r\n\26\nSECRET-BYTES" .. string.rep("x", 64))
+      local app = app_dir .. "/kie_ngx_spec_app.lua"
+      local ok_input = { image_url = "https://example.com/a.png", image_size = "square_hd" }
+      local bad = {
+        { model = "ideogram/v3-reframe", input = { image_url = png, image_size = "square_hd" } },
+        { model = "ideogram/v3-reframe", input = { image_url = "file://" .. png, image_size = "square_hd" } },
+        { model = "ideogram/v3-reframe", input = { image_url = app, image_size = "square_hd" } },
+        { model = "ideogram/character", input = { prompt = "x", reference_image_urls = { png } } },
+        { model = "ideogram/character", input = { prompt = "x", reference_image_urls = { { path = png } } } },
+        { model = "ideogram/v3-reframe", input = ok_input, upload = { upload_path = "x" } },
+        { model = "ideogram/v3-reframe", input = ok_input, callBackUrl = "http://127.0.0.1:1/steal" },
+        { model = "ideogram/v3-reframe", input = ok_input, wait = { timeout = 1e9 } },
+        { model = "ideogram/v3-reframe", input = { image_url = ok_input.image_url, image_size = "square_hd",
+          colour = "red" } },
+        { model = "ideogram/v3-reframe", input = { image_url = ok_input.image_url, image_size = { "square_hd" } } },
+        { model = "someone/else", input = { prompt = "x" } },
+      }
+      for _, req in ipairs(bad) do
+        local status, body = request("POST", ex.url .. "/generate", json.encode(req))
+        assert.equals(400, status, body)
+        assert.equals("validation", json.decode(body).error.kind)
+        assert.is_nil(body:find("SECRET", 1, true), body)
+        assert.is_nil(body:find("kie_ngx_spec_app", 1, true) and body:find("starts with", 1, true), body)
+      end
+      assert.equals(0, m:count("/api/*"))
     end)
 
     it("sends kie.object() as {} and empty tables as [] across the thread boundary", function()
@@ -835,7 +867,7 @@ describe("kie.ngx in nginx #ngx", function()
     it("verifies a real callback from the mock (HMAC made by the mock's nginx)", function()
       m:config{ hmac_key = HMAC_KEY }
       local status, body = request("POST", ex.url .. "/generate", json.encode{
-        model = "ideogram/v3-reframe", callBackUrl = ex.url .. "/kie-callback",
+        model = "ideogram/v3-reframe", callback = true, -- to KIE_CALLBACK_URL (start_example sets it)
         input = { image_url = "https://example.com/a.png", image_size = "square_hd" },
       })
       assert.equals(200, status, body)
@@ -859,7 +891,7 @@ describe("kie.ngx in nginx #ngx", function()
     it("answers a real mock callback signed with another key with 401", function()
       m:config{ hmac_key = "some-other-webhook-key" }
       local status, body = request("POST", ex.url .. "/generate", json.encode{
-        model = "ideogram/v3-reframe", callBackUrl = ex.url .. "/kie-callback",
+        model = "ideogram/v3-reframe", callback = true, -- to KIE_CALLBACK_URL (start_example sets it)
         input = { image_url = "https://example.com/a.png", image_size = "square_hd" },
       })
       m:config{ hmac_key = false }

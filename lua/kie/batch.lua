@@ -4,11 +4,13 @@
 local options = require "kie.options"
 local scheduler = require "kie.scheduler"
 
-local type, pairs, error = type, pairs, error
+local type, pairs, error, tostring = type, pairs, error, tostring
 local huge = math.huge
 local _check = options.check
 
 local Client = {}
+
+local OPTIONS = { concurrency = true, on_update = true }
 
 --- Runs many requests at once (each as `run` would) within the client's rate
 -- limits, and returns `results, errs` indexed like the input: `results[i]` is the
@@ -22,6 +24,9 @@ function Client:run_all(requests, opts)
   _check(requests, "table", "run_all: requests")
   opts = opts or {}
   _check(opts, "table", "run_all: opts")
+  for k in pairs(opts) do
+    if not OPTIONS[k] then error("run_all: unknown option '" .. tostring(k) .. "'", 2) end
+  end
   local conc = opts.concurrency or 8
   if type(conc) ~= "number" or conc < 1 or conc % 1 ~= 0 then
     error("run_all: concurrency must be a whole number >= 1", 2)
@@ -29,7 +34,8 @@ function Client:run_all(requests, opts)
   local on_update = opts.on_update
   if on_update ~= nil then _check(on_update, "function", "run_all: on_update") end
   local n = #requests
-  for i = 1, n do _check(requests[i], "table", "run_all: request " .. i) end
+  -- every item's options before the first request (nothing paid, then a raise)
+  for i = 1, n do self:_check_run(requests[i], "run_all: request " .. i, 3) end
   local results, errs, failed = {}, {}, false
   local next_i, finished, workers = 0, 0, conc < n and conc or n
   local parent, parent_req = scheduler.current(), nil

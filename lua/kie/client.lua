@@ -10,7 +10,7 @@ local retry = require "kie.retry"
 local schedule = require "kie.schedule"
 local options = require "kie.options"
 local redactor = require "kie.redact"
-local fingerprint = require "kie.fingerprint"
+local paid = require "kie.paid"
 
 -- Modules only some programs use load on first use (memory for the others).
 local function _lazy(name)
@@ -25,7 +25,7 @@ local files = _lazy "kie.files"
 
 local type, pairs, ipairs, tostring, setmetatable, pcall, error, select =
   type, pairs, ipairs, tostring, setmetatable, pcall, error, select
-local max = math.max
+local max, huge = math.max, math.huge
 local unpack = table.unpack or unpack
 local wrap = errors.wrap
 local _check = options.check
@@ -90,10 +90,19 @@ end
 
 -- the calls ----------------------------------------------------------------------
 
--- One attempt of create_task (retry.call2's fn).
-local function _create_attempt(self, req)
+-- One attempt of create_task (retry.call2's fn) for paid call `ctx`: the intent
+-- goes to the journal right before the first request is sent.
+local function _create_attempt(self, ctx)
   local env, lim = self._env, self._create_lim
   local slot = lim and lim:acquire(env) -- held until the answer (kie.ratelimit)
+  local req = ctx.req
+  if self._journal and not ctx.intent then
+    local ok, jerr = paid.intend(self, ctx)
+    if not ok then
+      if lim then lim:release(slot, env.now(), false) end
+      return nil, jerr
+    end
+  end
   if self._opts.logger then self:_log("debug", "request", { op = "create_task", model = req.model }) end
   local r, e = self:_io("create_task", req)
   if lim then lim:release(slot, env.now(), not r and e.kind == "rate_limited") end
@@ -104,7 +113,9 @@ end
 -- create limit, and retries only when the request surely never reached the server
 -- (or the server rejected it with 429/455). A create that may have reached it
 -- returns `unknown_outcome` with `fingerprint`; it is never resent. With a
--- journal, the new taskId is on disk before this returns.
+-- journal, the intent is on disk before the request is sent and the new taskId
+-- before this returns (see `kie.paid`); an intent that cannot be written sends
+-- nothing (`io`).
 -- @tparam table request `{model = ..., callBackUrl = ..., input = {...}}`
 -- @tparam[opt] table opts `strict` (false lets unknown input fields through)
 -- @treturn table `{taskId = ...}` or `nil, err`
@@ -113,6 +124,9 @@ function Client:create_task(request, opts)
   local strict = self._opts.strict
   if opts ~= nil then
     _check(opts, "table", "create_task: opts")
+    for k in pairs(opts) do
+      if k ~= "strict" then error("create_task: unknown option '" .. tostring(k) .. "'", 2) end
+    end
     if opts.strict ~= nil then strict = opts.strict end
   end
   local req, verr
@@ -125,25 +139,14 @@ function Client:create_task(request, opts)
     self:_log("warn", "create_task: invalid request", { op = "create_task", message = verr.message })
     return nil, verr
   end
+  local ctx = paid.new(self, req)
   local res, err = retry.call2(self._create_policy, self._env,
-    self._retry_loggers.create_task or _retry_logger(self, "create_task"), nil, _create_attempt, self, req)
+    self._retry_loggers.create_task or _retry_logger(self, "create_task"), nil, _create_attempt, self, ctx)
+  res, err = paid.settle(self, ctx, res, err)
   if not res then
-    err = wrap(err)
-    if err.kind == "unknown_outcome" then
-      err.fingerprint = fingerprint(self._mod, req)
-      err.model = req.model
-    end
     self:_log("error", "create_task failed: " .. err.kind, { op = "create_task", kind = err.kind,
       message = err.message, fingerprint = err.fingerprint })
     return nil, err
-  end
-  if self._journal then
-    local ok, msg = self._journal:created(res.taskId, req.model)
-    if not ok then
-      -- the task exists and is paid for: return it all the same, loudly
-      res.journal_error = msg
-      self:_log("error", "journal write failed: " .. tostring(msg), { task_id = res.taskId })
-    end
   end
   if self._opts.logger then
     self:_log("info", "task created", { op = "create_task", task_id = res.taskId, model = req.model })
@@ -214,8 +217,13 @@ function Client:_get(task_id, deadline)
     if msg ~= "" and type(msg) == "string" then info.failMsg = redact(msg) end
     if code ~= "" and type(code) == "string" then info.failCode = redact(code) end
   end
-  if info and self._journal and (info.state == "success" or info.state == "fail") then
-    self._journal:finished(task_id, info.state)
+  local j = self._journal
+  if j then
+    if info and (info.state == "success" or info.state == "fail") then
+      j:finished(task_id, info.state)
+    elseif not info and err.kind == "not_found" and err.code == 404 then
+      j:finished(task_id, "not_found") -- kie.ai no longer knows the task: it ends here
+    end
   end
   return info, err
 end
@@ -232,6 +240,41 @@ end
 local WAIT_OPTIONS = { timeout = "number", interval = "number", max_interval = "number",
   on_update = "function" }
 
+-- Raises (at `level`) unless `opts` is nil or wait's options: names, types and
+-- values (timeout >= 0; interval, max_interval > 0). `what` names the call.
+local function _check_wait(opts, what, level)
+  if opts == nil then return end
+  if type(opts) ~= "table" then error(what .. ": opts must be a table, got " .. type(opts), level) end
+  for k, v in pairs(opts) do
+    local want = WAIT_OPTIONS[k]
+    if not want then error(what .. ": unknown option '" .. tostring(k) .. "'", level) end
+    if type(v) ~= want then
+      error(what .. ": option '" .. k .. "' must be a " .. want .. ", got " .. type(v), level)
+    end
+  end
+  local t, i, mi = opts.timeout, opts.interval, opts.max_interval
+  if t ~= nil and (t ~= t or t < 0) then error(what .. ": option 'timeout' must be a number >= 0", level) end
+  if i ~= nil and (i ~= i or i <= 0) then error(what .. ": option 'interval' must be a number > 0", level) end
+  if mi ~= nil and (mi ~= mi or mi <= 0) then
+    error(what .. ": option 'max_interval' must be a number > 0", level)
+  end
+end
+
+-- Raises (at `level`) unless `request` is a table whose run options (`wait`,
+-- `upload`, `strict`) are right: run, run_async and run_all check them all
+-- before the first request, so nothing is paid for and then lost to a typo.
+function Client._check_run(_, request, what, level)
+  if type(request) ~= "table" then
+    error(what .. " must be a table, got " .. type(request), level)
+  end
+  _check_wait(request.wait, what .. ": wait", level + 1)
+  if request.upload ~= nil then files.check_options(request.upload, what .. ": upload", level + 1) end
+  local strict = request.strict
+  if strict ~= nil and type(strict) ~= "boolean" then
+    error(what .. ": strict must be a boolean, got " .. type(strict), level)
+  end
+end
+
 --- Polls a task on kie.ai's published schedule (2–3 s for the first 30 s, 5–10 s
 -- until 2 min, 15–30 s after, with jitter) until it ends or the deadline passes.
 -- Returns the finished task, or `nil, err`: `task_failed` (failCode, failMsg),
@@ -241,12 +284,8 @@ local WAIT_OPTIONS = { timeout = "number", interval = "number", max_interval = "
 -- `on_update(info)` (once per state change)
 function Client:wait(task_id, opts)
   _check(task_id, "string", "wait: task_id")
+  _check_wait(opts, "wait", 3)
   opts = opts or {}
-  _check(opts, "table", "wait: opts")
-  for k, v in pairs(opts) do
-    if not WAIT_OPTIONS[k] then error("wait: unknown option '" .. tostring(k) .. "'", 2) end
-    _check(v, WAIT_OPTIONS[k], "wait: option '" .. k .. "'")
-  end
   local timeout = opts.timeout or 900
   local deadline = self._env.now() + timeout
   local user_update = opts.on_update
@@ -267,19 +306,19 @@ end
 -- wait = {...}, strict = bool, upload = {...}}`. Returns the finished task or
 -- `nil, err`; an error after the task was created carries its `task_id`.
 --
--- Local files: an image field of `input` (`image_url`, `mask_url`,
--- `reference_image_urls[i]`, `image_urls[i]`, `reference_mask_urls`) that is not
--- an http(s) URL but names an existing local file is uploaded first (see
--- `upload`; `upload` holds its options) and replaced by its `downloadUrl`.
+-- Local files are never implied: a `kie.file(path)` (or `kie.file{data =, file_name =}`)
+-- in an image field of `input` (`image_url`, `mask_url`, `reference_image_urls[i]`,
+-- `image_urls[i]`, `reference_mask_urls`) is uploaded first (see `upload`;
+-- `upload` holds its options) and replaced by its `downloadUrl`; a plain string
+-- there that is not an http(s) URL is a `validation` error (see `kie.files`).
 -- `create_task` itself stays strict: it sends exactly one request and takes URLs
 -- only.
 function Client:run(request)
-  _check(request, "table", "run: request")
+  self:_check_run(request, "run: request", 3)
   local req = {}
   for k, v in pairs(request) do
     if k ~= "wait" and k ~= "strict" and k ~= "upload" then req[k] = v end
   end
-  if request.upload ~= nil then _check(request.upload, "table", "run: request.upload") end
   local lerr
   req, lerr = files.resolve_local(self, req, request.upload)
   if not req then return nil, lerr end
@@ -293,13 +332,35 @@ function Client:run(request)
   return info
 end
 
---- The journal's unfinished tasks: `{ {taskId =, model =, created =}, ... }`, so a
--- restarted process can `wait` on them instead of paying again.
+--- The journal's unfinished tasks and unresolved creates, oldest first, so a
+-- restarted process can `wait` on them instead of paying again: `{taskId =,
+-- model =, created = <epoch s>}` for a task; `{unknown = true, fingerprint =,
+-- model =, created =, intent =}` for a create whose outcome is unknown (sent,
+-- answer never read: check kie.ai's logs or your callback, then `forget` it).
+-- A task ends when `get_task`/`wait` sees `success`, `fail` or a 404.
 function Client:resume()
   if not self._journal then
     error("resume: no journal configured (kie.new{journal = path})", 2)
   end
   return self._journal:unfinished()
+end
+
+--- Ends one entry of `resume()` by writing a record: a task id, an intent id, or
+-- a fingerprint (the oldest unresolved create with it). Returns true when one
+-- was ended, false when nothing unfinished matches `id`, or `nil, err` (kind
+-- `io`) when the journal cannot be written.
+-- @tparam string id
+function Client:forget(id)
+  _check(id, "string", "forget: id")
+  if not self._journal then
+    error("forget: no journal configured (kie.new{journal = path})", 2)
+  end
+  local ok, msg = self._journal:forget(id)
+  if ok == nil then
+    return nil, errors.new("io", "forget: the journal cannot be written: " .. tostring(msg),
+      { op = "forget" })
+  end
+  return ok
 end
 
 --- Remaining credits (a number) or `nil, err`.
@@ -328,6 +389,39 @@ function Client:download_url(url)
 end
 
 local DOWNLOAD_CAP = 100 * 1024 * 1024
+local DOWNLOAD_TIMEOUT = 300 -- seconds, the whole transfer (or the client's timeout, when longer)
+local NO_CAP = 2 ^ 53        -- what max_bytes = math.huge means: bytes no file reaches
+
+local DOWNLOAD_OPTIONS = { max_bytes = "number", refresh = "boolean", progress = "function",
+  timeout = "number" }
+
+-- download's options, checked: returns the byte cap and the timeout.
+local function _download_opts(self, opts)
+  if opts == nil then return DOWNLOAD_CAP, max(DOWNLOAD_TIMEOUT, self._opts.timeout) end
+  if type(opts) ~= "table" then error("download: opts must be a table, got " .. type(opts), 3) end
+  for k, v in pairs(opts) do
+    local want = DOWNLOAD_OPTIONS[k]
+    if not want then error("download: unknown option '" .. tostring(k) .. "'", 3) end
+    if type(v) ~= want then
+      error("download: option '" .. k .. "' must be a " .. want .. ", got " .. type(v), 3)
+    end
+  end
+  local cap, timeout = opts.max_bytes, opts.timeout
+  if cap == huge then
+    cap = NO_CAP
+  elseif cap == nil then
+    cap = DOWNLOAD_CAP
+  elseif cap ~= cap or cap < 1 or cap % 1 ~= 0 or cap > NO_CAP then
+    error("download: option 'max_bytes' must be a whole number of bytes from 1 to 2^53, "
+      .. "or math.huge (no cap), got " .. tostring(cap), 3)
+  end
+  if timeout == nil then
+    timeout = max(DOWNLOAD_TIMEOUT, self._opts.timeout)
+  elseif timeout ~= timeout or timeout <= 0 or timeout == huge then
+    error("download: option 'timeout' must be a finite number of seconds > 0, got " .. tostring(timeout), 3)
+  end
+  return cap, timeout
+end
 
 local function _expired(err)
   return err.kind == "not_found" or (err.kind == "http" and (err.status == 403 or err.status == 410))
@@ -339,22 +433,29 @@ end
 -- one is asked from `download_url` and tried once. Returns `path` or `nil, err`.
 -- @tparam string url
 -- @tparam string path
--- @tparam[opt] table opts `max_bytes` (default 100 MiB), `refresh` (default true),
--- `progress` (`function(bytes_so_far, total_or_nil)`: called from Lua between
--- transfer steps whenever the count changed, and once at the end with the final
--- size; it restarts from 0 when a refreshed link is tried; see `kie.files`)
+-- @tparam[opt] table opts `max_bytes` (default 100 MiB; a whole number, or
+-- `math.huge` for no cap), `timeout` (seconds for the whole download, refresh
+-- included; default 300, or the client's `timeout` when longer), `refresh`
+-- (default true), `progress` (`function(bytes_so_far, total_or_nil)`: called
+-- from Lua between transfer steps whenever the count changed, and once at the
+-- end with the final size; it restarts from 0 when a refreshed link is tried;
+-- see `kie.files`). An unknown option name raises.
 function Client:download(url, path, opts)
   _check(url, "string", "download: url")
   _check(path, "string", "download: path")
+  local cap, timeout = _download_opts(self, opts)
   opts = opts or {}
-  local cap = opts.max_bytes or DOWNLOAD_CAP
   local rep = opts.progress ~= nil and files.reporter(opts.progress) or nil
-  if rep then _check(opts.progress, "function", "download: opts.progress") end
+  local now = self._env.now
+  local deadline = now() + timeout
   local tmp = path .. ".part-" .. tostring(os.time()) .. "-" .. tostring(math.random(1e9))
-  local ok, err = files.io(self, Client._io, rep, "fetch", url, tmp, cap)
+  local ok, err = files.io(self, Client._io, rep, "fetch", url, tmp, cap, timeout)
   if not ok and opts.refresh ~= false and _expired(err) then
     local fresh = self:download_url(url)
-    if fresh then ok, err = files.io(self, Client._io, rep, "fetch", fresh, tmp, cap) end
+    local left = deadline - now()
+    if fresh and left > 0 then
+      ok, err = files.io(self, Client._io, rep, "fetch", fresh, tmp, cap, left)
+    end
   end
   if ok and rep then rep.finish(err) end -- err is the byte count here
   if not ok then
@@ -403,12 +504,13 @@ end
 --- `wait` without blocking (see `create_task_async`).
 function Client:wait_async(task_id, opts, cb)
   _check(task_id, "string", "wait_async: task_id")
+  _check_wait(opts, "wait_async", 3)
   return self:_async(cb, "wait", task_id, opts)
 end
 
 --- `run` without blocking (see `create_task_async`).
 function Client:run_async(request, cb)
-  _check(request, "table", "run_async: request")
+  self:_check_run(request, "run_async: request", 3)
   return self:_async(cb, "run", request)
 end
 

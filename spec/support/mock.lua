@@ -231,7 +231,7 @@ local function nginx_conf(o)
   add("  lua_shared_dict kie_mock 32m;")
   add("  lua_shared_dict kie_mock_log 64m;")
   add("  init_by_lua_block { require(\"control\").init([==[" .. o.prefix .. "/config.json]==]) }")
-  add("  init_worker_by_lua_block { require(\"watchdog\").start() }")
+  add("  init_worker_by_lua_block { math.randomseed(ngx.now() * 1000 + ngx.worker.pid()) require(\"watchdog\").start() }")
   if o.http_conf then add(o.http_conf) end
   add("  server {")
   add("    listen 127.0.0.1:" .. o.port .. ";")
