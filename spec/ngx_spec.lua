@@ -299,6 +299,10 @@ function M.run_all_update()
   end
   local ok, msg = pcall(client().run_all, client(), reqs, { concurency = 2 })
   out.unknown = not ok and tostring(msg) or cjson.null
+  -- a typo in item 2's wait options raises before item 1 is created
+  reqs[2] = { model = "ideogram/v3-reframe", input = REFRAME, wait = { timout = 5 } }
+  ok, msg = pcall(client().run_all, client(), reqs)
+  out.typo = not ok and tostring(msg) or cjson.null
   reply(out)
 end
 
@@ -689,6 +693,7 @@ describe("kie.ngx in nginx #ngx", function()
 
     it("run_all calls on_update(i, info); an item whose own code raises ends as kind raised, "
       .. "the others go on", function()
+      m:reset()
       local _, doc = get_json(m.url .. "/t/run_all_update")
       assert.equals("success", doc.states[1])
       assert.equals("success", doc.states[4])
@@ -707,6 +712,8 @@ describe("kie.ngx in nginx #ngx", function()
       for _, u in ipairs(doc.updates) do seen[u] = true end
       assert.is_true(seen["1:success"] and seen["4:success"] and seen["2:success"], table.concat(doc.updates, " "))
       assert.matches("run_all: unknown option 'concurency'", doc.unknown, 1, true)
+      assert.matches("run_all: request 2: wait: unknown option 'timout'", doc.typo, 1, true)
+      assert.equals(4, m:count("/api/v1/jobs/createTask")) -- the first run_all's four only
     end)
 
     it("works from an ngx.timer.at callback", function()

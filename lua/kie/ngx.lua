@@ -384,9 +384,8 @@ function NgxClient:run_all(list, opts)
     if not RUN_ALL_OPTIONS[k] then error("run_all: unknown option '" .. tostring(k) .. "'", 2) end
   end
   local n = #list
-  for i = 1, n do
-    if type(list[i]) ~= "table" then error("run_all: item " .. i .. " must be a table", 2) end
-  end
+  -- every item's options before the first request (nothing paid, then a raise)
+  for i = 1, n do self:_check_run(list[i], "run_all: request " .. i, 3) end
   local concurrency = opts.concurrency or 8
   if type(concurrency) ~= "number" or concurrency < 1 or concurrency % 1 ~= 0 then
     error("run_all: concurrency must be a whole number >= 1", 2)
@@ -406,16 +405,14 @@ function NgxClient:run_all(list, opts)
   local function item(i, seen)
     local req, w = {}, {}
     for k, v in pairs(list[i]) do req[k] = v end
-    if type(req.wait) == "table" then for k, v in pairs(req.wait) do w[k] = v end end
-    if req.wait == nil or type(req.wait) == "table" then
-      local inner = w.on_update
-      w.on_update = function(info)
-        if type(info) == "table" then seen[i] = info.taskId end
-        if inner then inner(info) end
-        if on_update then on_update(i, info) end
-      end
-      req.wait = w
+    for k, v in pairs(req.wait or {}) do w[k] = v end
+    local inner = w.on_update
+    w.on_update = function(info)
+      seen[i] = info.taskId
+      if inner then inner(info) end
+      if on_update then on_update(i, info) end
     end
+    req.wait = w
     return self:run(req)
   end
   local function worker()
