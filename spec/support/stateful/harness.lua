@@ -490,13 +490,13 @@ function H.run(backend, cfg, ops, opts)
     end
     at = 0
     drain()
+    account() -- everything has ended: nothing can still be learned
     if not opts.no_close then
       local c = st.c
       local cok, cerr = pcall(c.close, c)
       if not cok then fail("cancel", "close() raised: " .. tostring(cerr)) end
       post_close(c)
     end
-    account()
   end, function(e)
     if type(e) == "table" and e.stateful then return e end
     return { class = "raised", msg = "an op raised: " .. tostring(e), traceback = debug.traceback(tostring(e), 2) }
