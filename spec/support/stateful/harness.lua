@@ -13,6 +13,8 @@
 --               its request, or a journal entry
 --   sent_twice  no create reached the server twice (except after a 429/455 answer)
 --   typed       every error handed to a callback is a typed table with a kind
+--   handle      a handle is done() when its callback fires
+--   run_all_cancel  a canceled run_all starts no further item
 --
 -- H.run returns nil when every invariant held, else a failure {class =, msg =, at =}
 -- (`at`: the index of the op after which it was seen; 0: at the end).
@@ -74,11 +76,16 @@ function H.run(backend, cfg, ops, opts)
       step_budget_ms = budget_value(cfg.budget) }
   end
 
+  -- the fingerprint of nonce's request as client c computes it (kie.fingerprint, or
+  -- the older Client:_fingerprint); nil when neither is there
+  local has_fp_module, fp_module = pcall(require, "kie.fingerprint")
   local function fingerprint(c, nonce)
     local req = st.req_of[nonce]
-    if not req or type(c._fingerprint) ~= "function" then return nil end
-    local checked = models.check(req, true)
-    return checked and c:_fingerprint(checked) or nil
+    local checked = req and models.check(req, true)
+    if not checked then return nil end
+    if has_fp_module and type(fp_module) == "function" and c._mod then return fp_module(c._mod, checked) end
+    if type(c._fingerprint) == "function" then return c:_fingerprint(checked) end
+    return nil
   end
 
   local function new_req()
@@ -138,7 +145,8 @@ function H.run(backend, cfg, ops, opts)
   end
 
   local function new_call(kind, nonce)
-    local rec = { n = #st.calls + 1, kind = kind, nonce = nonce, gen = st.gen, fired = 0, client = st.c }
+    local rec = { n = #st.calls + 1, kind = kind, nonce = nonce, gen = st.gen, fired = 0, client = st.c,
+      weak = setmetatable({}, { __mode = "v" }) }
     st.calls[rec.n] = rec
     rec.cb = function(res, err)
       rec.fired = rec.fired + 1
@@ -146,6 +154,8 @@ function H.run(backend, cfg, ops, opts)
       if rec.fired > 1 then violate("once", "the callback of " .. what .. " fired twice") end
       if not st.in_step then violate("once", "the callback of " .. what .. " fired outside step") end
       rec.res, rec.err = res, err
+      local h = rec.handle or rec.weak[1]
+      if h and not h:done() then violate("handle", "the callback of " .. what .. " fired, its handle is not done()") end
       learn(res, err, rec.nonce, rec.client)
       check_cancel_result(what, rec, res, err)
       if rec.closes and rec.fired == 1 then
@@ -192,7 +202,7 @@ function H.run(backend, cfg, ops, opts)
     if st.violation then fail(st.violation.class, st.violation.msg) end
   end
 
-  local post_close
+  local post_close, sent_counts
 
   -- One step of client c, with the step and raise invariants.
   local function step(c, timeout, budget)
@@ -277,6 +287,16 @@ function H.run(backend, cfg, ops, opts)
     return live
   end
 
+  -- nonce -> how many creates of it the server saw, for the nonces in `nonces`
+  function sent_counts(nonces)
+    local want, out = {}, {}
+    for _, nonce in ipairs(nonces) do want[nonce] = true out[nonce] = 0 end
+    for _, cr in ipairs(backend:creates()) do
+      if want[cr.nonce] then out[cr.nonce] = out[cr.nonce] + 1 end
+    end
+    return out
+  end
+
   local EXEC = {}
 
   local function start(op)
@@ -291,7 +311,9 @@ function H.run(backend, cfg, ops, opts)
     start(op)
     local req, nonce = new_req()
     local rec = new_call("create", nonce)
-    rec.handle = st.c:create_task_async(req, rec.cb)
+    local h = st.c:create_task_async(req, rec.cb)
+    -- GC pressure: some handles are dropped at once (the call must go on all the same)
+    if op.pick < 0.85 then rec.handle = h else rec.weak[1] = h end
   end
 
   function EXEC.get(op)
@@ -397,6 +419,13 @@ function H.run(backend, cfg, ops, opts)
     local ok, ret = pcall(rec.handle.cancel, rec.handle)
     if not ok then fail("cancel", "cancel() raised: " .. tostring(ret)) end
     rec.cancel_ret = ret
+    if ret and rec.kind == "spawn_run_all" then
+      -- "canceling a run_all starts no further item": the creates the server has seen
+      -- of this run_all now are all it may ever see (the mock: after the requests
+      -- already on their way have arrived)
+      if backend:real_time() then require("kie.core").sleep(0.1) end
+      rec.sent_at_cancel = sent_counts(rec.nonces)
+    end
     collect_jobs()
     check_violation()
   end
@@ -459,10 +488,14 @@ function H.run(backend, cfg, ops, opts)
         local nonce = backend:nonce_of(id)
         if nonce then known[nonce] = known[nonce] or "journal" end
       end
-      for fp in text:gmatch('"fingerprint"%s*:%s*"([^"]+)"') do st.fps[fp] = true end
+      -- an unresolved intent (resume(): unknown = true) accounts for its fingerprint
       local c = st.c
       local ok, list = pcall(c.resume, c)
       if not ok then fail("accounted", "resume() raised: " .. tostring(list)) end
+      for _, e in ipairs(list) do
+        if e.unknown and type(e.fingerprint) == "string" then st.fps[e.fingerprint] = true end
+        if type(e.taskId) == "string" then known[backend:nonce_of(e.taskId) or ""] = "journal" end
+      end
     end
     local nonces = {}
     for nonce in pairs(made) do nonces[#nonces + 1] = nonce end
@@ -476,6 +509,17 @@ function H.run(backend, cfg, ops, opts)
     end
     for nonce, n in pairs(sent) do
       if n > 1 then fail("sent_twice", "the create " .. nonce .. " reached the server " .. n .. " times") end
+    end
+    for _, j in ipairs(st.jobs) do
+      if j.sent_at_cancel then
+        local now = sent_counts(j.nonces)
+        for _, nonce in ipairs(j.nonces) do
+          if now[nonce] > j.sent_at_cancel[nonce] then
+            fail("run_all_cancel", "job #" .. j.n .. " (run_all) was canceled, then its create " .. nonce ..
+              " reached the server")
+          end
+        end
+      end
     end
   end
 
