@@ -45,7 +45,7 @@ local DISABLED = {
   -- the id stays in self._ready, _hand_over calls core:result on it); #4: canceling
   -- a spawned run_all does not stop its workers (Client:run_all's workers are
   -- scheduler.start'ed coroutines of their own: canceling the parent leaves them running)
-  cancel = "#4, #5, #6",
+  cancel = "#4, #5, #6", cancel_cb = "#4, #5, #6",
 }
 -- Fault kinds (backends.lua's names) left out of the fixed seeds, the same way.
 local DISABLED_FAULTS = {

@@ -61,6 +61,7 @@ function H.run(backend, cfg, ops, opts)
     fps = {},                        -- fingerprints of unknown_outcome errors
     req_of = {},                     -- nonce -> the create request
     raises = {}, in_step = false, violation = nil,
+    closed_clients = setmetatable({}, { __mode = "k" }),
   }
   local journal = cfg.journal and os.tmpname() or nil
   if journal then os.remove(journal) end
@@ -158,7 +159,9 @@ function H.run(backend, cfg, ops, opts)
       if h and not h:done() then violate("handle", "the callback of " .. what .. " fired, its handle is not done()") end
       learn(res, err, rec.nonce, rec.client)
       check_cancel_result(what, rec, res, err)
+      if rec.fired == 1 and rec.then_fn then rec.then_fn() end
       if rec.closes and rec.fired == 1 then
+        st.closed_clients[rec.client] = true
         rec.client:close() -- a user callback closing the client (raises: the step raises it)
         if rec.client == st.c and not st.closing then st.closed_in_cb = true end
       end
@@ -269,6 +272,7 @@ function H.run(backend, cfg, ops, opts)
 
   local function close()
     local c = st.c
+    st.closed_clients[c] = true
     local ok, err = pcall(c.close, c)
     if not ok then fail("cancel", "close() raised: " .. tostring(err)) end
     check_violation()
@@ -350,6 +354,34 @@ function H.run(backend, cfg, ops, opts)
       rec.handle = st.c:get_task_async(pick_id(op), rec.cb)
     end
     rec.kind = rec.kind .. "+" .. field
+  end
+
+  -- a callback that starts a create on its client (unless the program closed it)
+  function EXEC.chain_cb(op)
+    special(op, "chains", true)
+    local rec = st.calls[#st.calls]
+    local c = rec.client
+    rec.then_fn = function()
+      if st.closed_clients[c] then return end
+      local req, nonce = new_req()
+      local chained = new_call("create(chained)", nonce)
+      chained.client, chained.gen = c, rec.gen
+      chained.handle = c:create_task_async(req, chained.cb)
+    end
+  end
+
+  -- a callback that cancels another live call or job
+  function EXEC.cancel_cb(op)
+    special(op, "cancels", true)
+    local rec = st.calls[#st.calls]
+    rec.then_fn = function()
+      local live = live_handles()
+      if #live == 0 then return end
+      local victim = live[floor(op.pick * #live) + 1]
+      local ok, ret = pcall(victim.handle.cancel, victim.handle)
+      if not ok then violate("cancel", "cancel() from a callback raised: " .. tostring(ret)) return end
+      victim.cancel_ret = ret
+    end
   end
 
   function EXEC.raise_cb(op)

@@ -23,15 +23,16 @@ end
 M.WEIGHTS = {
   create = 12, get = 7, wait = 5, run = 5,
   spawn_run = 4, spawn_seq = 3, spawn_run_all = 3, spawn_raise = 1,
-  cancel = 8, close = 2, close_cb = 1, raise_cb = 2,
+  cancel = 8, close = 2, close_cb = 1, raise_cb = 2, chain_cb = 3, cancel_cb = 2,
   step = 32, gc = 5,
 }
 M.ORDER = { "create", "get", "wait", "run", "spawn_run", "spawn_seq", "spawn_run_all",
-  "spawn_raise", "cancel", "close", "close_cb", "raise_cb", "step", "gc" }
+  "spawn_raise", "cancel", "close", "close_cb", "raise_cb", "chain_cb", "cancel_cb", "step", "gc" }
 
 -- kinds that start a call and may carry a fault for the server
 local STARTS = { create = true, get = true, wait = true, run = true, spawn_run = true,
-  spawn_seq = true, spawn_run_all = true, close_cb = true, raise_cb = true }
+  spawn_seq = true, spawn_run_all = true, close_cb = true, raise_cb = true, chain_cb = true,
+  cancel_cb = true }
 
 M.TIMEOUTS = { 0, 0, 0, 1, 5, 20 }
 M.BUDGETS = { "default", 0, 0.05, "huge" }
