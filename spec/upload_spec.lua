@@ -264,19 +264,21 @@ describe("upload against the mock #core", function()
     assert.equals(#data, res.fileSize)
   end)
 
-  describe("run{} with local paths", function()
-    it("uploads local refs first, then creates with their URLs", function()
+  describe("run{} with local files (kie.file)", function()
+    it("uploads kie.file refs first, then creates with their URLs", function()
       local ref = dir .. "/hero.png"
       write(ref, PNG_MAGIC .. bytes(4000, 11))
       local request = { model = "ideogram/character", input = {
-        prompt = "a knight", reference_image_urls = { ref, "file://" .. ref },
+        prompt = "a knight", reference_image_urls = { kie.file(ref), kie.file(ref) },
       }, wait = { interval = 0.02 } }
+      local refs = request.input.reference_image_urls
       local info, err = c:run(request)
       assert.is_nil(err)
       assert.equals("success", info.state)
       -- the same path once, the caller's table untouched
       assert.equals(1, m:count("/api/file-stream-upload"))
-      assert.same({ ref, "file://" .. ref }, request.input.reference_image_urls)
+      assert.equals(refs, request.input.reference_image_urls)
+      assert.is_true(files.is_file(refs[1]) and refs[1].path == ref)
       local sent = m:requests("/api/v1/jobs/createTask")[1].body
       local want = (m.url .. "/uploads/kie-lua/hero.png"):gsub("/", "\\/")
       assert.truthy(sent:find('"reference_image_urls":["' .. want .. '","' .. want .. '"]', 1, true))
@@ -286,8 +288,8 @@ describe("upload against the mock #core", function()
       local img = dir .. "/in.jpg"
       write(img, JPEG_MAGIC .. bytes(100))
       local info, err = c:run{ model = "ideogram/character-remix", input = {
-        prompt = "remix", image_url = img, reference_image_urls = { "https://example.com/r.png" },
-        image_urls = { img },
+        prompt = "remix", image_url = kie.file(img), reference_image_urls = { "https://example.com/r.png" },
+        image_urls = { kie.file(img) },
       }, upload = { upload_path = "runs" }, wait = { interval = 0.02 } }
       assert.is_nil(err)
       assert.equals("success", info.state)
@@ -295,32 +297,91 @@ describe("upload against the mock #core", function()
       assert.truthy(m:requests("/api/v1/jobs/createTask")[1].body:find("runs\\/in.jpg", 1, true))
     end)
 
-    it("returns validation for a path that does not exist, and sends nothing", function()
-      local r, e = c:run{ model = "ideogram/character", input = {
-        prompt = "x", reference_image_urls = { dir .. "/missing.png" } } }
+    it("uploads kie.file{data = bytes, file_name = ...} as Base64", function()
+      local info, err = c:run{ model = "ideogram/character", input = { prompt = "x",
+        reference_image_urls = { kie.file{ data = PNG_MAGIC .. bytes(300), file_name = "mem.png" } } },
+        wait = { interval = 0.02 } }
+      assert.is_nil(err)
+      assert.equals("success", info.state)
+      assert.equals(1, m:count("/api/file-base64-upload"))
+      assert.equals(0, m:count("/api/file-stream-upload"))
+      assert.truthy(m:requests("/api/v1/jobs/createTask")[1].body:find("kie-lua\\/mem.png", 1, true))
+    end)
+
+    it("never reads a plain string: an existing path or file:// is a validation error naming kie.file", function()
+      local secret = dir .. "/secret.png"
+      write(secret, PNG_MAGIC .. bytes(100))
+      for _, v in ipairs{ secret, "file://" .. secret, "/etc/passwd", "ftp://example.com/a.png", "refs/a.png" } do
+        for _, field in ipairs{ "reference_image_urls", "image_url", "mask_url" } do
+          local input = { prompt = "x", reference_image_urls = { "https://example.com/r.png" } }
+          local where = field
+          if field == "reference_image_urls" then
+            input[field] = { "https://example.com/ok.png", v }
+            where = field .. "[2]"
+          else
+            input[field] = v
+          end
+          local r, e = c:run{ model = "ideogram/character-edit", input = input }
+          assert.is_nil(r, v)
+          assert.equals("validation", e.kind)
+          assert.equals("input." .. where, e.field)
+          assert.matches("input%." .. where:gsub("%p", "%%%0") .. " ", e.message)
+          assert.matches("kie.file(path)", e.message, 1, true)
+        end
+      end
+      assert.equals(0, m:count("/api/*"))
+    end)
+
+    it("checks every field before uploading anything", function()
+      local ref = dir .. "/first.png"
+      write(ref, PNG_MAGIC .. bytes(100))
+      local r, e = c:run{ model = "ideogram/character-edit", input = { prompt = "x",
+        image_url = kie.file(ref), mask_url = dir .. "/mask.png",
+        reference_image_urls = { "https://example.com/r.png" } } }
       assert.is_nil(r)
-      assert.equals("validation", e.kind)
-      assert.matches("input%.reference_image_urls%[1%]", e.message)
+      assert.equals("input.mask_url", e.field)
+      assert.equals(0, m:count("/api/*"))
+    end)
+
+    it("returns io for a kie.file that does not exist, and sends nothing", function()
+      local r, e = c:run{ model = "ideogram/character", input = {
+        prompt = "x", reference_image_urls = { kie.file(dir .. "/missing.png") } } }
+      assert.is_nil(r)
+      assert.equals("io", e.kind)
+      assert.matches("^run: uploading input%.reference_image_urls%[1%]: upload: cannot open", e.message)
       assert.equals(0, m:count("/api/*"))
     end)
 
     it("stops at an upload failure, before creating (wrong type)", function()
       local txt = dir .. "/fake.png"
       write(txt, "text")
-      local r, e = c:run{ model = "ideogram/character", input = { prompt = "x", reference_image_urls = { txt } } }
+      local r, e = c:run{ model = "ideogram/character", input = { prompt = "x",
+        reference_image_urls = { kie.file(txt) } } }
       assert.is_nil(r)
       assert.equals("validation", e.kind)
       assert.matches("^run: uploading input%.reference_image_urls%[1%]: upload: ", e.message)
       assert.equals(0, m:count("/api/*"))
     end)
 
-    it("keeps create_task strict: a local path there is a validation error", function()
+    it("kie.file raises on misuse", function()
+      assert.has_error(function() kie.file() end)
+      assert.has_error(function() kie.file("") end)
+      assert.has_error(function() kie.file(42) end)
+      assert.has_error(function() kie.file{ path = "x.png" } end)
+      assert.has_error(function() kie.file{ data = 1 } end)
+      assert.has_error(function() kie.file{ data = "x", file_name = 3 } end)
+      assert.matches("kie.file", tostring(kie.file("a.png")), 1, true)
+    end)
+
+    it("keeps create_task strict: a local path or kie.file there is a validation error", function()
       local ref = dir .. "/strict.png"
       write(ref, PNG_MAGIC .. "x")
-      local r, e = c:create_task{ model = "ideogram/character",
-        input = { prompt = "x", reference_image_urls = { ref } } }
-      assert.is_nil(r)
-      assert.equals("validation", e.kind)
+      for _, v in ipairs{ ref, kie.file(ref) } do
+        local r, e = c:create_task{ model = "ideogram/character",
+          input = { prompt = "x", reference_image_urls = { v } } }
+        assert.is_nil(r)
+        assert.equals("validation", e.kind)
+      end
       assert.equals(0, m:count("/api/*"))
     end)
 
@@ -328,8 +389,8 @@ describe("upload against the mock #core", function()
       local ref = dir .. "/spawned.png"
       write(ref, PNG_MAGIC .. bytes(500))
       local h = kie.spawn(function()
-        return c:run{ model = "ideogram/character", input = { prompt = "x", reference_image_urls = { ref } },
-          wait = { interval = 0.02 } }
+        return c:run{ model = "ideogram/character", input = { prompt = "x",
+          reference_image_urls = { kie.file(ref) } }, wait = { interval = 0.02 } }
       end)
       local n = 0
       while not h:done() and n < 5000 do c:step(5); n = n + 1 end

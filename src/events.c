@@ -13,9 +13,12 @@
  *    called from another thread. The pipe is drained by the next poll.
  *  - The budget bounds socket reads only: libcurl's due timers (a transfer that was
  *    just added, a timeout) always run, and a timer may finish more than one.
- *  - The socket callback may run while we dispatch: dispatch walks a copy of the
- *    watch list (the pollfd array), never the list itself. A socket poll() reports
- *    as invalid is dropped from the list after libcurl has seen the error.
+ *  - The socket callback may run while we dispatch (any curl_multi_socket_action
+ *    also runs libcurl's due timers, e.g. happy eyeballs opening a second socket):
+ *    dispatch walks a copy of the watch list (the pollfd array), never the list
+ *    itself, and re-reads that copy by index after every libcurl call, since the
+ *    callback may realloc it. A socket poll() reports as invalid is dropped from
+ *    the list after libcurl has seen the error.
  *  - poll() over the list: right for the tens to hundreds of transfers a client has;
  *    thousands would want epoll.
  */
@@ -136,16 +139,19 @@ int kie_events_wait(kie_client *c, int wait_ms, long timer_ms, double deadline) 
   start = n > 0 ? c->rr % n : 0;
   c->unread = 0;
   for (k = 0; k < n && ready > 0; k++) {
-    struct pollfd *p = &c->pfds[(start + k) % n];
+    /* copied out, never a pointer: the socket callback may realloc pfds during
+     * curl_multi_socket_action (a timer opening a socket); re-indexed each turn */
+    curl_socket_t fd = c->pfds[(start + k) % n].fd;
+    short rev = c->pfds[(start + k) % n].revents;
     int ev = 0;
-    if (!p->revents) continue;
+    if (!rev) continue;
     ready--;
-    if (p->revents & (POLLIN | POLLHUP)) ev |= CURL_CSELECT_IN;
-    if (p->revents & POLLOUT) ev |= CURL_CSELECT_OUT;
-    if (p->revents & (POLLERR | POLLNVAL)) ev |= CURL_CSELECT_ERR;
-    if (curl_multi_socket_action(c->multi, p->fd, ev, &running) != CURLM_OK) return 0;
-    if (p->revents & POLLNVAL) { /* closed behind libcurl's back: stop polling it */
-      int i = find_watch(c, p->fd);
+    if (rev & (POLLIN | POLLHUP)) ev |= CURL_CSELECT_IN;
+    if (rev & POLLOUT) ev |= CURL_CSELECT_OUT;
+    if (rev & (POLLERR | POLLNVAL)) ev |= CURL_CSELECT_ERR;
+    if (curl_multi_socket_action(c->multi, fd, ev, &running) != CURLM_OK) return 0;
+    if (rev & POLLNVAL) { /* closed behind libcurl's back: stop polling it */
+      int i = find_watch(c, fd);
       if (i >= 0) c->watch[i] = c->watch[--c->nwatch];
     }
     if (deadline > 0 && ready > 0 && kie_monotonic() >= deadline) {

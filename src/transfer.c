@@ -12,6 +12,11 @@
  *    next. Sequential calls reuse one TCP connection and one TLS session.
  *  - No Accept-Encoding: the API's answers are small JSON and downloads are images
  *    (already compressed); decoding cost more CPU than it saved on the wire.
+ *  - A create (KIE_OP_CREATE) always opens a fresh connection (CURLOPT_FRESH_CONNECT):
+ *    libcurl resends a request, unasked, when a reused connection dies before the
+ *    answer starts, and a resent create is paid twice. On a fresh connection that
+ *    retry never happens; the connection is kept for later reads. Creates are paced
+ *    (2/s), so the handshake costs nothing that matters.
  *  - TLS verification is always on; redirects are never followed (the key would
  *    travel with them); only http and https are allowed.
  *  - Four header lists: JSON calls carry auth + JSON headers, GETs auth + Accept
@@ -247,9 +252,15 @@ static int set_request(kie_client *c, kie_xfer *x, const char *url, long timeout
   if (x->op == KIE_OP_UPLOAD) h = c->form_headers;
   else if (x->op != KIE_OP_FETCH) h = c->headers;
   bad |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, h) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (timeout_ms > 0 && timeout_ms < c->timeout_ms)
-                                                  ? timeout_ms : c->timeout_ms) != CURLE_OK;
+  /* a request's own timeout may only shorten the client's, except a download's,
+   * which replaces it (a file may take longer than an API call) */
+  bad |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
+                          (timeout_ms > 0 && (timeout_ms < c->timeout_ms || x->op == KIE_OP_FETCH))
+                              ? timeout_ms : c->timeout_ms) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->cap) != CURLE_OK;
+  /* libcurl silently resends a request whose reused connection died before any
+   * answer byte: a create must never go out on a connection it could resend on */
+  bad |= curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, x->op == KIE_OP_CREATE ? 1L : 0L) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_WRITEDATA, x) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_HEADERDATA, x) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf) != CURLE_OK;

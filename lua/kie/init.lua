@@ -10,6 +10,7 @@
 
 local Client = require "kie.client"
 local errors = require "kie.errors"
+local files = require "kie.files"
 local scheduler = require "kie.scheduler"
 
 local M = {
@@ -55,6 +56,11 @@ M.spawn = scheduler.spawn
 function M.new(opts)
   return Client.new(opts)
 end
+
+--- Marks a local file for `run`: `kie.file(path)` or `kie.file{data = bytes,
+-- file_name = ...}` in an image field (`image_url`, `reference_image_urls[i]` ...)
+-- is uploaded first and sent as its URL. Plain strings are never read as paths.
+M.file = files.file
 
 --- Marks a table so that it is sent as a JSON object even when empty
 -- (empty tables are sent as `[]`, which is what every empty list in this API is).

@@ -279,7 +279,8 @@ end
 
 -- Records one request and answers it: a scripted fault, or serve(). Blocking, the
 -- clock moves by the latency and the answer is returned; async, a transfer id.
-function Handle:_run(async, op, core_op, rec, serve)
+-- `timeout`: this request's own (shorter) timeout, as the real core's get_task takes.
+function Handle:_run(async, op, core_op, rec, serve, timeout)
   local fake = self._fake
   rec.op, rec.at, rec.async = op, fake._t, async
   fake._log[#fake._log + 1] = rec
@@ -287,7 +288,12 @@ function Handle:_run(async, op, core_op, rec, serve)
   local delay, results = fake._latency, nil
   if fault then
     rec.fault = fault
-    delay = fault.kind == "timeout" and self._timeout or fault.delay or delay
+    if fault.kind == "timeout" then
+      delay = self._timeout
+      if timeout and timeout < delay then delay = timeout end
+    else
+      delay = fault.delay or delay
+    end
     if fault.kind or fault.code or fault.status then
       if fault.created and op == "create_task" then serve() end -- made, but the answer was lost
       results = _pack(nil, _fault_error(fault, core_op, rec.task_id))
@@ -329,8 +335,11 @@ function IMPL.create_task(h, async, req)
   end)
 end
 
-function IMPL.get_task(h, async, id)
+function IMPL.get_task(h, async, id, timeout)
   _check(id, "string", "get_task: task_id")
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout <= 0) then
+    error("get_task: timeout must be a number > 0, got " .. tostring(timeout), 3)
+  end
   if id == "" then
     return nil, { kind = "validation", message = "get_task: task_id is empty", retryable = false, op = "get_task" }
   end
@@ -340,7 +349,7 @@ function IMPL.get_task(h, async, id)
     local task = fake._tasks[id]
     if not task then return nil, _fault_error({ code = 404, msg = "Task not found" }, "get_task", id) end
     return fake:_view(task)
-  end)
+  end, timeout)
 end
 
 -- An upload's answer: the file is kept and served at its downloadUrl.
@@ -670,7 +679,8 @@ end
 -- * `{kind = "network"}`: the connection failed, nothing was sent; `sent = true`:
 --   it broke after sending (a create then gets `unknown_outcome`)
 -- * `{kind = "timeout"}`: no answer within the client's `timeout` (the clock moves
---   by it); a create gets `unknown_outcome`
+--   by it, or by a read's shorter one: `wait` cuts each poll's to the time left); a
+--   create gets `unknown_outcome`
 -- * `{kind = "protocol"}`, `{kind = "too_large"}`: an answer that cannot be read
 -- * any other kind (`io`, `validation`, ...): an error of that kind, as is
 --

@@ -6,6 +6,8 @@
 --   delay            sleep `seconds`, then answer normally (any fault also takes `delay`)
 --   drop_before_body close the connection, body unread, nothing done, no response
 --   drop_after_body  read the body, do the real work (a task IS created), then close
+--   close_after_read read the whole request, log it, then close the connection with no
+--                    answer and nothing done (a kept-alive connection dying under a request)
 --   html_502         HTTP 502 with an HTML proxy error page
 --   code_in_200      HTTP 200 with {"code":<code|500>,"msg":<msg>}
 --   status           HTTP <status> with {"code":<code|status>,"msg":<msg>}
@@ -19,7 +21,8 @@
 --   wrong_shape      HTTP 200 {"code":200,"msg":"success","data":"not-an-object"} on
 --                    createTask, {"code":200,"msg":"success"} (no data) elsewhere; `data` overrides
 --   raw              HTTP `status` (200) with `body`, `content_type`
--- Every kind also accepts `headers` (extra response headers).
+-- Every kind also accepts `headers` (extra response headers) and `latency` (seconds
+-- before the request counts as arrived: mock/account.lua).
 
 local store = require "store"
 local respond = require "respond"
@@ -30,14 +33,14 @@ M.KINDS = {
   delay = true, drop_before_body = true, drop_after_body = true, html_502 = true,
   code_in_200 = true, status = true, bad_json = true, truncated_json = true,
   partial_body = true, huge = true, rate_limit = true, maintenance = true,
-  wrong_shape = true, raw = true,
+  wrong_shape = true, raw = true, close_after_read = true,
 }
 
 -- kinds that replace the normal answer (nothing is done for the request)
 M.REPLACES = {
   html_502 = true, code_in_200 = true, status = true, bad_json = true,
   truncated_json = true, partial_body = true, huge = true, rate_limit = true,
-  maintenance = true, wrong_shape = true, raw = true,
+  maintenance = true, wrong_shape = true, raw = true, close_after_read = true,
 }
 
 function M.add(spec)
@@ -170,6 +173,8 @@ function M.respond(f, uri)
     local data = f.data
     if data == nil and uri == "/api/v1/jobs/createTask" then data = "not-an-object" end
     res = respond.json(200, respond.envelope(200, "success", data))
+  elseif kind == "close_after_read" then
+    return respond.drop()
   elseif kind == "raw" then
     res = respond.text(tonumber(f.status) or 200, f.body or "", f.content_type or "application/json")
   end
