@@ -31,28 +31,25 @@ local core = require "kie.core"
 -- runs them. Kind -> why.
 local DISABLED = {
   -- issue 10 #7: close() (from a callback or with calls in flight) makes every later
-  -- step raise "kie.core: the client is closed" (lua/kie/client.lua:378, Client:step
-  -- calls core:step on the closed core); pending callbacks never fire. Also turns
-  -- off the close() check at the end of each run.
+  -- step raise "kie.core: the client is closed" (lua/kie/loop.lua:171, Client:step
+  -- calls core:step on the closed core; client.lua:518 Client:close only closes the
+  -- core); pending callbacks never fire, spawned jobs never end. Also turns off the
+  -- close() check at the end of each run.
   close = "#7", close_cb = "#7",
   -- issue 10 #8: two callbacks raising in one step: step re-raises the first, the
-  -- others are lost (client.lua Client:step, `error(raised[1], 0)`)
+  -- others are lost (loop.lua:192, `error(raised[1], 0)`)
   raise_cb = "#8",
   -- issue 10 #5: a create canceled after it was sent ends `canceled`, no fingerprint,
-  -- nothing journaled: the task the server made is lost (scheduler.lua Handle:cancel);
-  -- #6: canceling a call whose answer is queued by the step budget makes the next
-  -- step raise "no such transfer" (client.lua _unpark cancels the core transfer,
-  -- the id stays in self._ready, _hand_over calls core:result on it); #4: canceling
-  -- a spawned run_all does not stop its workers (Client:run_all's workers are
-  -- scheduler.start'ed coroutines of their own: canceling the parent leaves them running)
+  -- and without a journal the task the server made is lost (scheduler.lua
+  -- Handle:cancel); #6: canceling a call whose answer is queued by the step budget
+  -- makes the next step raise "no such transfer" (loop.lua:74 _unpark cancels the
+  -- core transfer, its id stays in self._ready, loop.lua:129 _hand_over calls
+  -- core:result on it); #4: canceling a spawned run_all does not stop its workers
+  -- (batch.lua: the workers are scheduler.start'ed coroutines of their own).
   cancel = "#4, #5, #6", cancel_cb = "#4, #5, #6",
 }
 -- Fault kinds (backends.lua's names) left out of the fixed seeds, the same way.
 local DISABLED_FAULTS = {
-  -- issue 10 #1: a create that the server reads on a reused keep-alive connection
-  -- and then drops is silently resent by libcurl (the server makes two tasks, even
-  -- with max_retries = 0)
-  drop_after_body = "#1",
 }
 
 local env = os.getenv
