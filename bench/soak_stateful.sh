@@ -18,7 +18,9 @@ STATEFUL_ALL="${STATEFUL_ALL:-1}" STATEFUL_SEEDS="${STATEFUL_SEEDS:-1000}" \
 STATEFUL_OPS="${STATEFUL_OPS:-400}" STATEFUL_SECONDS="${STATEFUL_SECONDS:-900}" \
   lua5.4 "$(command -v busted)" --cpath="./$dir/?.so" spec/stateful_spec.lua >"$log" 2>&1
 rc=$?
-tail -n 3 "$log"
+# one line per failing seed (backend, seed, settings, invariant, message), then busted's count
+grep -o "stateful [a-z]*: seed [0-9]* .*" "$log" | sort -u | cut -c1-240
+grep -E "^[0-9]+ successes?" "$log" | tail -n 1
 if grep -q "ERROR: AddressSanitizer\|runtime error:" "$log"; then
   echo "soak-stateful: sanitizer report (see $log)"; exit 1
 fi
