@@ -19,7 +19,7 @@
 --   STATEFUL_SHRINK=0                                                 no minimizing on failure
 --   STATEFUL_DISABLE=close,close_cb                                   leave these op kinds out
 --   STATEFUL_DISABLE_FAULTS=drop_after_body                           ... and these fault kinds
---   STATEFUL_DISABLE_CHECKS=excuse_jobs                               ... and these checks
+--   STATEFUL_DISABLE_CHECKS=excuse_run_all                            ... and these checks
 -- `make soak-stateful` runs many seeds with everything enabled.
 local ops_mod = require "spec.support.stateful.ops"
 local backends = require "spec.support.stateful.backends"

@@ -534,13 +534,13 @@ function H.run(backend, cfg, ops, opts)
     local nonces = {}
     for nonce in pairs(made) do nonces[#nonces + 1] = nonce end
     table.sort(nonces)
-    -- opts.excuse_jobs: the creates of spawned jobs that ended canceled (cancel or
-    -- close while a create was in flight) are not checked in runs without a journal
+    -- opts.excuse_run_all: the creates of a spawned run_all that ended canceled (cancel
+    -- or close while items were in flight) are not checked in runs without a journal
     local excused = {}
-    if opts.excuse_jobs and not journal then
+    if opts.excuse_run_all and not journal then
       for _, j in ipairs(st.jobs) do
         local _, err = j.handle:result()
-        if type(err) == "table" and err.kind == "canceled" then
+        if j.kind == "spawn_run_all" and type(err) == "table" and err.kind == "canceled" then
           for _, nonce in ipairs(j.nonces) do excused[nonce] = true end
         end
       end
