@@ -157,6 +157,10 @@ function H.run(backend, cfg, ops, opts)
       rec.res, rec.err = res, err
       local h = rec.handle or rec.weak[1]
       if h and not h:done() then violate("handle", "the callback of " .. what .. " fired, its handle is not done()") end
+      if h and type(res) == "table" and res.taskId and h.task_id ~= nil and h.task_id ~= res.taskId then
+        violate("handle", "the handle of " .. what .. " has task_id " .. tostring(h.task_id) ..
+          ", its callback got " .. tostring(res.taskId))
+      end
       learn(res, err, rec.nonce, rec.client)
       check_cancel_result(what, rec, res, err)
       if rec.fired == 1 and rec.then_fn then rec.then_fn() end
@@ -509,6 +513,12 @@ function H.run(backend, cfg, ops, opts)
       if cr.made then made[cr.nonce] = true end
       if not cr.rejected then sent[cr.nonce] = (sent[cr.nonce] or 0) + 1 end
     end
+    -- a handle's task_id (set once a create's answer came, even after a cancel)
+    for _, rec in ipairs(st.calls) do
+      local h = rec.handle or rec.weak[1]
+      if h then learn_id(h.task_id) end
+    end
+    for _, j in ipairs(st.jobs) do learn_id(j.handle.task_id) end
     local known = {}
     for _, id in ipairs(st.learned_list) do
       local nonce = backend:nonce_of(id)
