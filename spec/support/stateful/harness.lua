@@ -16,6 +16,7 @@
 --   typed       every error handed to a callback is a typed table with a kind
 --   handle      a handle is done() when its callback fires
 --   run_all_cancel  a canceled run_all starts no further item
+--   batch       an item whose on_update raises never sinks its run_all
 --   poll        poll_timeout() is never nil while a call is pending
 --   files       downloads leave their file, complete, and no partial file
 --
@@ -219,6 +220,10 @@ function H.run(backend, cfg, ops, opts)
       if not j.seen and j.handle:done() then
         j.seen = true
         local res, err = j.handle:result()
+        if j.kind == "spawn_run_all" and type(err) == "table" and err.kind == "raised" then
+          violate("batch", "job #" .. j.n .. ": run_all raised (one item must never sink the batch): " ..
+            tostring(err))
+        end
         -- run_all's job returns results, errs (a list): its items were learned inside it
         if err ~= nil and not (j.kind == "spawn_run_all" and res ~= nil) then
           learn(nil, err, #j.nonces == 1 and j.nonces[1] or nil, j.client)
@@ -466,9 +471,13 @@ function H.run(backend, cfg, ops, opts)
       reqs[i], nonces[i] = run_req(req), nonce
     end
     local c = st.c
+    local on_update = op.raise_item and function(i)
+      if i == op.raise_item then error("STATEFUL-ITEM-RAISE") end
+    end
     local j = new_job("spawn_run_all", nonces, function()
-      local results, errs = c:run_all(reqs, { concurrency = op.conc })
+      local results, errs = c:run_all(reqs, { concurrency = op.conc, on_update = on_update })
       for i = 1, op.n do
+        if errs and type(errs[i]) == "table" and errs[i].kind == "raised" then count("items_raised") end
         learn(results[i], errs and errs[i], nonces[i], c)
         if results[i] == nil and (errs == nil or errs[i] == nil) then
           violate("once", "run_all item " .. i .. " has neither a result nor an error")

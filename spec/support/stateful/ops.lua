@@ -76,6 +76,7 @@ function M.generate(seed, n, nfaults, disabled)
     elseif k == "spawn_run_all" then
       op.n = r.int(1, 6)
       op.conc = r.int(1, 4)
+      if r.float() < 0.3 then op.raise_item = r.int(1, op.n) end -- its on_update raises
     elseif k == "get" or k == "wait" or k == "spawn_download" then
       op.unknown = r.float() < 0.15 -- a task id the server never made
     end
@@ -85,9 +86,12 @@ function M.generate(seed, n, nfaults, disabled)
 end
 
 -- One line per op, and the whole list as a Lua table literal (for STATEFUL_REPLAY).
+local FIELDS = { "pick", "fault_name", "target", "timeout", "budget", "full", "n", "conc", "raise_item",
+  "unknown" }
+
 function M.line(i, op)
   local parts = { string.format("%3d %s", i, op.k) }
-  for _, f in ipairs({ "pick", "fault_name", "target", "timeout", "budget", "full", "n", "conc", "unknown" }) do
+  for _, f in ipairs(FIELDS) do
     if op[f] ~= nil then parts[#parts + 1] = f .. "=" .. tostring(op[f]) end
   end
   return table.concat(parts, " ")
@@ -106,7 +110,7 @@ function M.literal(cfg, ops)
   out[#out + 1] = "}, ops = {\n"
   for _, op in ipairs(ops) do
     local f = {}
-    for _, k in ipairs({ "k", "pick", "fault_name", "target", "timeout", "budget", "full", "n", "conc", "unknown" }) do
+    for _, k in ipairs({ "k", (table.unpack or unpack)(FIELDS) }) do
       if op[k] ~= nil then f[#f + 1] = k .. " = " .. lit(op[k]) end
     end
     out[#out + 1] = "  { " .. table.concat(f, ", ") .. " },\n"
