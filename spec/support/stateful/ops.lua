@@ -76,7 +76,7 @@ function M.generate(seed, n, nfaults, disabled)
     elseif k == "spawn_run_all" then
       op.n = r.int(1, 6)
       op.conc = r.int(1, 4)
-      if r.float() < 0.3 then op.raise_item = r.int(1, op.n) end -- its on_update raises
+      if r.float() < 0.5 then op.raise_item = r.int(1, op.n) end -- its on_update raises
     elseif k == "get" or k == "wait" or k == "spawn_download" then
       op.unknown = r.float() < 0.15 -- a task id the server never made
     end
