@@ -123,21 +123,15 @@ end
 
 local started = core.now()
 
--- STATEFUL_STATS=1: what the runs did, per backend, printed at the end
+-- STATEFUL_STATS=1: what the runs did, per backend, printed when its runs are over
 local stats = { mock = {}, testing = {} }
-if env("STATEFUL_STATS") == "1" then
-  local function show()
-    for name, t in pairs(stats) do
-      local keys = {}
-      for k in pairs(t) do keys[#keys + 1] = k end
-      table.sort(keys)
-      local parts = {}
-      for _, k in ipairs(keys) do parts[#parts + 1] = k .. "=" .. t[k] end
-      if #parts > 0 then io.stderr:write("stateful ", name, ": ", table.concat(parts, " "), "\n") end
-    end
-  end
-  setmetatable(stats, { __gc = show }) -- Lua 5.2+: at exit
-  if _VERSION == "Lua 5.1" then local p = newproxy(true) getmetatable(p).__gc = show stats._p = p end
+local function show_stats(name)
+  if env("STATEFUL_STATS") ~= "1" then return end
+  local t, keys, parts = stats[name], {}, {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do parts[#parts + 1] = k .. "=" .. t[k] end
+  io.stderr:write("stateful ", name, ": ", table.concat(parts, " "), "\n")
 end
 
 local which = env("STATEFUL_BACKEND")
@@ -147,7 +141,10 @@ for _, make in ipairs({ backends.mock, backends.testing }) do
     local title = backend.name == "mock" and "the real core and the mock" or "kie.testing"
     describe("stateful test over " .. title, function()
       lazy_setup(function() backend:start() end)
-      lazy_teardown(function() backend:stop() end)
+      lazy_teardown(function()
+        backend:stop()
+        show_stats(backend.name)
+      end)
 
       local function check(cfg, ops)
         local hopts = { no_close = DISABLED.close and not all, stats = stats[backend.name] }
