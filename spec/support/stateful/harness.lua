@@ -187,6 +187,10 @@ function H.run(backend, cfg, ops, opts)
       end
       learn(res, err, rec.nonce, rec.client)
       check_cancel_result(what, rec, res, err)
+      if rec.update_raised and res ~= nil then
+        violate("update", what .. ": its on_update raised, yet it ended with a result")
+      end
+      if rec.update_raised then count("updates_raised") end
       if rec.fired == 1 and rec.then_fn then rec.then_fn() end
       if rec.closes and rec.fired == 1 then
         st.closed_clients[rec.client] = true
@@ -372,7 +376,17 @@ function H.run(backend, cfg, ops, opts)
   function EXEC.wait(op)
     start(op)
     local rec = new_call("wait")
-    rec.handle = st.c:wait_async(pick_id(op), backend.WAIT, rec.cb)
+    local wopts = backend.WAIT
+    if op.pick >= 0.8 then -- an on_update that raises: the call ends with an error
+      wopts = {}
+      for k, v in pairs(backend.WAIT) do wopts[k] = v end
+      wopts.on_update = function()
+        rec.update_raised = true
+        error("STATEFUL-UPDATE-RAISE")
+      end
+      rec.kind = "wait+raising on_update"
+    end
+    rec.handle = st.c:wait_async(pick_id(op), wopts, rec.cb)
   end
 
   function EXEC.run(op)
