@@ -171,7 +171,7 @@ static void client_free(kie_client *c) {
   c->freed = 1;
   c->closed = 1;
   kie_transfer_teardown(c);
-  if (c->api_key) memset(c->api_key, 0, strlen(c->api_key));
+  if (c->api_key) kie_buf_wipe(c->api_key, strlen(c->api_key));
   free(c->api_key);
   free(c->base_url);
   free(c->upload_url);

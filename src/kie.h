@@ -108,6 +108,7 @@ struct kie_client {
 /* buf.c: append (0 on out of memory) and free */
 KIE_HIDDEN int kie_buf_append(kie_buf *b, const char *p, size_t n);
 KIE_HIDDEN void kie_buf_free(kie_buf *b);
+KIE_HIDDEN void kie_buf_wipe(void *p, size_t n); /* a zeroing no compiler drops */
 
 /* transfer.c: libcurl, no Lua */
 KIE_HIDDEN int kie_transfer_global_init(void);
