@@ -177,6 +177,8 @@ describe("lifecycle of a call", function()
       pump(c, function() return hg:done() end) -- the wait and the job now sleep on timers
       c:close()
       for _, h in ipairs { hc, hw, hs } do assert.is_true(h:done()) end
+      assert.equals(1, #got.create) -- called by close itself
+      assert.equals(1, #got.wait)
       assert.equals("unknown_outcome", select(2, hc:result()).kind)
       assert.is_string(select(2, hc:result()).fingerprint)
       assert.equals("closed", select(2, hc:result()).cause)
@@ -190,6 +192,24 @@ describe("lifecycle of a call", function()
       assert.equals("canceled", got.wait[1].kind)
       assert.is_nil(c:poll_timeout())
       c:close() -- idempotent
+    end)
+
+    it("a spawned job that closes its client and then sleeps (rate limiter) ends, never spins", function()
+      local fake = testing.new{}
+      local fc = fake:client{ rate_limits = { create = { limit = 1, window = 60 }, poll = false } }
+      local h = kie.spawn(function()
+        debug.sethook(function() error("spins on the closed client") end, "", 1e7)
+        assert(fc:create_task(REQ))
+        fc:close()
+        return fc:create_task(REQ) -- waits for the limiter: a sleep on a closed client
+      end)
+      for _ = 1, 3 do fc:step(0) end
+      assert.is_true(h:done())
+      local r, err = h:result()
+      assert.is_nil(r)
+      assert.equals("canceled", err.kind)
+      assert.equals("closed", err.cause)
+      assert.equals(1, #fake:requests("create_task"))
     end)
 
     it("keeps the task id of a create whose answer was read but not handed over", function()

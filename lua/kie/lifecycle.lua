@@ -255,14 +255,18 @@ function M.io(c, t, paid, name, ...)
   return M.await(c, t, id, paid)
 end
 
---- Parks task `t` on a timer of client `c` for `seconds`.
+--- Parks task `t` on a timer of client `c` for `seconds` (on a closed client,
+-- `t` ends with the closed-client error).
 function M.sleep(c, t, seconds)
   if t._ended then return yield(PARK) end
-  if c._closed then return end
+  if c._closed then -- no timer will run: the call ends here
+    finish(t, pack(nil, _end_error(c, t, "closed")))
+    return yield(PARK)
+  end
   local at = c._env.now() + seconds
   local timers = c._timers
   local i = #timers
-  while i > 0 and timers[i]._at < at do i = i - 1 end -- latest first
+  while i > 0 and timers[i]._at <= at do i = i - 1 end -- latest first; equal: first in first out
   table.insert(timers, i + 1, t)
   t._wait, t._client, t._at = "timer", c, at
   return yield(PARK)
@@ -271,6 +275,7 @@ end
 --- Parks task `t` until `wake(t)`; a close of `c` ends it.
 function M.join(c, t)
   if t._ended then return yield(PARK) end
+  if c._closed then return end
   t._wait, t._client = "join", c
   c._joined[t] = true
   return yield(PARK)
@@ -307,9 +312,9 @@ end
 -- close ----------------------------------------------------------------------------
 
 --- Closes client `c`: every call parked or queued on it ends at once (`canceled`
--- with `cause = "closed"`, or `unknown_outcome` for a create in flight); their
--- callbacks run from the next step (or the running one), which then returns 0.
--- Idempotent.
+-- with `cause = "closed"`, or `unknown_outcome` for a create in flight), and
+-- their callbacks are called before close returns (by the running step when
+-- close is called inside one). A later step returns 0. Idempotent.
 function M.close(c)
   if c._closed then return end
   c._closed = true
@@ -354,6 +359,9 @@ function M.close(c)
     end
   end
   c._core:close()
+  -- the callbacks of the calls ended here: now, unless this client's step is
+  -- running (it calls them); what they raise is raised after all ran, as by step
+  if stepping ~= c then M.step(c, 0, nil) end
 end
 
 -- step -----------------------------------------------------------------------------

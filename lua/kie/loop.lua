@@ -92,11 +92,13 @@ function Client:wakeup()
   if not self._closed then self._core:wakeup() end
 end
 
---- Frees the connections. Every call still pending on the client ends at once:
--- `canceled` (`cause = "closed"`), or `unknown_outcome` for a create already
--- sent; their callbacks run from the next `step` (or the running one, when
--- `close` is called from a callback), which then returns 0. Idempotent; the
--- garbage collector frees the connections of a client never closed.
+--- Frees the connections. Every call still pending on the client ends at once,
+-- exactly once: `canceled` (`cause = "closed"`), or `unknown_outcome` for a
+-- create already sent. Their callbacks are called before `close` returns (when
+-- `close` is called inside a step, by that step, after the callback that
+-- closed); callback errors are raised after all ran, as `step` does. Later
+-- steps return 0. Idempotent; the garbage collector frees the connections of a
+-- client never closed.
 function Client:close()
   lifecycle.close(self)
 end
