@@ -194,6 +194,13 @@ describe("lifecycle of a call", function()
       c:close() -- idempotent
     end)
 
+    it("an async call on a closed client raises, as a blocking one does", function()
+      c:close()
+      assert.has_error(function() c:get_task_async("task-x", function() end) end, "kie: the client is closed")
+      assert.has_error(function() c:get_task("task-x") end, "kie.core: the client is closed")
+      assert.equals(0, c:step(0))
+    end)
+
     it("a spawned job that closes its client and then sleeps (rate limiter) ends, never spins", function()
       local fake = testing.new{}
       local fc = fake:client{ rate_limits = { create = { limit = 1, window = 60 }, poll = false } }

@@ -112,6 +112,8 @@ end
 -- is collected by step after the other callbacks ran). Returns the handle.
 function Client:_async(cb, name, a1, a2)
   if cb ~= nil and type(cb) ~= "function" then error("callback must be a function", 3) end
+  -- as a blocking call on a closed client (its callback would have no step to run from)
+  if self._closed then error("kie: the client is closed", 3) end
   local t = lifecycle.task(_async_body, cb, self)
   lifecycle.run(t, self, name, a1, a2)
   return t
