@@ -28,7 +28,8 @@ build = {
   modules = {
     ["kie.core"] = {
       sources = { "src/kie.c", "src/client.c", "src/transfer.c", "src/json.c", "src/response.c",
-        "src/hmac.c", "src/upload.c", "src/events.c" },
+        "src/hmac.c", "src/upload.c", "src/events.c", "src/buf.c", "src/clock.c",
+        "src/retry_after.c" },
       libraries = { "curl", "crypto", "pthread" },
       incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
@@ -39,6 +40,7 @@ build = {
     ["kie.options"] = "lua/kie/options.lua",
     ["kie.redact"] = "lua/kie/redact.lua",
     ["kie.fingerprint"] = "lua/kie/fingerprint.lua",
+    ["kie.paid"] = "lua/kie/paid.lua",
     ["kie.log"] = "lua/kie/log.lua",
     ["kie.loop"] = "lua/kie/loop.lua",
     ["kie.batch"] = "lua/kie/batch.lua",
@@ -51,6 +53,7 @@ build = {
     ["kie.journal"] = "lua/kie/journal.lua",
     ["kie.callback"] = "lua/kie/callback.lua",
     ["kie.files"] = "lua/kie/files.lua",
+    ["kie.seed"] = "lua/kie/seed.lua",
     ["kie.cli"] = "lua/kie/cli.lua",
     ["kie.ngx"] = "lua/kie/ngx.lua",
     ["kie.ngx_worker"] = "lua/kie/ngx_worker.lua",
