@@ -136,6 +136,26 @@ describe("lifecycle of a call", function()
     end)
   end)
 
+  describe("a step cut short by an error of the core", function()
+    it("leaves no state behind: a later cancel's callback still comes from the next step", function()
+      local fake = testing.new{ latency = 1 }
+      local fc = fake:client{ rate_limits = { create = false, poll = false } }
+      fc:get_task_async("task-a", function() end)
+      fake:advance(0.5)
+      local got
+      local h2 = fc:get_task_async("task-b", function(_, err) got = err end)
+      fake:advance(0.6) -- the first answered, the second not yet
+      local core_h = fc._core
+      local real = core_h.result
+      core_h.result = function() core_h.result = real error("broken core") end
+      assert.has_error(function() fc:step(0, math.huge) end, "broken core")
+      assert.is_true(h2:cancel())
+      fc:step(0, math.huge)
+      assert.equals("canceled", got and got.kind)
+      fc:close()
+    end)
+  end)
+
   describe("close", function()
     it("inside a callback: the other callbacks fire once, later steps return 0", function()
       local task = assert(c:create_task(REQ))

@@ -25,8 +25,8 @@ local errors = require "kie.errors"
 
 local create, resume, status, running, yield = coroutine.create, coroutine.resume,
   coroutine.status, coroutine.running, coroutine.yield
-local type, select, tostring, setmetatable, pairs, ipairs, xpcall, error =
-  type, select, tostring, setmetatable, pairs, ipairs, xpcall, error
+local type, select, tostring, setmetatable, pairs, ipairs, pcall, xpcall, error =
+  type, select, tostring, setmetatable, pairs, ipairs, pcall, xpcall, error
 local unpack = table.unpack or unpack
 local concat = table.concat
 local traceback = debug.traceback
@@ -437,6 +437,33 @@ local function run_entry(c, t, errs)
   return true, errs
 end
 
+-- Does client c's queued work, in order, until the queue is empty or the
+-- deadline passed (at least one piece). Returns errs.
+local function work(c, deadline, errs)
+  local q, now = c._runq, c._env.now
+  while q.head <= q.tail do
+    local head = q.head
+    local e = q[head]
+    q[head] = nil
+    q.head = head + 1
+    local did
+    if type(e) == "number" then
+      if c._closed then did = false else did, errs = hand_over(c, e, errs) end
+    else
+      did, errs = run_entry(c, e, errs)
+    end
+    local t = c._now_cb
+    while t do -- (a callback may end another call: its callback is called too)
+      c._now_cb = nil
+      errs = fire(t, errs)
+      t = c._now_cb
+    end
+    -- once closed, the callbacks left are all called: step returns 0 from then on
+    if did and deadline and not c._closed and now() >= deadline then break end
+  end
+  return errs
+end
+
 --- One step of client `c` (see `Client:step`); `budget_ms` nil means no budget.
 function M.step(c, timeout_ms, budget_ms, watch)
   local q = c._runq
@@ -466,27 +493,10 @@ function M.step(c, timeout_ms, budget_ms, watch)
   end
   local outer = stepping
   stepping = c
-  while q.head <= q.tail do
-    local head = q.head
-    local e = q[head]
-    q[head] = nil
-    q.head = head + 1
-    local did
-    if type(e) == "number" then
-      if c._closed then did = false else did, errs = hand_over(c, e, errs) end
-    else
-      did, errs = run_entry(c, e, errs)
-    end
-    local t = c._now_cb
-    while t do -- (a callback may end another call: its callback is called too)
-      c._now_cb = nil
-      errs = fire(t, errs)
-      t = c._now_cb
-    end
-    -- once closed, the callbacks left are all called: step returns 0 from then on
-    if did and deadline and not c._closed and now() >= deadline then break end
-  end
+  local ok, e = pcall(work, c, deadline, errs)
   stepping = outer
+  if not ok then error(e, 0) end -- (not a callback's: those are in errs)
+  errs = e
   if q.head > q.tail then q.head, q.tail = 1, 0 end
   if errs then raise(errs) end
   if c._closed then return 0 end
