@@ -7,8 +7,10 @@ set -eu
 
 group=${1:-test}
 
+# Commands the specs run beyond these packages come from Essential ones (coreutils,
+# findutils, bsdutils for script(1)); procps gives ps to the mock's launcher.
 runtime="gcc make pkg-config ca-certificates openssl lua5.4 liblua5.4-dev lua-cjson \
-libcurl4-openssl-dev libssl-dev lua-socket lua-argparse nginx libnginx-mod-http-lua"
+libcurl4-openssl-dev libssl-dev lua-socket lua-argparse nginx libnginx-mod-http-lua procps"
 # luajit2 is OpenResty's branch: Debian's own `luajit` package removes nginx's Lua module;
 # love comes after it so that apt keeps libluajit2 for LÖVE too.
 test="$runtime lua-busted luarocks valgrind strace lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev \

@@ -140,17 +140,25 @@ describe("non-blocking engine against the mock", function()
     end)
 
     it("reports an error raised inside the call through the callback, from step", function()
+      local task = assert(c:create_task(REQ))
       local calls, gerr = 0, nil
-      c:wait_async("some-id", { bogus = 1 }, function(info, err)
-        calls = calls + 1
-        assert.is_nil(info)
-        gerr = err
-      end)
-      assert.equals(0, calls)
-      c:step(0)
+      c:wait_async(task.taskId, { interval = 0.02, on_update = function() error("on_update broke") end },
+        function(info, err)
+          calls = calls + 1
+          assert.is_nil(info)
+          gerr = err
+        end)
+      pump(c, function() return calls > 0 end)
       assert.equals(1, calls)
       assert.equals("raised", gerr.kind)
-      assert.matches("unknown option 'bogus'", gerr.message)
+      assert.matches("on_update broke", gerr.message)
+    end)
+
+    it("raises at the call for an unknown or bad option: nothing starts", function()
+      assert.has_error(function() c:wait_async("some-id", { bogus = 1 }, function() end) end,
+        "wait_async: unknown option 'bogus'")
+      assert.has_error(function() c:run_async{ model = "m", wait = { timeout = -1 } } end)
+      assert.equals(0, c:step(0))
     end)
 
     it("lets a nil callback through and still finishes the handle", function()

@@ -87,6 +87,35 @@ describe("kie.callback #smoke", function()
     assert.matches("replayed", err.message)
   end)
 
+
+  it("is verified only when every task id in the body is the signed one", function()
+    local h = callback.sign(KEY, TASK, TS)
+    -- a signed top-level taskId with another task's results in data: forged
+    local forged = {
+      '{"taskId":"' .. TASK .. '","code":200,"data":{"taskId":"task_other","state":"success",' ..
+        '"resultJson":"{\\"resultUrls\\":[\\"https://evil.example/x.png\\"]}"}}',
+      '{"taskId":"' .. TASK .. '","code":200,"data":{"task_id":"task_other","state":"success"}}',
+      '{"code":200,"data":{"taskId":"' .. TASK .. '","task_id":"task_other","state":"success"}}',
+      '{"taskId":"' .. TASK .. '","code":200,"data":{"taskId":"' .. TASK .. '","task_id":7}}',
+    }
+    for _, body in ipairs(forged) do
+      local seen = {}
+      local ev, err = callback.parse(body, h, { hmac_key = KEY, now = now, seen = seen })
+      assert.is_nil(ev, body)
+      assert.equals("signature", err.kind)
+      assert.matches("task ids? .*disagree", err.message)
+      assert.is_nil(next(seen)) -- a forged body does not use up the replay slot
+      -- unverified, the body is ambiguous: not understood
+      ev, err = callback.parse(body, {})
+      assert.is_nil(ev)
+      assert.equals("protocol", err.kind)
+    end
+    -- the same id in every place is fine
+    local ev = assert(callback.parse('{"taskId":"' .. TASK .. '","code":200,"data":{"taskId":"' .. TASK ..
+      '","task_id":"' .. TASK .. '","state":"success"}}', h, { hmac_key = KEY, now = now }))
+    assert.is_true(ev.verified)
+    assert.equals(TASK, ev.task.taskId)
+  end)
   it("returns protocol for bodies it cannot understand", function()
     for _, body in ipairs{ "not json", "[1,2]", '{"code":200,"data":{}}', '{"data":{"taskId":""}}' } do
       local ev, err = callback.parse(body, {})

@@ -108,6 +108,17 @@ describe("kie.cli units #smoke", function()
     assert.equals("kie: waiting (0.0s)  task_1\nkie: success (1.0s)  task_1\n", out.text())
   end)
 
+  it("names files after a task id only when it is a plain name (kie.files.safe_name)", function()
+    local safe = require("kie.files").safe_name
+    assert.equals("task_ideogram_1765179922911", safe("task_ideogram_1765179922911"))
+    assert.equals("ee9c-27_15", safe("ee9c-27_15"))
+    for _, evil in ipairs{ "../x", "..", ".", "", "a/b", "/etc/passwd", "x\0y", "a.b", string.rep("a", 129) } do
+      assert.matches("^task%-%x+$", safe(evil))
+    end
+    assert.are_not.equal(safe("../x"), safe("../y"))
+    assert.equals(safe("../x"), safe("../x"))
+  end)
+
   it("maps error kinds to exit codes", function()
     assert.equals(2, cli.exit_code{ kind = "validation" })
     assert.equals(3, cli.exit_code{ kind = "auth" })
@@ -266,6 +277,104 @@ describe("bin/kie #core", function()
     assert.matches("^kie: not_found: ", stderr)
   end)
 
+  it("no server string chooses a path: wait -o and generate -o name files safely", function()
+    local encode = require("kie.core").encode
+    local real = { taskId = "task_ideogram_1765179922911" }
+    local rc, stdout, stderr
+    local function answer(task_id)
+      local data = { taskId = task_id, model = "ideogram/character", state = "success", param = "{}",
+        resultJson = encode{ resultUrls = real.resultUrls } }
+      return encode{ code = 200, msg = "success", data = data }
+    end
+    local out = DIR .. "/jail/out"
+    for _, evil in ipairs{ "../escaped", "../../escaped", "/tmp/kie-cli-escaped", "..", "a/../../escaped" } do
+      m:reset()
+      os.execute("rm -rf " .. q(DIR .. "/jail"))
+      -- a result URL the mock serves: an uploaded PNG
+      local up = assert(require("kie").new{ api_key = KEY, base_url = m.url, upload_url = m.url }:upload(ref))
+      real.resultUrls = { up.downloadUrl }
+      m:fault{ path = "/api/v1/jobs/recordInfo", fault = "raw", status = 200, content_type = "application/json",
+        body = answer(evil), times = -1 }
+      -- wait: the user's own id names the files
+      rc, stdout, stderr = kie("wait --interval 0.05 -o " .. q(out) .. " " .. real.taskId, env)
+      assert.equals(0, rc, stderr)
+      assert.equals(out .. "/" .. real.taskId .. "_1.png\n", stdout)
+      -- generate: the server's id only when it is a plain name, else a digest of it
+      m:fault{ path = "/api/v1/jobs/createTask", fault = "raw", status = 200, content_type = "application/json",
+        body = '{"code":200,"msg":"success","data":{"taskId":' .. require("kie.core").encode(evil) .. '}}' }
+      rc, stdout, stderr = kie("generate --interval 0.05 --prompt x --ref https://example.com/r.png -o " ..
+        q(out), env)
+      assert.equals(0, rc, stderr)
+      assert.matches("^" .. out:gsub("%p", "%%%0") .. "/task%-%w+_1%.png\n$", stdout)
+      local _, listing = util.run("find " .. q(DIR .. "/jail") .. " -type f")
+      for path in listing:gmatch("[^\n]+") do
+        assert.equals(out, path:match("^(.*)/[^/]+$"), path)
+      end
+      assert.is_nil(read("/tmp/kie-cli-escaped_1.png"))
+    end
+    -- a user's id that is not a plain name is not used as one either
+    m:reset()
+    rc, stdout = kie("wait --interval 0.05 -o " .. q(out) .. " " .. q("../" .. real.taskId), env)
+    assert.is_nil(read(DIR .. "/jail/" .. real.taskId .. "_1.png"))
+    if rc == 0 then assert.matches("^" .. out:gsub("%p", "%%%0") .. "/task%-%w+_1%.png\n$", stdout) end
+  end)
+
+  it("Ctrl-C during status, credits or upload ends at once with 130 and a short message", function()
+    local core = require("kie.core")
+    local cases = {
+      { "credits", "/api/v1/chat/credit" },
+      { "status task_whatever", "/api/v1/jobs/recordInfo" },
+      { "upload " .. q(ref), "/api/file-stream-upload" },
+      { "--json credits", "/api/v1/chat/credit" },
+    }
+    for n, case in ipairs(cases) do
+      m:reset()
+      -- the answer would take 60 s: an exit now did not wait for it
+      m:fault{ path = case[2], fault = "delay", seconds = 60 }
+      local base = DIR .. "/int" .. n
+      os.execute("(" .. env_prefix(env) .. " " .. LUA .. " bin/kie " .. case[1] .. " >" .. q(base .. ".out") ..
+        " 2>" .. q(base .. ".err") .. " </dev/null & echo $! >" .. q(base .. ".pid") .. "; wait $!; echo $? >" ..
+        q(base .. ".rc") .. ") >/dev/null 2>&1 &")
+      local arrived = false
+      for _ = 1, 400 do
+        if m:count(case[2]) > 0 then arrived = true break end
+        core.sleep(0.05)
+      end
+      assert.is_true(arrived, case[1] .. ": the request never reached the mock")
+      core.sleep(0.2) -- inside the transfer now
+      os.execute("kill -INT " .. assert(tonumber(read(base .. ".pid")), "no pid"))
+      local rc
+      for _ = 1, 400 do -- 20 s at most, far below the 60 s of the answer
+        rc = tonumber(read(base .. ".rc") or "")
+        if rc then break end
+        core.sleep(0.05)
+      end
+      assert.equals(130, rc, case[1] .. ": " .. tostring(read(base .. ".err")))
+      assert.equals("kie: interrupted\n", read(base .. ".err"))
+      if case[1]:find("--json", 1, true) then
+        assert.equals("interrupted", json_decode(read(base .. ".out")).error.kind)
+      else
+        assert.equals("", read(base .. ".out"))
+      end
+    end
+  end)
+
+  it("--json with a usage error prints a JSON error object (exit 2)", function()
+    for _, args in ipairs{ "--json", "--json frobnicate", "--json generate --prompt x", "--json status",
+      "--json generate --num 9 --prompt x -o " .. q(DIR), "--json verify-callback" } do
+      local rc, stdout, stderr = kie(args, env)
+      assert.equals(2, rc, args)
+      assert.matches("^kie: ", stderr)
+      local doc = json_decode(stdout)
+      assert.equals("usage", doc.error.kind, args)
+      assert.is_string(doc.error.message)
+    end
+    -- without --json, stdout stays empty
+    local rc, stdout = kie("frobnicate", env)
+    assert.equals(2, rc)
+    assert.equals("", stdout)
+  end)
+
   it("upload FILE prints the downloadUrl; a URL is uploaded by URL", function()
     local rc, stdout, stderr = kie("upload " .. q(ref) .. " --upload-path cli --name hero.png", env)
     assert.equals(0, rc, stderr)
@@ -327,9 +436,13 @@ describe("bin/kie #core", function()
 
   it("draws a \\r-updated progress line on a terminal (script -qc)", function()
     if sh("command -v script") ~= 0 then return pending("util-linux script is missing") end
-    local cmd = env_prefix(env) .. " " .. LUA .. " bin/kie generate --interval 0.3 --prompt x " ..
+    -- the terminal this test is about, whatever the caller's (TERM=dumb in CI and
+    -- editors' shells turns the live line off, by design)
+    local term = { TERM = "xterm", COLUMNS = "80" }
+    for k, v in pairs(env) do term[k] = v end
+    local cmd = env_prefix(term) .. " " .. LUA .. " bin/kie generate --interval 0.3 --prompt x " ..
       "--ref " .. q(ref) .. " -o " .. q(DIR .. "/tty")
-    local rc, stdout = sh("script -qec " .. q(cmd) .. " /dev/null")
+    local rc, stdout = sh("env TERM=xterm COLUMNS=80 script -qec " .. q(cmd) .. " /dev/null")
     assert.equals(0, rc)
     assert.truthy(stdout:find("\r|  uploading", 1, true) or stdout:find("\r/  uploading", 1, true))
     assert.truthy(stdout:find("  waiting ", 1, true))
@@ -341,6 +454,18 @@ describe("bin/kie #core", function()
     local n = 0
     for _ in pairs(times) do n = n + 1 end
     assert.is_true(n >= 2)
+  end)
+
+  it("under TERM=dumb, even on a terminal, prints plain lines (no \\r)", function()
+    if sh("command -v script") ~= 0 then return pending("util-linux script is missing") end
+    local dumb = { TERM = "dumb" }
+    for k, v in pairs(env) do dumb[k] = v end
+    local cmd = env_prefix(dumb) .. " " .. LUA .. " bin/kie generate --interval 0.05 --prompt x " ..
+      "--ref https://example.com/r.png -o " .. q(DIR .. "/dumb")
+    local rc, stdout = sh("env TERM=dumb script -qec " .. q(cmd) .. " /dev/null")
+    assert.equals(0, rc)
+    assert.matches("kie: success ", stdout)
+    assert.is_nil(stdout:find("\27[K", 1, true))
   end)
 
   it("works from a checkout without LUA_PATH (a new user's first run)", function()

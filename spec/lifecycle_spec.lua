@@ -303,17 +303,18 @@ describe("lifecycle of a call", function()
       end
     end)
 
-    it("an item with a bad option ends raised inside kie.spawn; the others go on", function()
+    it("an item with a bad option: run_all raises before any request, inside kie.spawn too", function()
+      -- everything is checked before anything is paid (checked_before_paid_spec)
       local reqs = {}
       for i = 1, 3 do reqs[i] = { model = REQ.model, input = REQ.input, wait = FAST_WAIT } end
       reqs[2] = { model = REQ.model, input = REQ.input, wait = { timout = 5 } }
       local h = kie.spawn(function() return c:run_all(reqs, { concurrency = 1 }) end)
       pump(c, function() return h:done() end)
-      local results, errs = h:result()
-      assert.is_table(results)
-      assert.equals("raised", errs[2].kind)
-      assert.equals("success", results[1].state)
-      assert.equals("success", results[3].state)
+      local results, err = h:result()
+      assert.is_nil(results)
+      assert.equals("raised", err.kind)
+      assert.matches("request 2: wait: unknown option 'timout'", tostring(err.message), 1, true)
+      assert.equals(0, m:count(CREATE))
     end)
 
     it("canceling a spawned run_all starts no further item and cancels the running ones", function()

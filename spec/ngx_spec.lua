@@ -223,7 +223,7 @@ function M.run()
 end
 
 function M.credits()
-  local c = client(ngx.var.arg_wrong)
+  local c = client(ngx.var.arg_wrong, ngx.var.arg_pool)
   if ngx.var.arg_once then
     c = clients.once or kie.new{ api_key = KEY, base_url = "http://127.0.0.1:" .. ngx.var.server_port,
       max_retries = 0, timeout = 10 }
@@ -270,6 +270,56 @@ function M.run_all()
   reply{ ok1 = results[1] and results[1].state, ok3 = results[3] and results[3].state,
     has2 = results[2] ~= nil, err2 = errs and errs[2] and errs[2].kind,
     err1 = errs and errs[1] ~= nil }
+end
+
+-- wait with a short deadline (the spec keeps every worker-thread VM busy meanwhile)
+function M.wait_short()
+  local t0 = ngx.now()
+  local info, err = client(nil, ngx.var.arg_pool):wait(ngx.var.arg_id, { timeout = 0.5, interval = 0.05 })
+  ngx.update_time()
+  reply{ elapsed = ngx.now() - t0, state = info and info.state, kind = err and err.kind }
+end
+
+-- run_all's on_update, and items whose own code raises
+function M.run_all_update()
+  local reqs = {}
+  for i = 1, 4 do reqs[i] = { model = "ideogram/v3-reframe", input = REFRAME, wait = FAST } end
+  local updates, raised = {}, 0
+  local results, errs = client():run_all(reqs, { concurrency = 2, on_update = function(i, info)
+    updates[#updates + 1] = i .. ":" .. info.state
+    if i == 2 and info.state == "success" then error("on_update of item 2 raised") end
+    if i == 3 then raised = raised + 1; error({ "a table error" }) end
+  end })
+  local out = { updates = updates, errs = {}, states = {} }
+  for i = 1, 4 do
+    out.states[i] = results[i] and results[i].state or cjson.null
+    local e = errs and errs[i]
+    out.errs[i] = e and { kind = e.kind, message = e.message, task_id = e.task_id,
+      traceback = e.traceback ~= nil } or cjson.null
+  end
+  local ok, msg = pcall(client().run_all, client(), reqs, { concurency = 2 })
+  out.unknown = not ok and tostring(msg) or cjson.null
+  -- a typo in item 2's wait options raises before item 1 is created
+  reqs[2] = { model = "ideogram/v3-reframe", input = REFRAME, wait = { timout = 5 } }
+  ok, msg = pcall(client().run_all, client(), reqs)
+  out.typo = not ok and tostring(msg) or cjson.null
+  reply(out)
+end
+
+-- creates from light threads, paced 3 per 1 s (the mock counts arrivals)
+function M.paced()
+  local c = clients.paced or kie.new{ api_key = KEY, base_url = "http://127.0.0.1:" .. ngx.var.server_port,
+    max_retries = 0, timeout = 10, rate_limits = { create = { limit = 3, window = 1 } } }
+  clients.paced = c
+  local threads, errs = {}, {}
+  for i = 1, 8 do
+    threads[i] = ngx.thread.spawn(function()
+      local t, err = c:create_task{ model = "ideogram/v3-reframe", input = REFRAME }
+      if not t then errs[#errs + 1] = tostring(err) end
+    end)
+  end
+  for _, t in ipairs(threads) do ngx.thread.wait(t) end
+  reply{ errs = errs }
 end
 
 -- control: the plain blocking kie in the same worker (what kie.ngx avoids)
@@ -364,6 +414,9 @@ local SERVER_CONF = [[
     location = /t/download { content_by_lua_block { require("kie_ngx_spec_app").download() } }
     location = /t/upload { content_by_lua_block { require("kie_ngx_spec_app").upload() } }
     location = /t/run_all { content_by_lua_block { require("kie_ngx_spec_app").run_all() } }
+    location = /t/wait_short { content_by_lua_block { require("kie_ngx_spec_app").wait_short() } }
+    location = /t/run_all_update { content_by_lua_block { require("kie_ngx_spec_app").run_all_update() } }
+    location = /t/paced { content_by_lua_block { require("kie_ngx_spec_app").paced() } }
     location = /t/blocking { content_by_lua_block { require("kie_ngx_spec_app").blocking() } }
     location = /t/journal { content_by_lua_block { require("kie_ngx_spec_app").journal() } }
     location = /t/raises { content_by_lua_block { require("kie_ngx_spec_app").raises() } }
@@ -416,7 +469,9 @@ local function start_example(base_url, cleanup)
     if sh("id -u"):match("^%s*0%s*$") then conf = "user root root;\n" .. conf end
     write_file(prefix .. "/nginx.conf", conf)
     local start, src = sh("env KIE_API_KEY=" .. q(KEY) .. " KIE_BASE_URL=" .. q(base_url)
-      .. " KIE_WEBHOOK_HMAC_KEY=" .. q(HMAC_KEY) .. " nginx -p " .. q(prefix .. "/")
+      .. " KIE_WEBHOOK_HMAC_KEY=" .. q(HMAC_KEY)
+      .. " KIE_CALLBACK_URL=" .. q("http://127.0.0.1:" .. ex.port .. "/kie-callback")
+      .. " nginx -p " .. q(prefix .. "/")
       .. " -c " .. q(prefix .. "/nginx.conf") .. " -e " .. q(prefix .. "/logs/error.log"))
     assert(src == 0, "example nginx did not start: " .. start)
     ex.url = "http://127.0.0.1:" .. ex.port
@@ -492,7 +547,7 @@ describe("kie.ngx in nginx #ngx", function()
     write_file(app_dir .. "/kie_ngx_spec_app.lua", app)
     m = mock.start{
       api_key = KEY, pace = 0.02, log_level = "info",
-      main_conf = "thread_pool kie threads=8;",
+      main_conf = "thread_pool kie threads=8;\nthread_pool one threads=1;",
       -- two worker-thread VMs only: more calls at once must wait for one (not fail)
       http_conf = "  lua_shared_dict kie_ngx_spec 1m;\n  lua_worker_thread_vm_pool_size 2;",
       server_conf = SERVER_CONF,
@@ -553,6 +608,36 @@ describe("kie.ngx in nginx #ngx", function()
       assert.equals(400, bad)
     end)
 
+    it("takes only allow-listed fields at /generate: a path is never read, nothing else passes", function()
+      m:reset()
+      local png = app_dir .. "/server-side.png" -- a file nginx can read
+      write_file(png, "\137PNG\r\n\26\nSECRET-BYTES" .. string.rep("x", 64))
+      local app = app_dir .. "/kie_ngx_spec_app.lua"
+      local ok_input = { image_url = "https://example.com/a.png", image_size = "square_hd" }
+      local bad = {
+        { model = "ideogram/v3-reframe", input = { image_url = png, image_size = "square_hd" } },
+        { model = "ideogram/v3-reframe", input = { image_url = "file://" .. png, image_size = "square_hd" } },
+        { model = "ideogram/v3-reframe", input = { image_url = app, image_size = "square_hd" } },
+        { model = "ideogram/character", input = { prompt = "x", reference_image_urls = { png } } },
+        { model = "ideogram/character", input = { prompt = "x", reference_image_urls = { { path = png } } } },
+        { model = "ideogram/v3-reframe", input = ok_input, upload = { upload_path = "x" } },
+        { model = "ideogram/v3-reframe", input = ok_input, callBackUrl = "http://127.0.0.1:1/steal" },
+        { model = "ideogram/v3-reframe", input = ok_input, wait = { timeout = 1e9 } },
+        { model = "ideogram/v3-reframe", input = { image_url = ok_input.image_url, image_size = "square_hd",
+          colour = "red" } },
+        { model = "ideogram/v3-reframe", input = { image_url = ok_input.image_url, image_size = { "square_hd" } } },
+        { model = "someone/else", input = { prompt = "x" } },
+      }
+      for _, req in ipairs(bad) do
+        local status, body = request("POST", ex.url .. "/generate", json.encode(req))
+        assert.equals(400, status, body)
+        assert.equals("validation", json.decode(body).error.kind)
+        assert.is_nil(body:find("SECRET", 1, true), body)
+        assert.is_nil(body:find("kie_ngx_spec_app", 1, true) and body:find("starts with", 1, true), body)
+      end
+      assert.equals(0, m:count("/api/*"))
+    end)
+
     it("sends kie.object() as {} and empty tables as [] across the thread boundary", function()
       m:reset()
       local _, doc = get_json(m.url .. "/t/object")
@@ -604,6 +689,31 @@ describe("kie.ngx in nginx #ngx", function()
       assert.is_false(doc.has2)
       assert.equals("validation", doc.err2)
       assert.is_false(doc.err1)
+    end)
+
+    it("run_all calls on_update(i, info); an item whose own code raises ends as kind raised, "
+      .. "the others go on", function()
+      m:reset()
+      local _, doc = get_json(m.url .. "/t/run_all_update")
+      assert.equals("success", doc.states[1])
+      assert.equals("success", doc.states[4])
+      assert.equals(json.null, doc.states[2])
+      assert.equals(json.null, doc.states[3])
+      assert.equals(json.null, doc.errs[1])
+      assert.equals(json.null, doc.errs[4])
+      for _, i in ipairs{ 2, 3 } do
+        local e = doc.errs[i]
+        assert.equals("raised", e.kind)
+        assert.matches("^task_", e.task_id) -- created before it raised: its id is kept
+        assert.is_true(e.traceback)
+      end
+      assert.matches("on_update of item 2 raised", doc.errs[2].message, 1, true)
+      local seen = {}
+      for _, u in ipairs(doc.updates) do seen[u] = true end
+      assert.is_true(seen["1:success"] and seen["4:success"] and seen["2:success"], table.concat(doc.updates, " "))
+      assert.matches("run_all: unknown option 'concurency'", doc.unknown, 1, true)
+      assert.matches("run_all: request 2: wait: unknown option 'timout'", doc.typo, 1, true)
+      assert.equals(4, m:count("/api/v1/jobs/createTask")) -- the first run_all's four only
     end)
 
     it("works from an ngx.timer.at callback", function()
@@ -764,7 +874,7 @@ describe("kie.ngx in nginx #ngx", function()
     it("verifies a real callback from the mock (HMAC made by the mock's nginx)", function()
       m:config{ hmac_key = HMAC_KEY }
       local status, body = request("POST", ex.url .. "/generate", json.encode{
-        model = "ideogram/v3-reframe", callBackUrl = ex.url .. "/kie-callback",
+        model = "ideogram/v3-reframe", callback = true, -- to KIE_CALLBACK_URL (start_example sets it)
         input = { image_url = "https://example.com/a.png", image_size = "square_hd" },
       })
       assert.equals(200, status, body)
@@ -788,7 +898,7 @@ describe("kie.ngx in nginx #ngx", function()
     it("answers a real mock callback signed with another key with 401", function()
       m:config{ hmac_key = "some-other-webhook-key" }
       local status, body = request("POST", ex.url .. "/generate", json.encode{
-        model = "ideogram/v3-reframe", callBackUrl = ex.url .. "/kie-callback",
+        model = "ideogram/v3-reframe", callback = true, -- to KIE_CALLBACK_URL (start_example sets it)
         input = { image_url = "https://example.com/a.png", image_size = "square_hd" },
       })
       m:config{ hmac_key = false }
@@ -848,6 +958,68 @@ describe("kie.ngx in nginx #ngx", function()
         assert.is_true(doc.ok, "call " .. i .. ": " .. tostring(doc.err and doc.err.text))
       end
       assert.equals(6, m:count("/api/v1/chat/credit")) -- each sent once
+    end)
+
+    it("wait keeps its deadline while every worker-thread VM is busy", function()
+      m:reset()
+      local helper = require("kie").new{ api_key = KEY, base_url = m.url, rate_limits = { create = false } }
+      local task = assert(helper:create_task{ model = "ideogram/v3-reframe",
+        input = { image_url = "https://example.com/a.png", image_size = "square_hd" } })
+      helper:close()
+      -- both VMs (lua_worker_thread_vm_pool_size 2) held 3 s by slow credit calls
+      m:fault{ path = "/api/v1/chat/credit", fault = "delay", seconds = 3, times = 2 }
+      local blockers = {}
+      for i = 1, 2 do
+        local c = assert(socket.tcp())
+        c:settimeout(10)
+        assert(c:connect("127.0.0.1", m.port))
+        assert(c:send("GET /t/credits?once=1 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"))
+        blockers[i] = c
+      end
+      assert.is_truthy(until_true(function() return m:count("/api/v1/chat/credit") == 2 end, 5))
+      -- (without the busy VMs the task would be found at the first poll: success)
+      local _, doc = get_json(m.url .. "/t/wait_short?id=" .. task.taskId)
+      for _, c in ipairs(blockers) do c:receive("*a"); c:close() end
+      assert.equals("deadline", doc.kind)
+      assert.is_true(doc.elapsed < 2, "wait{timeout = 0.5} took " .. doc.elapsed .. " s")
+    end)
+
+    it("paces creates where kie.ai counts them: on arrival, with 0 - 300 ms latency", function()
+      m:reset()
+      m:config{ latency = { min = 0, max = 0.3 }, account_limit = { create = { limit = 3, window = 1 } } }
+      local ok, _, doc = pcall(get_json, m.url .. "/t/paced")
+      m:config{ latency = false, account_limit = false }
+      assert(ok, _)
+      local over = 0
+      for _, r in ipairs(m:requests("/api/v1/jobs/createTask")) do
+        if r.fault == "account_limit" then over = over + 1 end
+      end
+      assert.equals(8, m:count("/api/v1/jobs/createTask"))
+      assert.equals(0, over)
+      assert.same({}, doc.errs)
+    end)
+
+    it("wait keeps its deadline while every thread of its pool is busy", function()
+      m:reset()
+      local helper = require("kie").new{ api_key = KEY, base_url = m.url, rate_limits = { create = false } }
+      local task = assert(helper:create_task{ model = "ideogram/v3-reframe",
+        input = { image_url = "https://example.com/a.png", image_size = "square_hd" } })
+      helper:close()
+      -- the only thread of pool "one" held 3 s by a slow credit call (a VM is free)
+      m:fault{ path = "/api/v1/chat/credit", fault = "delay", seconds = 3, times = 1 }
+      local blocker = assert(socket.tcp())
+      blocker:settimeout(10)
+      assert(blocker:connect("127.0.0.1", m.port))
+      assert(blocker:send("GET /t/credits?pool=one HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"))
+      assert.is_truthy(until_true(function() return m:count("/api/v1/chat/credit") == 1 end, 5))
+      local _, doc = get_json(m.url .. "/t/wait_short?pool=one&id=" .. task.taskId)
+      blocker:receive("*a")
+      blocker:close()
+      assert.equals("deadline", doc.kind)
+      assert.is_true(doc.elapsed < 2, "wait{timeout = 0.5} took " .. doc.elapsed .. " s")
+      -- the abandoned poll ran once the thread was free, and sent nothing
+      socket.sleep(0.2)
+      assert.equals(0, m:count("/api/v1/jobs/recordInfo"))
     end)
 
     it("refuses to run in a phase that cannot yield (log_by_lua)", function()

@@ -12,6 +12,11 @@ local function fake_env(t0)
   return env
 end
 
+-- A request sent and answered at the same instant `t`.
+local function take(lim, t)
+  lim:release(lim:claim(t), t)
+end
+
 -- Park-Miller generator: deterministic and exact in doubles on every Lua version.
 local function rng(seed)
   local x = seed
@@ -75,10 +80,44 @@ local function simulate(lim, seed, n, res)
     else
       assert(recent < lim.limit, ("no wait at t=%s with %d recent"):format(t, recent))
     end
-    lim:take(t)
+    take(lim, t)
     sent[#sent + 1] = t
   end
   return sent, waits
+end
+
+-- Discrete-event run of `workers` cooperative tasks sending `n` requests in all
+-- through one limiter. Each request: acquire (sleeping as told), a random latency
+-- to the server (its arrival is recorded there), a random latency back, release.
+-- `at_send` releases at sending instead (a limiter that counts at the client).
+-- Returns the arrival times at the server.
+local function simulate_latency(lim, seed, workers, n, at_send)
+  local random = rng(seed)
+  local t, queue, arrivals, sent = 0, {}, {}, 0
+  local env = { now = function() return t end }
+  function env.sleep(s) coroutine.yield(t + s) end
+  local function worker()
+    while sent < n do
+      sent = sent + 1
+      local slot = lim:acquire(env)
+      if at_send then lim:release(slot, t) end
+      env.sleep(math.floor(random() * 20) / 64)          -- to the server: 0 - 0.3 s
+      arrivals[#arrivals + 1] = t
+      env.sleep(math.floor(random() * 4) / 64)           -- the answer back
+      if not at_send then lim:release(slot, t) end
+      if random() < 0.3 then env.sleep(math.floor(random() * 32) / 64) end
+    end
+  end
+  for i = 1, workers do queue[i] = { co = coroutine.create(worker), at = 0, i = i } end
+  while #queue > 0 do
+    table.sort(queue, function(a, b) if a.at ~= b.at then return a.at < b.at end return a.i < b.i end)
+    local w = table.remove(queue, 1)
+    t = w.at
+    local ok, at = coroutine.resume(w.co)
+    assert(ok, at)
+    if coroutine.status(w.co) ~= "dead" then w.at = at; queue[#queue + 1] = w end
+  end
+  return arrivals
 end
 
 describe("kie.ratelimit", function()
@@ -86,7 +125,7 @@ describe("kie.ratelimit", function()
     local lim = rl.new{ limit = 3, window = 10, margin = 0.5 }
     for _ = 1, 3 do
       assert.equal(0, lim:delay(0))
-      lim:take(0)
+      take(lim, 0)
     end
     assert.equal(10.5, lim:delay(0))
     assert.equal(6.5, lim:delay(4))
@@ -96,18 +135,18 @@ describe("kie.ratelimit", function()
 
   it("slides: each slot frees window + margin after its own request", function()
     local lim = rl.new{ limit = 2, window = 1, margin = 0 }
-    lim:take(0); lim:take(0.25)
+    take(lim, 0); take(lim, 0.25)
     assert.equal(0.75, lim:delay(0.25))
-    lim:take(1)           -- oldest (0) expired at 1
+    take(lim, 1)           -- oldest (0) expired at 1
     assert.equal(0.25, lim:delay(1)) -- now oldest is 0.25
-    lim:take(1.25)
+    take(lim, 1.25)
     assert.equal(0.75, lim:delay(1.25))
   end)
 
   it("uses a default margin of 0.05 s and defaults 20 per 10 s", function()
     local lim = rl.new()
     assert.equal(20, lim.limit); assert.equal(10, lim.window); assert.equal(0.05, lim.margin)
-    for _ = 1, 20 do lim:take(0) end
+    for _ = 1, 20 do take(lim, 0) end
     assert.is_true(math.abs(lim:delay(0) - 10.05) < 1e-12)
     assert.is_true(lim:delay(10) > 0)       -- the margin still holds it back at exactly 10 s
     assert.is_true(lim:delay(10.049) > 0)
@@ -154,6 +193,33 @@ describe("kie.ratelimit", function()
     end
   end)
 
+  it("however latency varies, no window at the server sees more than `limit` (randomized)", function()
+    local configs = {
+      { limit = 1, window = 1, margin = 0 },
+      { limit = 3, window = 1, margin = 0 },
+      { limit = 10, window = 1, margin = 0.0625 },
+      { limit = 20, window = 10, margin = 0 },
+    }
+    local overshoots = 0
+    for ci, c in ipairs(configs) do
+      for seed = 1, 6 do
+        for _, workers in ipairs{ 1, 4, 32 } do
+          local s = seed * 100 + ci * 10 + workers
+          local arrivals = simulate_latency(rl.new(c), s, workers, 120)
+          assert.equal(120, #arrivals)
+          local most = max_in_span(arrivals, c.window)
+          assert.is_true(most <= c.limit, ("config %d seed %d workers %d: %d arrivals in one window")
+            :format(ci, seed, workers, most))
+          -- control: the same traffic counted at sending overshoots at the server
+          if max_in_span(simulate_latency(rl.new(c), s, workers, 120, true), c.window) > c.limit then
+            overshoots = overshoots + 1
+          end
+        end
+      end
+    end
+    assert.is_true(overshoots > 10, "counting at sending never overshot: the test proves nothing")
+  end)
+
   it("a detector of the property catches a limiter without a window (control)", function()
     -- guards the brute force itself: a broken sequence must be flagged
     local times = { 0, 0.1, 0.2, 0.3 }
@@ -161,19 +227,21 @@ describe("kie.ratelimit", function()
     assert.equal(2, max_in_span({ 0, 1, 2 }, 1.5))
   end)
 
-  it("acquire sleeps exactly as needed and returns the seconds waited", function()
+  it("acquire sleeps exactly as needed and returns the slot (its time)", function()
     local lim = rl.new{ limit = 3, window = 1, margin = 0 }
     local env = fake_env(5)
-    assert.equal(0, lim:acquire(env))
-    assert.equal(0, lim:acquire(env))
+    lim:release(lim:acquire(env), env.t)
+    lim:release(lim:acquire(env), env.t)
     env.t = 5.25
-    assert.equal(0, lim:acquire(env))
+    lim:release(lim:acquire(env), env.t)
     assert.equal(0, #env.sleeps)
-    assert.equal(0.75, lim:acquire(env))    -- waits for the request at t=5 to leave
+    assert.equal(6, lim:acquire(env))       -- waits for the request at t=5 to leave
     assert.same({ 0.75 }, env.sleeps)
     assert.equal(6, env.t)
-    assert.equal(0, lim:acquire(env))       -- second slot (t=5) freed at 6 too
-    assert.equal(0.25, lim:acquire(env))    -- third slot (5.25) frees at 6.25
+    lim:release(6, env.t)
+    assert.equal(6, lim:acquire(env))       -- second slot (t=5) freed at 6 too
+    lim:release(6, env.t)
+    assert.equal(6.25, lim:acquire(env))    -- third slot (5.25) frees at 6.25
     assert.equal(6.25, env.t)
   end)
 
@@ -185,26 +253,60 @@ describe("kie.ratelimit", function()
     local sleep = env.sleep
     env.sleep = function(s)
       sleep(s)
-      if not stolen then stolen = true; lim:take(env.t) end
+      if not stolen then stolen = true; take(lim, env.t) end
     end
-    lim:take(0)
-    local waited = lim:acquire(env)
-    assert.equal(2, waited)           -- 1 s for the first holder, 1 s more for the thief
+    take(lim, 0)
+    assert.equal(2, lim:acquire(env)) -- 1 s for the first holder, 1 s more for the thief
     assert.same({ 1, 1 }, env.sleeps)
   end)
 
-  it("records a clock that steps back as the newest time (safe side)", function()
+  it("with a deadline, gives up at once (nothing held) when the slot comes too late", function()
     local lim = rl.new{ limit = 1, window = 1, margin = 0 }
-    lim:take(10); lim:take(9)
-    assert.equal(1, lim:delay(10)) -- recorded at 10, so it leaves at 11, not 10
-    local lim2 = rl.new{ limit = 3, window = 1, margin = 0 }
-    lim2:take(10); lim2:take(9); lim2:take(9.5)
-    assert.equal(1, lim2:delay(10))
+    local env = fake_env(0)
+    take(lim, 0)
+    local slot, wait = lim:acquire(env, 0.5)
+    assert.is_nil(slot)
+    assert.equal(1, wait)
+    assert.same({}, env.sleeps)
+    assert.equal(1, lim:acquire(env, 1))
+  end)
+
+  it("holds a slot from acquire to release, and counts it window + margin from the release", function()
+    local lim = rl.new{ limit = 2, window = 1, margin = 0.25 }
+    local env = fake_env(0)
+    local a = lim:acquire(env)
+    local b = lim:acquire(env)
+    assert.equal(1.25, lim:delay(0))       -- both held: at least a window from now
+    assert.equal(1.25, lim:delay(3))       -- still held 3 s later: no slot freed by time
+    lim:release(a, 3)                      -- its answer came at 3
+    assert.equal(1.25, lim:delay(3))
+    assert.equal(0.25, lim:delay(4))
+    assert.equal(0, lim:delay(4.25))
+    lim:release(b, 4.25)
+    env.t = 4.25
+    local c = lim:acquire(env)             -- a's slot is free again at 4.25
+    assert.equal(4.25, c)
+    assert.equal(1.25, lim:delay(4.25))    -- b counts until 5.5, c is held
+    assert.same({}, env.sleeps)
+  end)
+
+  it("a slot never released counts as released `hold` seconds after it was taken", function()
+    local lim = rl.new{ limit = 1, window = 1, margin = 0, hold = 30 }
+    local env = fake_env(0)
+    lim:acquire(env)                       -- a canceled caller: never released
+    assert.equal(31, lim:acquire(env))     -- 30 s hold + the window, then free again
+  end)
+
+  it("a partial option keeps the given defaults for what it leaves out", function()
+    local lim = rl.new({ limit = 5 }, { limit = 10, window = 1 })
+    assert.equal(5, lim.limit); assert.equal(1, lim.window); assert.equal(0.05, lim.margin)
+    assert.equal(10, rl.new(nil, { limit = 10, window = 1 }).limit)
+    assert.has_error(function() rl.new({ windw = 1 }, { limit = 10, window = 1 }) end)
   end)
 
   it("fill uses the whole budget; reset forgets it", function()
     local lim = rl.new{ limit = 5, window = 2, margin = 0 }
-    lim:take(0)
+    take(lim, 0)
     lim:fill(3)
     assert.equal(2, lim:delay(3))
     lim:reset()

@@ -46,12 +46,15 @@ describe("reliability: the journal survives a kill -9 #integration", function()
     pids[#pids + 1] = pid
     local id = procs.wait_for(out, "created (task_[%w_]+)\n", 10)
     assert.is_string(id, "child printed no task id; stderr: " .. tostring(procs.read_file(err)))
-    -- the line was on disk when create_task returned (the id is printed after it)
+    -- the line was on disk when create_task returned (the id is printed after it),
+    -- after the intent written before the request was sent
     local lines = journal_lines(journal)
-    assert.equals(1, #lines)
-    assert.equals("created", lines[1].event)
-    assert.equals(id, lines[1].taskId)
-    assert.equals("ideogram/character", lines[1].model)
+    assert.equals(2, #lines)
+    assert.equals("intent", lines[1].event)
+    assert.equals("created", lines[2].event)
+    assert.equals(lines[1].intent, lines[2].intent)
+    assert.equals(id, lines[2].taskId)
+    assert.equals("ideogram/character", lines[2].model)
     -- kill it mid-wait: after its first poll, before the task is done
     local polled = false
     for _ = 1, 300 do
@@ -95,9 +98,9 @@ describe("reliability: the journal survives a kill -9 #integration", function()
     assert.same({}, c2:resume())
     c2:close()
     lines = journal_lines(journal)
-    assert.equals(2, #lines)
-    assert.equals("finished", lines[2].event)
-    assert.equals("success", lines[2].state)
+    assert.equals(3, #lines)
+    assert.equals("finished", lines[3].event)
+    assert.equals("success", lines[3].state)
   end)
 
   it("a record cut off before its newline does not swallow the next one", function()
@@ -121,7 +124,8 @@ describe("reliability: the journal survives a kill -9 #integration", function()
     local ok = os.execute("strace -o /dev/null true >/dev/null 2>&1")
     if ok ~= true and ok ~= 0 then return pending("strace is not usable here") end
     local journal, out, err, trace = tmp(".jsonl"), tmp(".out"), tmp(".err"), tmp(".trace")
-    local cmd = "strace -f -s 4096 -e trace=openat,open,write,writev,fsync,fdatasync -o " .. procs.quote(trace) .. " "
+    local cmd = "strace -f -s 4096 -e trace=openat,open,write,writev,fsync,fdatasync,sendto,sendmsg -o "
+      .. procs.quote(trace) .. " "
       .. procs.lua_command(CHILD, { m.url, KEY, journal, "fsync test", "exit" })
     local pid = procs.spawn(cmd, out, err)
     pids[#pids + 1] = pid
@@ -131,11 +135,16 @@ describe("reliability: the journal survives a kill -9 #integration", function()
     assert.is_string(id, "stderr: " .. tostring(procs.read_file(err)))
     -- order of events in the trace: open journal -> write id -> fsync -> print id
     local fd, wrote, synced, printed
+    local intent, intent_synced, sent
     local n = 0
     for line in (procs.read_file(trace) or ""):gmatch("[^\n]+") do
       n = n + 1
       local got = line:match('open[a]?t?%(.-"' .. journal:gsub("%p", "%%%0") .. '".-%)%s+=%s+(%d+)')
       if got then fd = got end
+      local to_journal = fd and line:match("writev?%(" .. fd .. ",")
+      if to_journal and not intent and line:find('\\"intent\\"', 1, true) then intent = n end
+      if intent and not intent_synced and line:match("f[data]*sync%(" .. fd .. "%)") then intent_synced = n end
+      if not sent and line:match("^%d*%s*send[tomsg]*%(") and line:find("createTask", 1, true) then sent = n end
       if fd and not wrote and line:match("writev?%(" .. fd .. ",") and line:find(id, 1, true) then wrote = n end
       if wrote and not synced and (line:match("fsync%(" .. fd .. "%)") or line:match("fdatasync%(" .. fd .. "%)")) then
         synced = n
@@ -147,5 +156,9 @@ describe("reliability: the journal survives a kill -9 #integration", function()
     assert.is_number(synced, "journal never fsync'd")
     assert.is_number(printed, "id never printed")
     assert.is_true(wrote < synced and synced < printed)
+    -- the intent before it: written and fsync'd before the create is sent
+    assert.is_number(intent, "intent never written to the journal")
+    assert.is_number(sent, "the create was never seen sent")
+    assert.is_true(intent < intent_synced and intent_synced < sent and sent < wrote)
   end)
 end)

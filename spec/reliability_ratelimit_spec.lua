@@ -3,6 +3,7 @@
 -- and 10 status reads per second; the client must never send more.
 local kie = require "kie"
 local mock = require "spec.support.mock"
+local core = require "kie.core"
 
 local KEY = "sk-ratelimit-spec-7c1e"
 
@@ -143,11 +144,131 @@ describe("reliability: client-side rate limits (fake clock) #integration", funct
     c:close()
   end)
 
+  it("a partial rate_limits entry keeps the published defaults for what it leaves out", function()
+    local task = assert(kie.new{ api_key = KEY, base_url = m.url, rate_limits = { create = false } }
+      :create_task(request("partial")))
+    local c, _, sent = fake_client{ rate_limits = { poll = { limit = 5 }, create = { window = 2 } } }
+    for _ = 1, 6 do assert(c:get_task(task.taskId)) end
+    local t = sent.get_task
+    assert.equals(t[1], t[5])
+    -- the 6th waits out poll's published 1 s window, not 10 s
+    assert.is_true(t[6] - t[1] >= 1 and t[6] - t[1] < 1.5, "6th read after " .. (t[6] - t[1]) .. " s")
+    for i = 1, 21 do assert(c:create_task(request(i))) end
+    local ct = sent.create_task
+    assert.equals(ct[1], ct[20])  -- create keeps its limit of 20
+    assert.is_true(ct[21] - ct[1] >= 2 and ct[21] - ct[1] < 2.5)
+    c:close()
+    assert.has_error(function() kie.new{ api_key = KEY, rate_limits = { poll = { limt = 5 } } } end,
+      "kie.new: option 'rate_limits': kie.ratelimit.new: unknown option 'limt'")
+    assert.has_error(function() kie.new{ api_key = KEY, rate_limits = { polls = { limit = 5 } } } end,
+      "kie.new: option 'rate_limits': unknown entry 'polls' (create, poll)")
+  end)
+
   it("can be configured (rate_limits) and switched off", function()
     local c, _, sent = fake_client{ rate_limits = { create = { limit = 2, window = 1 }, poll = false } }
     for i = 1, 5 do assert(c:create_task(request(i))) end
     assert.is_true(max_in_window(sent.create_task, 1) <= 2)
     assert.is_true(sent.create_task[5] - sent.create_task[1] >= 2)
     c:close()
+  end)
+end)
+
+-- Issue 10 item 19: kie.ai counts a request when it ARRIVES. The mock delays each
+-- request between reading it and counting it (latency), and answers 429 over an
+-- account-wide sliding window of arrivals (limit 3 per 1 s here, to keep it short).
+describe("reliability: pacing counts where kie.ai counts (real clock, latency) #integration", function()
+  local m
+  local LIMIT = { limit = 3, window = 1 }
+  local CREATE = "/api/v1/jobs/createTask"
+
+  lazy_setup(function()
+    m = mock.start{ api_key = KEY, pace = 0, account_limit = { create = LIMIT } }
+  end)
+  lazy_teardown(function()
+    if m then m:stop() end
+  end)
+  before_each(function()
+    m:reset()
+    m:config{ latency = false }
+  end)
+
+  local function client(limits)
+    return kie.new{ api_key = KEY, base_url = m.url, timeout = 5, max_retries = 0,
+      rate_limits = { create = limits, poll = false } }
+  end
+
+  local function over_limit()
+    local n = 0
+    for _, r in ipairs(m:requests(CREATE)) do
+      if r.fault == "account_limit" then n = n + 1 end
+    end
+    return n
+  end
+
+  -- the first three creates take 0.6 s to arrive, the later ones none
+  local function slow_first_three()
+    m:fault{ path = CREATE, fault = "delay", seconds = 0, latency = 0.6, times = 3 }
+  end
+
+  -- steps `c` until `pred()` (at most 15 s)
+  local function pump(c, pred)
+    local deadline = core.now() + 15
+    while not pred() and core.now() < deadline do c:step(20) end
+    assert.is_true(pred(), "not done in 15 s")
+  end
+
+  -- creates `n` at once (async); returns a function that tells when all ended, and errs
+  local function fire(c, n, tag, before_each_send)
+    local done, errs = 0, {}
+    for i = 1, n do
+      if before_each_send then before_each_send() end
+      c:create_task_async(request(tag .. i), function(t, err)
+        done = done + 1
+        if not t then errs[#errs + 1] = err.kind end
+      end)
+    end
+    return function() return done == n end, errs
+  end
+
+  it("control: a limiter that counts at sending overshoots at the server", function()
+    slow_first_three()
+    local c = client(false)
+    local lim = require("kie.ratelimit").new(LIMIT)
+    local env = { now = core.now, sleep = core.sleep }
+    local function at_send() lim:release(lim:acquire(env), env.now()) end -- the old rule
+    local first = fire(c, 3, "control a", at_send)
+    pump(c, first)
+    local second, errs = fire(c, 3, "control b", at_send)   -- sent 1.05 s after the first
+    pump(c, second)
+    c:close()
+    assert.is_true(#errs > 0, "the mock never saw more than 3 arrivals in 1 s")
+    assert.equals("rate_limited", errs[1])
+    assert.equals(#errs, over_limit())
+  end)
+
+  it("the same load through the client: no 429", function()
+    slow_first_three()
+    local c = client(LIMIT)
+    local all, errs = fire(c, 6, "held ")
+    pump(c, all)
+    c:close()
+    assert.same({}, errs)
+    assert.equals(6, m:count(CREATE))
+    assert.equals(0, over_limit())
+  end)
+
+  it("random latency 0 - 300 ms, blocking and a concurrent async burst: no 429", function()
+    m:config{ latency = { min = 0, max = 0.3 } }
+    local c = client(LIMIT)
+    for i = 1, 6 do
+      local _, err = c:create_task(request("blocking " .. i))
+      assert.is_nil(err and tostring(err))
+    end
+    local all, errs = fire(c, 9, "async ")
+    pump(c, all)
+    c:close()
+    assert.same({}, errs)
+    assert.equals(15, m:count(CREATE))
+    assert.equals(0, over_limit())
   end)
 end)

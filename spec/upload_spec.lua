@@ -264,19 +264,21 @@ describe("upload against the mock #core", function()
     assert.equals(#data, res.fileSize)
   end)
 
-  describe("run{} with local paths", function()
-    it("uploads local refs first, then creates with their URLs", function()
+  describe("run{} with local files (kie.file)", function()
+    it("uploads kie.file refs first, then creates with their URLs", function()
       local ref = dir .. "/hero.png"
       write(ref, PNG_MAGIC .. bytes(4000, 11))
       local request = { model = "ideogram/character", input = {
-        prompt = "a knight", reference_image_urls = { ref, "file://" .. ref },
+        prompt = "a knight", reference_image_urls = { kie.file(ref), kie.file(ref) },
       }, wait = { interval = 0.02 } }
+      local refs = request.input.reference_image_urls
       local info, err = c:run(request)
       assert.is_nil(err)
       assert.equals("success", info.state)
       -- the same path once, the caller's table untouched
       assert.equals(1, m:count("/api/file-stream-upload"))
-      assert.same({ ref, "file://" .. ref }, request.input.reference_image_urls)
+      assert.equals(refs, request.input.reference_image_urls)
+      assert.is_true(files.is_file(refs[1]) and refs[1].path == ref)
       local sent = m:requests("/api/v1/jobs/createTask")[1].body
       local want = (m.url .. "/uploads/kie-lua/hero.png"):gsub("/", "\\/")
       assert.truthy(sent:find('"reference_image_urls":["' .. want .. '","' .. want .. '"]', 1, true))
@@ -286,8 +288,8 @@ describe("upload against the mock #core", function()
       local img = dir .. "/in.jpg"
       write(img, JPEG_MAGIC .. bytes(100))
       local info, err = c:run{ model = "ideogram/character-remix", input = {
-        prompt = "remix", image_url = img, reference_image_urls = { "https://example.com/r.png" },
-        image_urls = { img },
+        prompt = "remix", image_url = kie.file(img), reference_image_urls = { "https://example.com/r.png" },
+        image_urls = { kie.file(img) },
       }, upload = { upload_path = "runs" }, wait = { interval = 0.02 } }
       assert.is_nil(err)
       assert.equals("success", info.state)
@@ -295,32 +297,113 @@ describe("upload against the mock #core", function()
       assert.truthy(m:requests("/api/v1/jobs/createTask")[1].body:find("runs\\/in.jpg", 1, true))
     end)
 
-    it("returns validation for a path that does not exist, and sends nothing", function()
-      local r, e = c:run{ model = "ideogram/character", input = {
-        prompt = "x", reference_image_urls = { dir .. "/missing.png" } } }
+    it("uploads kie.file{data = bytes, file_name = ...} as Base64", function()
+      local info, err = c:run{ model = "ideogram/character", input = { prompt = "x",
+        reference_image_urls = { kie.file{ data = PNG_MAGIC .. bytes(300), file_name = "mem.png" } } },
+        wait = { interval = 0.02 } }
+      assert.is_nil(err)
+      assert.equals("success", info.state)
+      assert.equals(1, m:count("/api/file-base64-upload"))
+      assert.equals(0, m:count("/api/file-stream-upload"))
+      assert.truthy(m:requests("/api/v1/jobs/createTask")[1].body:find("kie-lua\\/mem.png", 1, true))
+    end)
+
+    it("never reads a plain string: an existing path or file:// is a validation error naming kie.file", function()
+      local secret = dir .. "/secret.png"
+      write(secret, PNG_MAGIC .. bytes(100))
+      for _, v in ipairs{ secret, "file://" .. secret, "/etc/passwd", "ftp://example.com/a.png", "refs/a.png" } do
+        for _, field in ipairs{ "reference_image_urls", "image_url", "mask_url" } do
+          local input = { prompt = "x", reference_image_urls = { "https://example.com/r.png" } }
+          local where = field
+          if field == "reference_image_urls" then
+            input[field] = { "https://example.com/ok.png", v }
+            where = field .. "[2]"
+          else
+            input[field] = v
+          end
+          local r, e = c:run{ model = "ideogram/character-edit", input = input }
+          assert.is_nil(r, v)
+          assert.equals("validation", e.kind)
+          assert.equals("input." .. where, e.field)
+          assert.matches("input%." .. where:gsub("%p", "%%%0") .. " ", e.message)
+          assert.matches("kie.file(path)", e.message, 1, true)
+        end
+      end
+      assert.equals(0, m:count("/api/*"))
+    end)
+
+    it("checks every field before uploading anything", function()
+      local ref = dir .. "/first.png"
+      write(ref, PNG_MAGIC .. bytes(100))
+      local r, e = c:run{ model = "ideogram/character-edit", input = { prompt = "x",
+        image_url = kie.file(ref), mask_url = dir .. "/mask.png",
+        reference_image_urls = { "https://example.com/r.png" } } }
       assert.is_nil(r)
-      assert.equals("validation", e.kind)
-      assert.matches("input%.reference_image_urls%[1%]", e.message)
+      assert.equals("input.mask_url", e.field)
+      assert.equals(0, m:count("/api/*"))
+    end)
+
+    it("uploads nothing for a request that would fail validation", function()
+      local ref = dir .. "/never-sent.png"
+      write(ref, PNG_MAGIC .. bytes(100))
+      for _, case in ipairs{
+        { { prompt = string.rep("x", 5001), reference_image_urls = { kie.file(ref) } }, "input.prompt" },
+        { { prompt = "x", style = "WATERCOLOR", reference_image_urls = { kie.file(ref) } }, "input.style" },
+        { { prompt = "x", colour = "red", reference_image_urls = { kie.file(ref) } }, "input.colour" },
+      } do
+        local r, e = c:run{ model = "ideogram/character", input = case[1] }
+        assert.is_nil(r)
+        assert.equals("validation", e.kind)
+        assert.equals(case[2], e.field)
+      end
+      assert.equals(0, m:count("/api/*"))
+      -- strict = false lets the unknown field through: then the file is uploaded
+      local info, err = c:run{ model = "ideogram/character", strict = false, wait = { interval = 0.02 },
+        input = { prompt = "x", colour = "red", reference_image_urls = { kie.file(ref) } } }
+      assert.is_nil(err)
+      assert.equals("success", info.state)
+      assert.equals(1, m:count("/api/file-stream-upload"))
+    end)
+
+    it("returns io for a kie.file that does not exist, and sends nothing", function()
+      local r, e = c:run{ model = "ideogram/character", input = {
+        prompt = "x", reference_image_urls = { kie.file(dir .. "/missing.png") } } }
+      assert.is_nil(r)
+      assert.equals("io", e.kind)
+      assert.matches("^run: uploading input%.reference_image_urls%[1%]: upload: cannot open", e.message)
       assert.equals(0, m:count("/api/*"))
     end)
 
     it("stops at an upload failure, before creating (wrong type)", function()
       local txt = dir .. "/fake.png"
       write(txt, "text")
-      local r, e = c:run{ model = "ideogram/character", input = { prompt = "x", reference_image_urls = { txt } } }
+      local r, e = c:run{ model = "ideogram/character", input = { prompt = "x",
+        reference_image_urls = { kie.file(txt) } } }
       assert.is_nil(r)
       assert.equals("validation", e.kind)
       assert.matches("^run: uploading input%.reference_image_urls%[1%]: upload: ", e.message)
       assert.equals(0, m:count("/api/*"))
     end)
 
-    it("keeps create_task strict: a local path there is a validation error", function()
+    it("kie.file raises on misuse", function()
+      assert.has_error(function() kie.file() end)
+      assert.has_error(function() kie.file("") end)
+      assert.has_error(function() kie.file(42) end)
+      assert.has_error(function() kie.file{ path = "x.png" } end)
+      assert.has_error(function() kie.file{ data = 1 } end)
+      assert.has_error(function() kie.file{ data = "x", file_name = 3 } end)
+      assert.matches("kie.file", tostring(kie.file("a.png")), 1, true)
+    end)
+
+    it("keeps create_task strict: a local path or kie.file there is a validation error", function()
       local ref = dir .. "/strict.png"
       write(ref, PNG_MAGIC .. "x")
-      local r, e = c:create_task{ model = "ideogram/character",
-        input = { prompt = "x", reference_image_urls = { ref } } }
-      assert.is_nil(r)
-      assert.equals("validation", e.kind)
+      for _, v in ipairs{ ref, kie.file(ref) } do
+        local r, e = c:create_task{ model = "ideogram/character",
+          input = { prompt = "x", reference_image_urls = { v } } }
+        assert.is_nil(r)
+        assert.equals("validation", e.kind)
+      end
       assert.equals(0, m:count("/api/*"))
     end)
 
@@ -328,8 +411,8 @@ describe("upload against the mock #core", function()
       local ref = dir .. "/spawned.png"
       write(ref, PNG_MAGIC .. bytes(500))
       local h = kie.spawn(function()
-        return c:run{ model = "ideogram/character", input = { prompt = "x", reference_image_urls = { ref } },
-          wait = { interval = 0.02 } }
+        return c:run{ model = "ideogram/character", input = { prompt = "x",
+          reference_image_urls = { kie.file(ref) } }, wait = { interval = 0.02 } }
       end)
       local n = 0
       while not h:done() and n < 5000 do c:step(5); n = n + 1 end
@@ -453,5 +536,81 @@ describe("upload against the mock #core", function()
       assert.is_nil(io.open(dir .. "/expired.png", "rb"))
       for _, r in ipairs(m:requests("/files/*")) do assert.is_nil(r.headers["authorization"]) end
     end)
+  end)
+
+  describe("randomness per process", function()
+    -- Runs `script` in two child processes of interpreter `lua` at once (with
+    -- os.time pinned: started in the same second); returns their outputs.
+    local function twins(lua, script)
+      local flavour = lua
+      if not io.open("build/" .. flavour .. "/kie/core.so", "rb") then return nil end
+      local f = dir .. "/twin-" .. lua .. ".lua"
+      write(f, script)
+      local env = "env LUA_PATH='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH='./build/" .. flavour ..
+        "/?.so;;' KIE_SPEC_URL='" .. m.url .. "' KIE_SPEC_KEY='" .. KEY .. "' "
+      local a = io.popen(env .. lua .. " " .. f .. " a 2>&1")
+      local b = io.popen(env .. lua .. " " .. f .. " b 2>&1")
+      local out_a, out_b = a:read("*a"), b:read("*a")
+      a:close()
+      b:close()
+      return out_a, out_b
+    end
+
+    it("never reseeds a process it seeded; a client made after a fork seeds once", function()
+      local seed = require "kie.seed"
+      -- the first values after math.randomseed(12345); kie.new may draw some (a salt)
+      math.randomseed(12345)
+      local mine = {}
+      for _ = 1, 8 do mine[math.random()] = true end
+      local function next_after(fn)
+        math.randomseed(12345)
+        fn()
+        return math.random()
+      end
+      local function new() kie.new{ api_key = KEY, base_url = m.url } end
+      -- the user's own seed stands: kie.new in the same process does not reseed
+      assert.is_true(mine[next_after(new)])
+      local real_pid = seed.pid
+      seed.pid = function() return (real_pid() or 0) + 1 end -- as in a forked child
+      local ok, forked = pcall(next_after, new)
+      local again = ok and next_after(new)
+      seed.pid = real_pid
+      assert.is_true(ok, forked)
+      assert.is_nil(mine[forked])
+      assert.is_true(mine[again]) -- seeded once in that "process"
+      seed.ensure() -- back to this process's pid (reseeds once)
+    end)
+
+    for _, lua in ipairs{ "lua5.4", "luajit" } do
+      it(lua .. ": math.random differs across processes after require \"kie\"", function()
+        local a, b = twins(lua, 'require "kie"\nio.write(("%.17g"):format(math.random()))\n')
+        if not a then return pending("no build/" .. lua) end
+        assert.matches("^0%.%d+$", a)
+        assert.matches("^0%.%d+$", b)
+        assert.are_not.equal(a, b)
+      end)
+
+      it(lua .. ": two processes downloading to one path use different temporary files", function()
+        local src = dir .. "/twin-src.png"
+        write(src, PNG_MAGIC .. bytes(2000))
+        local url = assert(c:upload(src)).downloadUrl
+        local script = [[
+          local kie = require "kie"
+          local rename = os.rename
+          os.time = function() return 1700000000 end
+          os.rename = function(from, to) io.write("TMP ", from, "\n") return rename(from, to) end
+          local c = kie.new{ api_key = os.getenv "KIE_SPEC_KEY", base_url = os.getenv "KIE_SPEC_URL",
+            upload_url = os.getenv "KIE_SPEC_URL" }
+          assert(c:download("]] .. url .. [[", "]] .. dir .. [[/twin-out-" .. arg[1] .. ".png"))
+        ]]
+        local a, b = twins(lua, script)
+        if not a then return pending("no build/" .. lua) end
+        local ta = a:match("TMP [^\n]*/twin%-out%-a%.png(%.part%-[^\n]+)\n")
+        local tb = b:match("TMP [^\n]*/twin%-out%-b%.png(%.part%-[^\n]+)\n")
+        assert.is_string(ta, a)
+        assert.is_string(tb, b)
+        assert.are_not.equal(ta, tb)
+      end)
+    end
   end)
 end)

@@ -415,13 +415,16 @@ static int call(lua_State *L, int async) {
                                        NULL, async));
 }
 
-/* fetch(url, path[, max_bytes]): downloads url into the file at path (created or
- * truncated), without the key: [-0, +1|+2]. Result: true, bytes | nil, err. */
+/* fetch(url, path[, max_bytes[, timeout_s]]): downloads url into the file at path
+ * (created or truncated), without the key; timeout_s (> 0) replaces the client's
+ * request timeout for this transfer: [-0, +1|+2]. Result: true, bytes | nil, err. */
 static int fetch(lua_State *L, int async) {
   kie_client *c = check_open(L, 1);
   const char *url = luaL_checkstring(L, 2);
   const char *path = luaL_checkstring(L, 3);
   lua_Number cap = luaL_optnumber(L, 4, 0);
+  lua_Number t = luaL_optnumber(L, 5, 0);
+  long tmo;
   FILE *f;
   int n;
   if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) {
@@ -429,6 +432,8 @@ static int fetch(lua_State *L, int async) {
   }
   if (!(cap >= 0)) return luaL_argerror(L, 4, "must be a number >= 0");
   if (cap > KIE_MAX_BYTES) cap = KIE_MAX_BYTES; /* math.huge: no cap of its own */
+  if (t != t || t < 0) return luaL_argerror(L, 5, "must be a number >= 0");
+  tmo = kie_clock_ms(t);
   kie_client_enter(c);
   f = fopen(path, "wb");
   if (f == NULL) {
@@ -436,7 +441,7 @@ static int fetch(lua_State *L, int async) {
     kie_response_error(L, c, "io", lua_tostring(L, -1), 0);
     return kie_client_leave(L, c, 2);
   }
-  n = launch(L, c, KIE_OP_FETCH, "GET", url, NULL, 0, f, (size_t)cap, 0, NULL, async);
+  n = launch(L, c, KIE_OP_FETCH, "GET", url, NULL, 0, f, (size_t)cap, tmo, NULL, async);
   if (async && lua_type(L, -1) == LUA_TNUMBER) {
     /* a started download that ends without its result being taken (cancel,
      * close, collection) removes its partial file */

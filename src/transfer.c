@@ -239,8 +239,11 @@ static int set_request(kie_client *c, kie_xfer *x, const char *url, long timeout
   if (x->op == KIE_OP_UPLOAD) h = c->form_headers;
   else if (x->op != KIE_OP_FETCH) h = c->headers;
   bad |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, h) != CURLE_OK;
-  bad |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (timeout_ms > 0 && timeout_ms < c->timeout_ms)
-                                                  ? timeout_ms : c->timeout_ms) != CURLE_OK;
+  /* a request's own timeout may only shorten the client's, except a download's,
+   * which replaces it (a file may take longer than an API call) */
+  bad |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
+                          (timeout_ms > 0 && (timeout_ms < c->timeout_ms || x->op == KIE_OP_FETCH))
+                              ? timeout_ms : c->timeout_ms) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->cap) != CURLE_OK;
   /* libcurl silently resends a request whose reused connection died before any
    * answer byte: a create must never go out on a connection it could resend on */

@@ -4,10 +4,12 @@
 local lifecycle = require "kie.lifecycle"
 local options = require "kie.options"
 
-local type, pairs, error = type, pairs, error
+local type, pairs, error, tostring = type, pairs, error, tostring
 local _check = options.check
 
 local Client = {}
+
+local OPTIONS = { concurrency = true, on_update = true }
 
 -- The body of item i's task: run(requests[i]), with run_all's on_update.
 local function _item(self, batch, i)
@@ -32,9 +34,11 @@ end
 --- Runs many requests at once (each as `run` would) within the client's rate
 -- limits, and returns `results, errs` indexed like the input: `results[i]` is the
 -- finished task or nil; `errs` is nil when every item succeeded, else `errs[i]` is
--- item i's error. One failure does not stop the others: an item whose own code
--- raises (a bad option, an `on_update` that raises) ends with kind `raised`
--- (`task_id` set when its task was created). Blocking, or yielding inside
+-- item i's error. Every item's options (`wait`, `upload`, `strict`) and run_all's
+-- own are checked before the first request: a bad one raises, nothing is paid.
+-- One failure does not stop the others: an item whose own code raises (an
+-- `on_update` that raises) ends with kind `raised` (`task_id` set when its task
+-- was created). Blocking, or yielding inside
 -- `kie.spawn`: canceling that job starts no further item and cancels the running
 -- ones. Closing the client ends the items still pending (`canceled`).
 -- @tparam table requests a list of `run` requests
@@ -44,6 +48,9 @@ function Client:run_all(requests, opts)
   _check(requests, "table", "run_all: requests")
   opts = opts or {}
   _check(opts, "table", "run_all: opts")
+  for k in pairs(opts) do
+    if not OPTIONS[k] then error("run_all: unknown option '" .. tostring(k) .. "'", 2) end
+  end
   local conc = opts.concurrency or 8
   if type(conc) ~= "number" or conc < 1 or conc % 1 ~= 0 then
     error("run_all: concurrency must be a whole number >= 1", 2)
@@ -51,7 +58,8 @@ function Client:run_all(requests, opts)
   local on_update = opts.on_update
   if on_update ~= nil then _check(on_update, "function", "run_all: on_update") end
   local n = #requests
-  for i = 1, n do _check(requests[i], "table", "run_all: request " .. i) end
+  -- every item's options before the first request (nothing paid, then a raise)
+  for i = 1, n do self:_check_run(requests[i], "run_all: request " .. i, 3) end
   local batch = { requests = requests, on_update = on_update }
   local results, errs, failed = {}, {}, false
   local next_i, active, launching = 0, 0, false

@@ -5,7 +5,9 @@
 -- webhook key and sends `X-Webhook-Timestamp` and `X-Webhook-Signature` (Base64).
 -- The body itself is not covered by the signature; the task id and timestamp are.
 -- Both published payload shapes are read: the task id comes from `taskId`, then
--- `data.taskId`, then `data.task_id`.
+-- `data.taskId`, then `data.task_id`; a body whose task ids disagree is refused
+-- (kind `signature` when verifying, else `protocol`), so a signed id never vouches
+-- for another task's results.
 --
 --    local ev, err = kie.callback.parse(body, headers, {hmac_key = KEY})
 --    -- ev = {task_id =, state =, task = <get_task-shaped table>, verified = true}
@@ -14,7 +16,7 @@
 local core = require "kie.core"
 local errors = require "kie.errors"
 
-local type, tostring, pairs, tonumber = type, tostring, pairs, tonumber
+local type, tostring, pairs, tonumber, select = type, tostring, pairs, tonumber, select
 local lower, time = string.lower, os.time
 
 local M = {}
@@ -29,6 +31,15 @@ local function _header(headers, name)
       if type(v) == "table" then v = v[1] end -- nginx gives repeated headers as a list
       return v
     end
+  end
+  return nil
+end
+
+-- The first of the given ids (any may be nil) that is not `want`, or nil.
+local function _other_id(want, ...)
+  for i = 1, select("#", ...) do
+    local v = select(i, ...)
+    if v ~= nil and v ~= want then return v end
   end
   return nil
 end
@@ -75,6 +86,13 @@ function M.parse(body, headers, opts)
   local task_id = doc.taskId or data.taskId or data.task_id
   if type(task_id) ~= "string" or task_id == "" then
     return _fail("protocol", "no task id (taskId, data.taskId or data.task_id)")
+  end
+  -- the signature covers one task id: a body naming another one anywhere could
+  -- carry a different task's results under a valid signature
+  local other = _other_id(task_id, doc.taskId, data.taskId, data.task_id)
+  if other ~= nil then
+    return _fail(opts.hmac_key ~= nil and "signature" or "protocol", "the body's task ids disagree (" ..
+      task_id .. " and " .. ("%q"):format(tostring(other):sub(1, 64)) .. ")", task_id)
   end
 
   local verified = false

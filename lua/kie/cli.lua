@@ -3,9 +3,10 @@
 --
 -- Exit codes: 0 ok, 1 callback verification failed, 2 usage error (also bad
 -- input and a missing key), 3 API or network error, 4 the task failed, 5 local
--- I/O. Errors are one line on stderr; with `--json` stdout also gets
--- `{"error": {...}}`. The key comes from `KIE_API_KEY` only (never from argv,
--- where `ps` would show it); `KIE_BASE_URL` and `KIE_UPLOAD_URL` pick the hosts.
+-- I/O, 130 interrupted (Ctrl-C, at once). Errors are one line on stderr; with
+-- `--json` stdout also gets `{"error": {...}}` (usage errors and Ctrl-C too). The
+-- key comes from `KIE_API_KEY` only (never from argv, where `ps` would show it);
+-- `KIE_BASE_URL` and `KIE_UPLOAD_URL` pick the hosts.
 -- @module kie.cli
 
 local kie = require "kie"
@@ -182,7 +183,17 @@ end
 
 function Ctx:usage(msg)
   self.stderr:write("kie: ", msg, " (see kie --help)\n")
+  if self.want_json then self:json({ error = { kind = "usage", message = msg } }) end
   return M.EXIT.usage
+end
+
+-- Ctrl-C: one short line (and a JSON error with --json); returns 130.
+function Ctx:interrupted(detail, task_id)
+  self.stderr:write("kie: interrupted", detail or "", "\n")
+  if self.want_json then
+    self:json({ error = { kind = "interrupted", message = "interrupted", task_id = task_id } })
+  end
+  return M.EXIT.interrupted
 end
 
 function Ctx:client()
@@ -197,18 +208,27 @@ function Ctx:client()
   return c
 end
 
+local QUIET = { set = function() end, tick = function() end, clear = function() end, state = {} }
+
 function Ctx:progress()
   local quiet = self.args.quiet
   local tty = not quiet and self.isatty(2) and (self.getenv("TERM") or "") ~= "dumb"
   local width = tonumber(self.getenv("COLUMNS") or "") or 80
-  if quiet then
-    return { set = function() end, tick = function() end, clear = function() end, state = {} }
-  end
+  if quiet then return QUIET end
   return M.progress(self.stderr, tty, core.now, width)
 end
 
+-- True for the error the standalone interpreter raises on SIGINT.
+local function _is_interrupt(err)
+  if type(err) == "table" then err = err.message end
+  return tostring(err):find("interrupted!", 1, true) ~= nil
+end
+
 -- Runs fn in kie.spawn, stepping the client and redrawing the progress line
--- until it ends. Ctrl-C (Lua's "interrupted!") is caught: returns nil, "interrupted".
+-- until it ends: the interpreter's Ctrl-C hook runs between steps (at most
+-- 100 ms apart), never only after a whole transfer. Ctrl-C (Lua's
+-- "interrupted!", raised in this loop or, on LuaJIT, inside the job) returns
+-- nil, "interrupted".
 local function _drive(client, prog, fn)
   local h = kie.spawn(fn)
   local ok, err = pcall(function()
@@ -220,10 +240,17 @@ local function _drive(client, prog, fn)
   prog.clear()
   if not ok then
     h:cancel()
-    if tostring(err):find("interrupted", 1, true) then return nil, "interrupted" end
+    if _is_interrupt(err) then return nil, "interrupted" end
     error(err, 0)
   end
-  return h:result()
+  local function check(res, ...)
+    local e = ...
+    if res == nil and type(e) == "table" and e.kind == "raised" and _is_interrupt(e) then
+      return nil, "interrupted"
+    end
+    return res, ...
+  end
+  return check(h:result())
 end
 
 local function _ext_of(url)
@@ -233,13 +260,14 @@ local function _ext_of(url)
   return "png"
 end
 
--- Downloads every result URL of info into dir; returns the paths or nil, err.
-local function _download_all(client, info, dir, prog)
+-- Downloads every result URL of info into dir, named after `stem` (a
+-- files.safe_name); returns the paths or nil, err.
+local function _download_all(client, info, dir, stem, prog)
   local paths = {}
   local urls = info.resultUrls or {}
   for i, url in ipairs(urls) do
-    local path = dir:gsub("/+$", "") .. "/" .. info.taskId .. "_" .. i .. "." .. _ext_of(url)
-    if dir == "/" then path = "/" .. info.taskId .. "_" .. i .. "." .. _ext_of(url) end
+    local path = dir:gsub("/+$", "") .. "/" .. stem .. "_" .. i .. "." .. _ext_of(url)
+    if dir == "/" then path = "/" .. stem .. "_" .. i .. "." .. _ext_of(url) end
     prog.set{ phase = "downloading", detail = i .. "/" .. #urls }
     local got, err = client:download(url, path, {
       progress = function(n, total) prog.state.bytes, prog.state.total = n, total end,
@@ -323,7 +351,7 @@ function commands.generate(ctx)
       prog.set{ phase = i.state }
     end })
     if not done then return nil, werr end
-    local paths, ferr = _download_all(client, done, a.out, prog)
+    local paths, ferr = _download_all(client, done, a.out, files.safe_name(task_id), prog)
     if not paths then
       ferr.task_id = ferr.task_id or task_id
       return nil, ferr
@@ -332,9 +360,10 @@ function commands.generate(ctx)
     return done
   end)
   if err == "interrupted" then
-    ctx.stderr:write("kie: interrupted", task_id and ("; task " .. task_id ..
-      " goes on: `kie wait " .. task_id .. " --out DIR` picks it up") or "", "\n")
-    return M.EXIT.interrupted
+    -- the id is server text: shown quoted for the shell unless it is a plain name
+    local shown = task_id and (files.safe_name(task_id) == task_id and task_id or _shell_quote(task_id))
+    return ctx:interrupted(shown and ("; task " .. shown .. " goes on: `kie wait " .. shown ..
+      " --out DIR` picks it up"), task_id)
   end
   if not info then
     if type(err) == "table" and task_id then err.task_id = err.task_id or task_id end
@@ -347,7 +376,8 @@ end
 function commands.status(ctx)
   local client, cerr = ctx:client()
   if not client then return ctx:fail(cerr) end
-  local info, err = client:get_task(ctx.args.id)
+  local info, err = _drive(client, QUIET, function() return client:get_task(ctx.args.id) end)
+  if err == "interrupted" then return ctx:interrupted() end
   if not info then return ctx:fail(err) end
   if ctx.args.json then
     ctx:json(info)
@@ -380,16 +410,13 @@ function commands.wait(ctx)
     end })
     if not done then return nil, werr end
     if a.out then
-      local paths, ferr = _download_all(client, done, a.out, prog)
+      local paths, ferr = _download_all(client, done, a.out, files.safe_name(a.id), prog)
       if not paths then return nil, ferr end
       done.files = paths
     end
     return done
   end)
-  if err == "interrupted" then
-    ctx.stderr:write("kie: interrupted\n")
-    return M.EXIT.interrupted
-  end
+  if err == "interrupted" then return ctx:interrupted() end
   if not info then return ctx:fail(err) end
   _print_result(ctx, info, info.files)
   return M.EXIT.ok
@@ -398,7 +425,8 @@ end
 function commands.credits(ctx)
   local client, cerr = ctx:client()
   if not client then return ctx:fail(cerr) end
-  local n, err = client:credits()
+  local n, err = _drive(client, QUIET, function() return client:credits() end)
+  if err == "interrupted" then return ctx:interrupted() end
   if not n then return ctx:fail(err) end
   if ctx.args.json then ctx:json({ credits = n }) else ctx:out(_number_text(n), "\n") end
   return M.EXIT.ok
@@ -410,7 +438,10 @@ function commands.upload(ctx)
   if not client then return ctx:fail(cerr) end
   local src = a.file
   if files.is_url(src) then src = { url = src } end
-  local res, err = client:upload(src, { upload_path = a.upload_path, file_name = a.name })
+  local res, err = _drive(client, QUIET, function()
+    return client:upload(src, { upload_path = a.upload_path, file_name = a.name })
+  end)
+  if err == "interrupted" then return ctx:interrupted() end
   if not res then return ctx:fail(err) end
   if a.json then ctx:json(res) else ctx:out(res.downloadUrl, "\n") end
   return M.EXIT.ok
@@ -611,21 +642,29 @@ function M.main(argv, sys)
     stdin = sys.stdin or io.stdin, getenv = sys.getenv or os.getenv,
     isatty = sys.isatty or _isatty, script = sys.script,
   }, Ctx)
+  local list = {}
+  for i = 1, #argv do
+    list[i] = argv[i]
+    if argv[i] == "--" then break end
+    -- known before parsing, so that even a usage error is answered in JSON
+    if argv[i] == "--json" then ctx.want_json = true end
+  end
+  for i = #list + 1, #argv do list[i] = argv[i] end
   local okp, parser = pcall(_parser)
   if not okp then
-    ctx.stderr:write("kie: the command line needs lua-argparse (apt-get install lua-argparse, ",
-      "or luarocks install argparse): ", tostring(parser), "\n")
-    return M.EXIT.usage
+    return ctx:usage("the command line needs lua-argparse (apt-get install lua-argparse, " ..
+      "or luarocks install argparse): " .. tostring(parser))
   end
-  local list = {}
-  for i = 1, #argv do list[i] = argv[i] end
   local ok, args = parser:pparse(list)
   if not ok then return ctx:usage(args) end
   ctx.args = args
+  ctx.want_json = args.json and true or false
   local cmd = commands[args.command]
   local okrun, code = pcall(cmd, ctx)
   if not okrun then
+    if _is_interrupt(code) then return ctx:interrupted() end
     ctx.stderr:write("kie: internal error: ", tostring(code), "\n")
+    if ctx.want_json then ctx:json({ error = { kind = "internal", message = tostring(code) } }) end
     return M.EXIT.api
   end
   return code

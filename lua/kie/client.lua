@@ -10,7 +10,8 @@ local retry = require "kie.retry"
 local schedule = require "kie.schedule"
 local options = require "kie.options"
 local redactor = require "kie.redact"
-local fingerprint = require "kie.fingerprint"
+local paid = require "kie.paid"
+local seed = require "kie.seed"
 
 -- Modules only some programs use load on first use (memory for the others).
 local function _lazy(name)
@@ -25,7 +26,7 @@ local files = _lazy "kie.files"
 
 local type, pairs, ipairs, tostring, setmetatable, pcall, error, select =
   type, pairs, ipairs, tostring, setmetatable, pcall, error, select
-local max = math.max
+local max, huge = math.max, math.huge
 local unpack = table.unpack or unpack
 local wrap = errors.wrap
 local _check = options.check
@@ -45,6 +46,7 @@ local _retry_logger = Client._retry_logger
 --- Makes a client (see `kie.new`).
 function Client.new(user)
   local o = _options(user)
+  seed.ensure() -- once per process: a forked nginx worker seeds its own jitter
   local core = o.core or require "kie.core"
   local copts = {}
   for _, k in ipairs(CORE_OPTIONS) do copts[k] = o[k] end
@@ -63,8 +65,8 @@ function Client.new(user)
     _opts = o,
     _create_policy = _policy(o, false),
     _read_policy = _policy(o, true),
-    _create_lim = _limiter(limits.create, RATE_LIMITS.create),
-    _poll_lim = _limiter(limits.poll, RATE_LIMITS.poll),
+    _create_lim = _limiter(limits.create, RATE_LIMITS.create, o.timeout),
+    _poll_lim = _limiter(limits.poll, RATE_LIMITS.poll, o.timeout),
     _journal = o.journal and journal.open(o.journal, core) or nil,
     _retry_loggers = {}, -- op -> on_retry function
   }, Client)
@@ -90,40 +92,54 @@ end
 
 -- the calls ----------------------------------------------------------------------
 
--- One attempt of create_task (retry.call2's fn).
-local function _create_attempt(self, req)
+-- One attempt of create_task (retry.call2's fn) for paid call `ctx`: the intent
+-- goes to the journal right before the first request is sent.
+local function _create_attempt(self, ctx, req)
   local env, lim = self._env, self._create_lim
-  if lim then lim:acquire(env) end
+  local slot = lim and lim:acquire(env) -- held until the answer (kie.ratelimit)
+  if self._journal and not ctx.intent then
+    local ok, jerr = paid.intend(self, ctx)
+    if not ok then
+      if lim then lim:release(slot, env.now(), false) end
+      return nil, jerr
+    end
+  end
   if self._opts.logger then self:_log("debug", "request", { op = "create_task", model = req.model }) end
   local r, e = self:_io("create_task", req)
-  if not r and lim and e.kind == "rate_limited" then lim:fill(env.now()) end
+  if lim then lim:release(slot, env.now(), not r and e.kind == "rate_limited") end
   return r, e
 end
 
 -- The answer of a create canceled after it was sent (kie.lifecycle reads it in
--- the background), or read but not handed over when the client was closed: a
--- task it created is journaled and logged like any other.
+-- the background), or read but not handed over when the client was closed: it
+-- settles the paid call like any other answer (a task id resolves the intent in
+-- the journal; a lost answer leaves it unknown).
 function Client:_on_orphan(req, res, err)
+  local ctx = paid.of(req) or paid.new(self, req)
   if type(res) ~= "table" or not res.taskId then
+    paid.settle(self, ctx, req, nil, err or errors.new("protocol", "create_task: answer without a task"))
     self:_log("warn", "create_task: a canceled create was answered without a task", {
       op = "create_task", model = req.model, kind = err and err.kind, message = err and err.message })
     return
   end
-  if self._journal then
-    local ok, msg = self._journal:created(res.taskId, req.model)
-    if not ok then
-      self:_log("error", "journal write failed: " .. tostring(msg), { task_id = res.taskId })
-    end
-  end
-  self:_log("info", "task created by a canceled (or closed) create", { op = "create_task", task_id = res.taskId,
-    model = req.model })
+  paid.settle(self, ctx, req, res)
+  self:_log("info", "task created by a canceled (or closed) create", { op = "create_task",
+    task_id = res.taskId, model = req.model })
+end
+
+-- The unknown_outcome of a create canceled or closed after it was sent
+-- (kie.lifecycle): the paid call's fingerprint, model and intent.
+function Client:_on_unknown(req, err)
+  return paid.unknown(self, req, err)
 end
 
 --- Creates a task: validates it (see `kie.models`), paces it within kie.ai's
 -- create limit, and retries only when the request surely never reached the server
 -- (or the server rejected it with 429/455). A create that may have reached it
 -- returns `unknown_outcome` with `fingerprint`; it is never resent. With a
--- journal, the new taskId is on disk before this returns.
+-- journal, the intent is on disk before the request is sent and the new taskId
+-- before this returns (see `kie.paid`); an intent that cannot be written sends
+-- nothing (`io`).
 -- @tparam table request `{model = ..., callBackUrl = ..., input = {...}}`
 -- @tparam[opt] table opts `strict` (false lets unknown input fields through)
 -- @treturn table `{taskId = ...}` or `nil, err`
@@ -132,6 +148,9 @@ function Client:create_task(request, opts)
   local strict = self._opts.strict
   if opts ~= nil then
     _check(opts, "table", "create_task: opts")
+    for k in pairs(opts) do
+      if k ~= "strict" then error("create_task: unknown option '" .. tostring(k) .. "'", 2) end
+    end
     if opts.strict ~= nil then strict = opts.strict end
   end
   local req, verr
@@ -144,43 +163,19 @@ function Client:create_task(request, opts)
     self:_log("warn", "create_task: invalid request", { op = "create_task", message = verr.message })
     return nil, verr
   end
+  local ctx = paid.new(self, req)
   local res, err = retry.call2(self._create_policy, self._env,
-    self._retry_loggers.create_task or _retry_logger(self, "create_task"), nil, _create_attempt, self, req)
+    self._retry_loggers.create_task or _retry_logger(self, "create_task"), nil, _create_attempt, self, ctx, req)
+  res, err = paid.settle(self, ctx, req, res, err)
   if not res then
-    err = wrap(err)
-    if err.kind == "unknown_outcome" then
-      err.fingerprint = fingerprint(self._mod, req)
-      err.model = req.model
-    end
     self:_log("error", "create_task failed: " .. err.kind, { op = "create_task", kind = err.kind,
       message = err.message, fingerprint = err.fingerprint })
     return nil, err
-  end
-  if self._journal then
-    local ok, msg = self._journal:created(res.taskId, req.model)
-    if not ok then
-      -- the task exists and is paid for: return it all the same, loudly
-      res.journal_error = msg
-      self:_log("error", "journal write failed: " .. tostring(msg), { task_id = res.taskId })
-    end
   end
   if self._opts.logger then
     self:_log("info", "task created", { op = "create_task", task_id = res.taskId, model = req.model })
   end
   return res
-end
-
--- Waits for a slot of limiter `lim` like lim:acquire(env), but never past
--- `deadline`: returns false (nothing taken) when the slot comes too late.
-local function _acquire_by(lim, env, deadline)
-  if not deadline then lim:acquire(env) return true end
-  while true do
-    local now = env.now()
-    local d = lim:delay(now)
-    if d <= 0 then lim:take(now) return true end
-    if now + d > deadline then return false end
-    env.sleep(d)
-  end
 end
 
 -- An idempotent read: paced by the poll limiter, retried with backoff. With a
@@ -196,19 +191,33 @@ local function _io_n(self, name, n, a1, a2, a3, a4, a5)
 end
 
 -- One attempt of a read (retry.call2's fn): `n` arguments in `args`, a table (the
--- one argument itself when n is 1).
-local function _read_attempt(self, op, deadline, name, n, args)
+-- one argument itself when n is 1). `by` (a wait's) is nil or `{send_by =,
+-- deadline =}`: no request starts after send_by, none runs past deadline.
+local function _read_attempt(self, op, by, name, n, args)
   local env, lim = self._env, self._poll_lim
-  if lim and not _acquire_by(lim, env, deadline) then
-    return nil, errors.new("rate_limited", op .. ": the client-side read limit would delay "
-      .. "this request past the deadline; not sent", { op = op, client_side = true,
-      retry_after = lim:delay(env.now()) })
+  local slot, wait
+  if lim then
+    slot, wait = lim:acquire(env, by and by.send_by)
+    if not slot then
+      return nil, errors.new("rate_limited", op .. ": the client-side read limit would delay "
+        .. "this request past the deadline; not sent", { op = op, client_side = true,
+        retry_after = wait })
+    end
+  end
+  local left
+  if by and n == 1 and name == "get_task" then
+    -- the read's own timeout never carries wait past its deadline
+    left = by.deadline - env.now()
+    if left <= 0 then
+      if lim then lim:release(slot, env.now(), false) end
+      return nil, errors.new("timeout", op .. ": no time left before the deadline; not sent",
+        { op = op, not_sent = true })
+    end
   end
   if self._opts.logger then self:_log("debug", "request", { op = op }) end
   local r, e
-  if n == 1 and deadline and name == "get_task" then
-    -- the read's own timeout never carries wait past its deadline
-    r, e = self:_io(name, args, max(deadline - env.now(), 0.001))
+  if left then
+    r, e = self:_io(name, args, left)
   elseif n == 1 then
     r, e = self:_io(name, args)
   elseif n <= 5 then
@@ -216,34 +225,41 @@ local function _read_attempt(self, op, deadline, name, n, args)
   else
     r, e = self:_io(name, unpack(args, 1, n))
   end
-  if r == nil and lim and e.kind == "rate_limited" then lim:fill(env.now()) end
+  if lim then lim:release(slot, env.now(), r == nil and e.kind == "rate_limited") end
   return r, e
 end
 
 local NO_ARGS = {}
 
-function Client:_read(op, deadline, name, ...)
+-- `by`: nil, or a wait's `{send_by =, deadline =}` (see _read_attempt); no retry
+-- starts after send_by.
+function Client:_read(op, by, name, ...)
   local n = select("#", ...)
   local args
   if n == 1 then args = ...
   elseif n == 0 then args = NO_ARGS
   else args = { ... } end
   local res, err = retry.call2(self._read_policy, self._env, self._retry_loggers[op] or _retry_logger(self, op),
-    deadline, _read_attempt, self, op, deadline, name, n, args)
+    by and by.send_by, _read_attempt, self, op, by, name, n, args)
   if res == nil then return nil, wrap(err) end
   return res
 end
 
-function Client:_get(task_id, deadline)
-  local info, err = self:_read("get_task", deadline, "get_task", task_id)
+function Client:_get(task_id, by)
+  local info, err = self:_read("get_task", by, "get_task", task_id)
   local redact = self._redact
   if redact and type(info) == "table" then -- these reach task_failed errors and logs
     local msg, code = info.failMsg, info.failCode
     if msg ~= "" and type(msg) == "string" then info.failMsg = redact(msg) end
     if code ~= "" and type(code) == "string" then info.failCode = redact(code) end
   end
-  if info and self._journal and (info.state == "success" or info.state == "fail") then
-    self._journal:finished(task_id, info.state)
+  local j = self._journal
+  if j then
+    if info and (info.state == "success" or info.state == "fail") then
+      j:finished(task_id, info.state)
+    elseif not info and err.kind == "not_found" and err.code == 404 then
+      j:finished(task_id, "not_found") -- kie.ai no longer knows the task: it ends here
+    end
   end
   return info, err
 end
@@ -260,6 +276,41 @@ end
 local WAIT_OPTIONS = { timeout = "number", interval = "number", max_interval = "number",
   on_update = "function" }
 
+-- Raises (at `level`) unless `opts` is nil or wait's options: names, types and
+-- values (timeout >= 0; interval, max_interval > 0). `what` names the call.
+local function _check_wait(opts, what, level)
+  if opts == nil then return end
+  if type(opts) ~= "table" then error(what .. ": opts must be a table, got " .. type(opts), level) end
+  for k, v in pairs(opts) do
+    local want = WAIT_OPTIONS[k]
+    if not want then error(what .. ": unknown option '" .. tostring(k) .. "'", level) end
+    if type(v) ~= want then
+      error(what .. ": option '" .. k .. "' must be a " .. want .. ", got " .. type(v), level)
+    end
+  end
+  local t, i, mi = opts.timeout, opts.interval, opts.max_interval
+  if t ~= nil and (t ~= t or t < 0) then error(what .. ": option 'timeout' must be a number >= 0", level) end
+  if i ~= nil and (i ~= i or i <= 0) then error(what .. ": option 'interval' must be a number > 0", level) end
+  if mi ~= nil and (mi ~= mi or mi <= 0) then
+    error(what .. ": option 'max_interval' must be a number > 0", level)
+  end
+end
+
+-- Raises (at `level`) unless `request` is a table whose run options (`wait`,
+-- `upload`, `strict`) are right: run, run_async and run_all check them all
+-- before the first request, so nothing is paid for and then lost to a typo.
+function Client._check_run(_, request, what, level)
+  if type(request) ~= "table" then
+    error(what .. " must be a table, got " .. type(request), level)
+  end
+  _check_wait(request.wait, what .. ": wait", level + 1)
+  if request.upload ~= nil then files.check_options(request.upload, what .. ": upload", level + 1) end
+  local strict = request.strict
+  if strict ~= nil and type(strict) ~= "boolean" then
+    error(what .. ": strict must be a boolean, got " .. type(strict), level)
+  end
+end
+
 --- Polls a task on kie.ai's published schedule (2–3 s for the first 30 s, 5–10 s
 -- until 2 min, 15–30 s after, with jitter) until it ends or the deadline passes.
 -- Returns the finished task, or `nil, err`: `task_failed` (failCode, failMsg),
@@ -269,17 +320,18 @@ local WAIT_OPTIONS = { timeout = "number", interval = "number", max_interval = "
 -- `on_update(info)` (once per state change)
 function Client:wait(task_id, opts)
   _check(task_id, "string", "wait: task_id")
+  _check_wait(opts, "wait", 3)
   opts = opts or {}
-  _check(opts, "table", "wait: opts")
-  for k, v in pairs(opts) do
-    if not WAIT_OPTIONS[k] then error("wait: unknown option '" .. tostring(k) .. "'", 2) end
-    _check(v, WAIT_OPTIONS[k], "wait: option '" .. k .. "'")
-  end
   local timeout = opts.timeout or 900
+  -- no poll goes out that could not be answered before the deadline: the last
+  -- one leaves it min(schedule.min_read, timeout / 2) seconds
+  local reserve = timeout / 2
+  if reserve > schedule.min_read then reserve = schedule.min_read end
   local deadline = self._env.now() + timeout
+  local by = { send_by = deadline - reserve, deadline = deadline }
   local user_update = opts.on_update
-  local info, err = schedule.wait(function(id) return self:_get(id, deadline) end, task_id, {
-    timeout = timeout, interval = opts.interval, max_interval = opts.max_interval,
+  local info, err = schedule.wait(function(id) return self:_get(id, by) end, task_id, {
+    timeout = timeout, interval = opts.interval, max_interval = opts.max_interval, reserve = reserve,
     on_update = function(i)
       self:_log("info", "task state", { task_id = task_id, state = i.state })
       if user_update then user_update(i) end
@@ -295,21 +347,23 @@ end
 -- wait = {...}, strict = bool, upload = {...}}`. Returns the finished task or
 -- `nil, err`; an error after the task was created carries its `task_id`.
 --
--- Local files: an image field of `input` (`image_url`, `mask_url`,
--- `reference_image_urls[i]`, `image_urls[i]`, `reference_mask_urls`) that is not
--- an http(s) URL but names an existing local file is uploaded first (see
--- `upload`; `upload` holds its options) and replaced by its `downloadUrl`.
+-- Local files are never implied: a `kie.file(path)` (or `kie.file{data =, file_name =}`)
+-- in an image field of `input` (`image_url`, `mask_url`, `reference_image_urls[i]`,
+-- `image_urls[i]`, `reference_mask_urls`) is uploaded first (see `upload`;
+-- `upload` holds its options) and replaced by its `downloadUrl`; a plain string
+-- there that is not an http(s) URL is a `validation` error (see `kie.files`).
 -- `create_task` itself stays strict: it sends exactly one request and takes URLs
 -- only.
 function Client:run(request)
-  _check(request, "table", "run: request")
+  self:_check_run(request, "run: request", 3)
   local req = {}
   for k, v in pairs(request) do
     if k ~= "wait" and k ~= "strict" and k ~= "upload" then req[k] = v end
   end
-  if request.upload ~= nil then _check(request.upload, "table", "run: request.upload") end
   local lerr
-  req, lerr = files.resolve_local(self, req, request.upload)
+  local strict = request.strict
+  if strict == nil then strict = self._opts.strict end
+  req, lerr = files.resolve_local(self, req, request.upload, strict) -- nothing uploaded for an invalid request
   if not req then return nil, lerr end
   local task, err = self:create_task(req, { strict = request.strict })
   if not task then return nil, err end
@@ -321,13 +375,35 @@ function Client:run(request)
   return info
 end
 
---- The journal's unfinished tasks: `{ {taskId =, model =, created =}, ... }`, so a
--- restarted process can `wait` on them instead of paying again.
+--- The journal's unfinished tasks and unresolved creates, oldest first, so a
+-- restarted process can `wait` on them instead of paying again: `{taskId =,
+-- model =, created = <epoch s>}` for a task; `{unknown = true, fingerprint =,
+-- model =, created =, intent =}` for a create whose outcome is unknown (sent,
+-- answer never read: check kie.ai's logs or your callback, then `forget` it).
+-- A task ends when `get_task`/`wait` sees `success`, `fail` or a 404.
 function Client:resume()
   if not self._journal then
     error("resume: no journal configured (kie.new{journal = path})", 2)
   end
   return self._journal:unfinished()
+end
+
+--- Ends one entry of `resume()` by writing a record: a task id, an intent id, or
+-- a fingerprint (the oldest unresolved create with it). Returns true when one
+-- was ended, false when nothing unfinished matches `id`, or `nil, err` (kind
+-- `io`) when the journal cannot be written.
+-- @tparam string id
+function Client:forget(id)
+  _check(id, "string", "forget: id")
+  if not self._journal then
+    error("forget: no journal configured (kie.new{journal = path})", 2)
+  end
+  local ok, msg = self._journal:forget(id)
+  if ok == nil then
+    return nil, errors.new("io", "forget: the journal cannot be written: " .. tostring(msg),
+      { op = "forget" })
+  end
+  return ok
 end
 
 --- Remaining credits (a number) or `nil, err`.
@@ -356,6 +432,39 @@ function Client:download_url(url)
 end
 
 local DOWNLOAD_CAP = 100 * 1024 * 1024
+local DOWNLOAD_TIMEOUT = 300 -- seconds, the whole transfer (or the client's timeout, when longer)
+local NO_CAP = 2 ^ 53        -- what max_bytes = math.huge means: bytes no file reaches
+
+local DOWNLOAD_OPTIONS = { max_bytes = "number", refresh = "boolean", progress = "function",
+  timeout = "number" }
+
+-- download's options, checked: returns the byte cap and the timeout.
+local function _download_opts(self, opts)
+  if opts == nil then return DOWNLOAD_CAP, max(DOWNLOAD_TIMEOUT, self._opts.timeout) end
+  if type(opts) ~= "table" then error("download: opts must be a table, got " .. type(opts), 3) end
+  for k, v in pairs(opts) do
+    local want = DOWNLOAD_OPTIONS[k]
+    if not want then error("download: unknown option '" .. tostring(k) .. "'", 3) end
+    if type(v) ~= want then
+      error("download: option '" .. k .. "' must be a " .. want .. ", got " .. type(v), 3)
+    end
+  end
+  local cap, timeout = opts.max_bytes, opts.timeout
+  if cap == huge then
+    cap = NO_CAP
+  elseif cap == nil then
+    cap = DOWNLOAD_CAP
+  elseif cap ~= cap or cap < 1 or cap % 1 ~= 0 or cap > NO_CAP then
+    error("download: option 'max_bytes' must be a whole number of bytes from 1 to 2^53, "
+      .. "or math.huge (no cap), got " .. tostring(cap), 3)
+  end
+  if timeout == nil then
+    timeout = max(DOWNLOAD_TIMEOUT, self._opts.timeout)
+  elseif timeout ~= timeout or timeout <= 0 or timeout == huge then
+    error("download: option 'timeout' must be a finite number of seconds > 0, got " .. tostring(timeout), 3)
+  end
+  return cap, timeout
+end
 
 local function _expired(err)
   return err.kind == "not_found" or (err.kind == "http" and (err.status == 403 or err.status == 410))
@@ -367,22 +476,29 @@ end
 -- one is asked from `download_url` and tried once. Returns `path` or `nil, err`.
 -- @tparam string url
 -- @tparam string path
--- @tparam[opt] table opts `max_bytes` (default 100 MiB), `refresh` (default true),
--- `progress` (`function(bytes_so_far, total_or_nil)`: called from Lua between
--- transfer steps whenever the count changed, and once at the end with the final
--- size; it restarts from 0 when a refreshed link is tried; see `kie.files`)
+-- @tparam[opt] table opts `max_bytes` (default 100 MiB; a whole number, or
+-- `math.huge` for no cap), `timeout` (seconds for the whole download, refresh
+-- included; default 300, or the client's `timeout` when longer), `refresh`
+-- (default true), `progress` (`function(bytes_so_far, total_or_nil)`: called
+-- from Lua between transfer steps whenever the count changed, and once at the
+-- end with the final size; it restarts from 0 when a refreshed link is tried;
+-- see `kie.files`). An unknown option name raises.
 function Client:download(url, path, opts)
   _check(url, "string", "download: url")
   _check(path, "string", "download: path")
+  local cap, timeout = _download_opts(self, opts)
   opts = opts or {}
-  local cap = opts.max_bytes or DOWNLOAD_CAP
   local rep = opts.progress ~= nil and files.reporter(opts.progress) or nil
-  if rep then _check(opts.progress, "function", "download: opts.progress") end
-  local tmp = path .. ".part-" .. tostring(os.time()) .. "-" .. tostring(math.random(1e9))
-  local ok, err = files.io(self, Client._io, rep, "fetch", url, tmp, cap)
+  local now = self._env.now
+  local deadline = now() + timeout
+  local tmp = seed.temp_path(path) -- unique across processes and calls
+  local ok, err = files.io(self, Client._io, rep, "fetch", url, tmp, cap, timeout)
   if not ok and opts.refresh ~= false and _expired(err) then
     local fresh = self:download_url(url)
-    if fresh then ok, err = files.io(self, Client._io, rep, "fetch", fresh, tmp, cap) end
+    local left = deadline - now()
+    if fresh and left > 0 then
+      ok, err = files.io(self, Client._io, rep, "fetch", fresh, tmp, cap, left)
+    end
   end
   if ok and rep then rep.finish(err) end -- err is the byte count here
   if not ok then
@@ -431,12 +547,13 @@ end
 --- `wait` without blocking (see `create_task_async`).
 function Client:wait_async(task_id, opts, cb)
   _check(task_id, "string", "wait_async: task_id")
+  _check_wait(opts, "wait_async", 3)
   return self:_async(cb, "wait", task_id, opts)
 end
 
 --- `run` without blocking (see `create_task_async`).
 function Client:run_async(request, cb)
-  _check(request, "table", "run_async: request")
+  self:_check_run(request, "run_async: request", 3)
   return self:_async(cb, "run", request)
 end
 

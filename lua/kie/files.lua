@@ -1,5 +1,5 @@
---- Files: uploads to kie.ai's File Upload API, local image paths in `run`, and
--- download progress.
+--- Files: uploads to kie.ai's File Upload API, `kie.file` (local files in `run`),
+-- and download progress.
 --
 -- The File Upload API lives on its own host (`upload_url`, default
 -- https://kieai.redpandaai.co) with its own envelope `{success, code, msg, data}`.
@@ -25,11 +25,12 @@
 
 local errors = require "kie.errors"
 local lifecycle = require "kie.lifecycle"
+local models = require "kie.models"
 
 local type, tostring, pairs, ipairs, pcall, error = type, tostring, pairs, ipairs, pcall, error
 local setmetatable, getmetatable = setmetatable, getmetatable
 local open = io.open
-local byte, find, match, format, sub = string.byte, string.find, string.match, string.format,
+local byte, find, format, sub = string.byte, string.find, string.format,
   string.sub
 local floor, concat = math.floor, table.concat
 
@@ -46,6 +47,19 @@ local MIB = 1024 * 1024
 
 local UPLOAD_OPTIONS = { upload_path = "string", file_name = "string", max_bytes = "number",
   timeout = "number" }
+
+--- Raises (at `level`) unless `opts` is nil or a table of `upload`'s options
+-- with the right types; `what` names the call ("upload", "run: upload").
+-- @local
+function M.check_options(opts, what, level)
+  if opts == nil then return end
+  if type(opts) ~= "table" then error(what .. ": opts must be a table, got " .. type(opts), level) end
+  for k, v in pairs(opts) do
+    local want = UPLOAD_OPTIONS[k]
+    if not want then error(what .. ": unknown option '" .. tostring(k) .. "'", level) end
+    if type(v) ~= want then error(what .. ": option '" .. k .. "' must be a " .. want, level) end
+  end
+end
 
 -- input fields that hold image URLs: "one" a string, "list" an array of strings
 local IMAGE_FIELDS = {
@@ -172,15 +186,8 @@ end
 -- @treturn table the upload's `data`: `downloadUrl`, `fileName`, `filePath`,
 -- `fileSize`, `mimeType`, `uploadedAt`; or `nil, err`
 function M.upload(self, src, opts)
-  if opts ~= nil and type(opts) ~= "table" then
-    error("upload: opts must be a table, got " .. type(opts), 3)
-  end
+  M.check_options(opts, "upload", 4)
   opts = opts or {}
-  for k, v in pairs(opts) do
-    local want = UPLOAD_OPTIONS[k]
-    if not want then error("upload: unknown option '" .. tostring(k) .. "'", 3) end
-    if type(v) ~= want then error("upload: option '" .. k .. "' must be a " .. want, 3) end
-  end
   local upload_path, perr = _upload_path(opts.upload_path)
   if not upload_path then return nil, perr end
   local base = self._opts.upload_url
@@ -241,87 +248,159 @@ function M.upload(self, src, opts)
   return res
 end
 
-local function _exists(path)
-  local f = open(path, "rb")
-  if f then f:close() return true end
-  return false
+--- A file name (without extension) for server text such as a task id, that
+-- cannot leave its directory: `s` itself when it is a plain name (letters,
+-- digits, `_`, `-`; at most 128 bytes), else `"task-"` and a digest of it.
+-- Server text never chooses a path as is: name files `safe_name(info.taskId)`.
+-- @param s a task id (any value)
+-- @treturn string
+function M.safe_name(s)
+  s = tostring(s)
+  if #s <= 128 and find(s, "^[%w_%-]+$") then return s end
+  local h1, h2 = 5381, 52711
+  for i = 1, #s do
+    local b = byte(s, i)
+    h1 = (h1 * 33 + b) % 4294967291
+    h2 = (h2 * 131 + b) % 4294967279
+  end
+  return format("task-%08x%08x", h1, h2)
 end
 
---- The `run` pre-step: a copy of `request` in which every image field of
--- `input` (`image_url`, `mask_url`, `reference_image_urls[i]`, `image_urls[i]`,
--- `reference_mask_urls`) that is not an http(s) URL but names an existing local
--- file (a path, or `file:///abs/path`) is uploaded and replaced by its
--- `downloadUrl`. The same path is uploaded once. The caller's tables are never
--- changed. A value that is neither a URL nor an existing file is a validation
--- error.
--- @tparam kie.Client self
--- @tparam table request a createTask request
--- @tparam[opt] table upload_opts options for `upload`
--- @treturn table the request to send, or `nil, err`
-function M.resolve_local(self, request, upload_opts)
-  local input = request.input
-  if type(input) ~= "table" then return request end
-  local new_input, cache = nil, {}
+-- kie.file ---------------------------------------------------------------------
 
-  local function resolve(v, field)
-    if type(v) ~= "string" or v == "" or M.is_url(v) then return v end
-    local path = match(v, "^file://(/.+)$")
-    if not path then
-      if find(v, "^%a[%w+.%-]*://") then return v end -- other schemes: kie.models says why
-      path = v
-    end
-    if not _exists(path) then
-      return nil, errors.new("validation", "run: input." .. field .. " = " .. format("%q", v) ..
-        " is neither an http(s) URL nor an existing local file", { op = "run", field = "input." .. field })
-    end
-    if not cache[path] then
-      local res, err = M.upload(self, path, upload_opts)
-      if not res then
-        err.message = "run: uploading input." .. field .. ": " .. tostring(err.message)
-        err.field = "input." .. field
-        return nil, err
-      end
-      cache[path] = res.downloadUrl
-    end
-    return cache[path]
+-- metatable of the markers made by `file`
+local FILE = { __name = "kie.file" }
+FILE.__index = FILE
+function FILE.__tostring(f)
+  if f.path then return "kie.file(" .. format("%q", f.path) .. ")" end
+  return "kie.file{" .. #f.data .. " bytes" .. (f.file_name and (", " .. format("%q", f.file_name)) or "") .. "}"
+end
+
+--- Marks a local file for `run`: `kie.file(path)` or `kie.file{data = bytes,
+-- file_name = ...}`, put in an image field of `input` (`image_url`, `mask_url`,
+-- `reference_image_urls[i]`, `image_urls[i]`, `reference_mask_urls`). `run`
+-- uploads it (see `upload`) and sends its `downloadUrl`. A plain string is never
+-- read as a path: only a value made by this function makes the library read a
+-- file. Raises on wrong arguments.
+-- @tparam string|table src a path, or `{data = bytes, file_name = ...}`
+-- @treturn table the marker
+function M.file(src)
+  if type(src) == "string" then
+    if src == "" then error("kie.file: the path is empty", 2) end
+    return setmetatable({ path = src }, FILE)
   end
+  if type(src) ~= "table" then
+    error("kie.file: expects a path or {data = bytes, file_name = ...}, got " .. type(src), 2)
+  end
+  for k in pairs(src) do
+    if k ~= "data" and k ~= "file_name" then
+      error("kie.file: unknown field '" .. tostring(k) .. "' (data, file_name)", 2)
+    end
+  end
+  if type(src.data) ~= "string" then error("kie.file: data must be a string of bytes", 2) end
+  if src.file_name ~= nil and type(src.file_name) ~= "string" then
+    error("kie.file: file_name must be a string", 2)
+  end
+  return setmetatable({ data = src.data, file_name = src.file_name }, FILE)
+end
 
+--- True when `v` was made by `kie.file`.
+function M.is_file(v)
+  return getmetatable(v) == FILE
+end
+
+-- The image values of `input` in order: a list of `{field = "name" or
+-- "name[i]", name =, i =, value =}`.
+local function _image_values(input)
+  local out = {}
   for _, name in ipairs(IMAGE_FIELD_ORDER) do
     local v = input[name]
     if IMAGE_FIELDS[name] == "one" then
-      local r, err = resolve(v, name)
-      if r == nil and err then return nil, err end
-      if r ~= v then
-        new_input = new_input or {}
-        new_input[name] = r
-      end
-    elseif type(v) == "table" then
-      local list
-      for i = 1, #v do
-        local r, err = resolve(v[i], name .. "[" .. i .. "]")
-        if r == nil and err then return nil, err end
-        if r ~= v[i] then
-          if not list then
-            list = {}
-            for j = 1, #v do list[j] = v[j] end
-          end
-          list[i] = r
-        end
-      end
-      if list then
-        new_input = new_input or {}
-        new_input[name] = list
-      end
+      if v ~= nil then out[#out + 1] = { field = name, name = name, value = v } end
+    elseif type(v) == "table" and not M.is_file(v) then
+      for i = 1, #v do out[#out + 1] = { field = name .. "[" .. i .. "]", name = name, i = i, value = v[i] } end
+    elseif v ~= nil then
+      out[#out + 1] = { field = name, name = name, value = v }
     end
   end
-  if not new_input then return request end
-  local inp = {}
+  return out
+end
+
+-- A copy of `request` whose image values listed in `todo` are `url_of(entry)`
+-- (the caller's tables are never changed).
+local function _replaced(request, todo, url_of)
+  local input = request.input
+  local inp, copied = {}, {}
   for k, v in pairs(input) do inp[k] = v end
-  for k, v in pairs(new_input) do inp[k] = v end
+  for _, e in ipairs(todo) do
+    local url = url_of(e)
+    if e.i then
+      if not copied[e.name] then
+        local list = {}
+        for j = 1, #input[e.name] do list[j] = input[e.name][j] end
+        inp[e.name], copied[e.name] = list, true
+      end
+      inp[e.name][e.i] = url
+    else
+      inp[e.name] = url
+    end
+  end
   local req = {}
   for k, v in pairs(request) do req[k] = v end
   req.input = setmetatable(inp, getmetatable(input))
   return req
+end
+
+local PLACEHOLDER = "https://kie-file.invalid/placeholder.png"
+
+--- The `run` pre-step: a copy of `request` in which every `kie.file` in an image
+-- field of `input` is uploaded and replaced by its `downloadUrl` (the same path,
+-- or the same marker, once). A plain string there that is not an http(s) URL
+-- is a validation error naming `kie.file`, found before anything is uploaded:
+-- a string (from a web request, say) never makes the library read a file. With
+-- `strict` (a boolean), a request that would fail validation (`kie.models`)
+-- uploads nothing. The caller's tables are never changed.
+-- @tparam kie.Client self
+-- @tparam table request a createTask request
+-- @tparam[opt] table upload_opts options for `upload`
+-- @tparam[opt] boolean strict validate the request (with the files in place) first
+-- @treturn table the request to send, or `nil, err`
+function M.resolve_local(self, request, upload_opts, strict)
+  local input = request.input
+  if type(input) ~= "table" then return request end
+  local values, todo = _image_values(input), {}
+  for _, e in ipairs(values) do
+    local v = e.value
+    if M.is_file(v) then
+      todo[#todo + 1] = e
+    elseif type(v) == "string" and v ~= "" and not M.is_url(v) then
+      local shown = #v > 200 and (sub(v, 1, 200) .. "...") or v
+      return nil, errors.new("validation", "run: input." .. e.field .. " = " .. format("%q", shown) ..
+        " is not an http(s) URL; a local file must be given as kie.file(path) (plain strings " ..
+        "are never read as paths)", { op = "run", field = "input." .. e.field })
+    end
+  end
+  if #todo == 0 then return request end
+  if strict == true or strict == false then
+    local ok, verr = models.check(_replaced(request, todo, function() return PLACEHOLDER end), strict)
+    if not ok then return nil, verr end
+  end
+
+  local urls = {}
+  for _, e in ipairs(todo) do
+    local f = e.value
+    local key = f.path or f
+    if not urls[key] then
+      local res, err = M.upload(self, f.path or { data = f.data, file_name = f.file_name }, upload_opts)
+      if not res then
+        err.message = "run: uploading input." .. e.field .. ": " .. tostring(err.message)
+        err.field = "input." .. e.field
+        return nil, err
+      end
+      urls[key] = res.downloadUrl
+    end
+  end
+  return _replaced(request, todo, function(e) return urls[e.value.path or e.value] end)
 end
 
 -- progress ---------------------------------------------------------------------

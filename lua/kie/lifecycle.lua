@@ -22,7 +22,6 @@
 -- @module kie.lifecycle
 
 local errors = require "kie.errors"
-local fingerprint = require "kie.fingerprint"
 
 local create, resume, status, running, yield = coroutine.create, coroutine.resume,
   coroutine.status, coroutine.running, coroutine.yield
@@ -107,7 +106,8 @@ local function _end_error(c, t, cause, paid)
   if paid then
     err = errors.new("unknown_outcome", "create_task: " .. cause .. " after the request was sent;"
       .. " it may have been created (see task_id, set if its answer comes)", { op = "create_task",
-      cause = cause, fingerprint = fingerprint(c._mod, paid), model = paid.model })
+      cause = cause })
+    c:_on_unknown(paid, err) -- fingerprint, model, journal intent (kie.paid)
   elseif cause == "closed" then
     err = M.closed_error()
   else

@@ -18,7 +18,10 @@
 -- core client per option set (`kie.ngx_worker`), so connections are reused. A
 -- call that finds no free worker-thread VM (`lua_worker_thread_vm_pool_size`,
 -- default 10) or queue slot waits for one (ngx.sleep) up to the client's
--- `timeout`, then returns a retryable `network` error (nothing was sent).
+-- `timeout`, then returns a retryable `network` error (nothing was sent). A
+-- `wait`'s poll never waits past the wait's deadline, for a VM nor in the thread
+-- pool's queue (it is abandoned: kind `timeout`; the worker thread sends nothing
+-- once the deadline passed).
 --
 -- Calls are possible where ngx_lua can yield: rewrite, access and content
 -- handlers and `ngx.timer.at` callbacks. Elsewhere (init, init_worker, set,
@@ -39,6 +42,7 @@ local core = require "kie.core" -- in this VM: clock, HMAC, JSON (CPU only, neve
 local type, pairs, ipairs, tostring, setmetatable, getmetatable, pcall, error, select, rawget =
   type, pairs, ipairs, tostring, setmetatable, getmetatable, pcall, error, select, rawget
 local sort, concat = table.sort, table.concat
+local traceback, xpcall = debug.traceback, xpcall
 local min = math.min
 local unpack = table.unpack or unpack
 
@@ -142,21 +146,53 @@ local BUSY = {
   ["no memory"] = true,
 }
 
+local LATE = "kie.ngx: past the deadline" -- thread_call's message when abandoned
+local GRACE = 0.05 -- s after the deadline for an answer already on its way
+
+-- ngx.run_worker_thread(pool, WORKER, fn, ...) in a light thread, abandoned when
+-- `deadline` (+ GRACE) passes first, e.g. while every thread of the pool is busy:
+-- ngx_lua then drops the thread's results (and the worker sends nothing late).
+local function run_by(ngx, deadline, pool, fn, ...)
+  local spawn = ngx.thread.spawn
+  local worker = spawn(function(...) return ngx.run_worker_thread(pool, WORKER, fn, ...) end, ...)
+  local left = deadline + GRACE - core.now()
+  local timer = spawn(function()
+    if left > 0 then ngx.sleep(left) end
+    return LATE
+  end)
+  local r = { ngx.thread.wait(worker, timer) }
+  if r[2] == LATE then
+    ngx.thread.kill(worker)
+    return { false, LATE }
+  end
+  ngx.thread.kill(timer)
+  if not r[1] then error(r[2], 0) end
+  return { unpack(r, 2, #r) }
+end
+
 -- ngx.run_worker_thread(pool, WORKER, fn, ...), waiting (ngx.sleep, at most
 -- `wait_limit` seconds) while no worker-thread VM or queue slot is free, as a
--- queue would. Returns the packed results of run_worker_thread.
-local function thread_call(ngx, pool, wait_limit, fn, ...)
-  local r, deadline, pause
+-- queue would; with `deadline`, never past it. Returns the packed results of
+-- run_worker_thread.
+local function thread_call(ngx, pool, wait_limit, deadline, fn, ...)
+  local r, until_, pause
   while true do
-    r = { ngx.run_worker_thread(pool, WORKER, fn, ...) }
+    if deadline then
+      r = run_by(ngx, deadline, pool, fn, ...)
+    else
+      r = { ngx.run_worker_thread(pool, WORKER, fn, ...) }
+    end
     if r[1] or not BUSY[r[2]] then return r end
     local now = core.now()
-    deadline = deadline or now + wait_limit
-    if now >= deadline then return r end
+    until_ = until_ or now + wait_limit
+    if now >= until_ then return r end
     pause = pause and min(pause * 2, 0.05) or 0.002
     ngx.sleep(pause)
   end
 end
+
+-- core methods whose last argument is a shorter timeout (seconds) for this call
+local TIMED = { get_task = 2 }
 
 local function run_in_thread(h, name, ...)
   local p = private[h]
@@ -166,7 +202,16 @@ local function run_in_thread(h, name, ...)
   local n = select("#", ...)
   local args = { ... }
   for i = 1, n do args[i] = plain(args[i], 0, {}) end
-  local r = thread_call(ngx, p.pool, p.wait_limit, "call", p.ckey, p.opts, name, unpack(args, 1, n))
+  -- a call with its own timeout (wait's polls) has a deadline: no wait for a free
+  -- VM, nor the thread pool's queue, may carry it past that (the worker thread
+  -- gives the transfer what is left)
+  local wait_limit, deadline = p.wait_limit, false
+  if n == TIMED[name] and type(args[n]) == "number" then
+    deadline = core.now() + args[n]
+    if args[n] < wait_limit then wait_limit = args[n] end
+  end
+  local r = thread_call(ngx, p.pool, wait_limit, deadline, "call", p.ckey, p.opts, deadline, name,
+    unpack(args, 1, n))
   if r[1] then
     if r[2] == nil and type(r[3]) == "table" then return nil, errors.wrap(r[3]) end
     return r[2], r[3]
@@ -176,10 +221,14 @@ local function run_in_thread(h, name, ...)
     error("kie.ngx: thread pool '" .. p.pool .. "' not found: add 'thread_pool " .. p.pool
       .. " threads=16;' to nginx.conf's main context (or pass thread_pool = <name>)", 0)
   end
+  if msg == LATE then
+    return nil, errors.new("timeout", name .. ": no worker thread ran it before the deadline "
+      .. "(the thread pool is busy); abandoned", { op = name, retryable = true })
+  end
   if BUSY[msg] then
     -- nothing was sent: safe to retry, also for create_task
     return nil, errors.new("network", name .. ": no worker thread available for "
-      .. p.wait_limit .. " s (" .. msg .. "); the request was not sent",
+      .. wait_limit .. " s (" .. msg .. "); the request was not sent",
       { op = name, retryable = true })
   end
   if msg == "unsupported argument type" or msg:find(" in the argument$") then
@@ -256,7 +305,7 @@ local function core_module(pool)
   -- the journal's fsync'd append: on a worker thread too
   function mod.append_line(path, line)
     local ngx = check_phase("journal write")
-    local r = thread_call(ngx, pool, 30, "append_line", path, line)
+    local r = thread_call(ngx, pool, 30, false, "append_line", path, line)
     if not r[1] then return nil, "journal write: " .. tostring(r[2]) end
     return r[2], r[3]
   end
@@ -314,45 +363,78 @@ NgxClient.wait_async = unsupported("client:wait_async", USE_THREADS)
 NgxClient.run_async = unsupported("client:run_async", USE_THREADS)
 M.spawn = unsupported("kie.spawn", "use ngx.thread.spawn")
 
+-- The message of an error that xpcall(.., traceback) caught (its first line).
+local function strip_traceback(tb)
+  return (tostring(tb):match("^[^\n]*"))
+end
+
+local RUN_ALL_OPTIONS = { concurrency = true, on_update = true }
+
 --- Runs many requests (as `client:run`), at most `opts.concurrency` (8) at a
--- time, each in an ngx light thread. Returns `results, errs` indexed like the
--- input; `errs` is nil when every item succeeded.
+-- time, each in an ngx light thread; `opts.on_update(i, info)` on each state
+-- change of item i. Returns `results, errs` indexed like the input; `errs` is nil
+-- when every item succeeded. An item whose own code raises (a bad option, an
+-- `on_update` that raises) ends with kind `raised` (its `task_id` kept when it was
+-- created); the others go on.
 function NgxClient:run_all(list, opts)
   if type(list) ~= "table" then error("run_all: list must be a table, got " .. type(list), 2) end
   opts = opts or {}
   if type(opts) ~= "table" then error("run_all: opts must be a table, got " .. type(opts), 2) end
-  local n = #list
-  for i = 1, n do
-    if type(list[i]) ~= "table" then error("run_all: item " .. i .. " must be a table", 2) end
+  for k in pairs(opts) do
+    if not RUN_ALL_OPTIONS[k] then error("run_all: unknown option '" .. tostring(k) .. "'", 2) end
   end
+  local n = #list
+  -- every item's options before the first request (nothing paid, then a raise)
+  for i = 1, n do self:_check_run(list[i], "run_all: request " .. i, 3) end
   local concurrency = opts.concurrency or 8
   if type(concurrency) ~= "number" or concurrency < 1 or concurrency % 1 ~= 0 then
     error("run_all: concurrency must be a whole number >= 1", 2)
   end
+  local on_update = opts.on_update
+  if on_update ~= nil and type(on_update) ~= "function" then
+    error("run_all: on_update must be a function, got " .. type(on_update), 2)
+  end
   local ngx = check_phase("run_all")
   local results, errs, next_i = {}, nil, 0
+  local function fail(i, e)
+    errs = errs or {}
+    errs[i] = e
+  end
+  -- item i as `run` with its wait's on_update chained to ours; the task id each
+  -- update shows is kept for an error raised after the create
+  local function item(i, seen)
+    local req, w = {}, {}
+    for k, v in pairs(list[i]) do req[k] = v end
+    for k, v in pairs(req.wait or {}) do w[k] = v end
+    local inner = w.on_update
+    w.on_update = function(info)
+      seen[i] = info.taskId
+      if inner then inner(info) end
+      if on_update then on_update(i, info) end
+    end
+    req.wait = w
+    return self:run(req)
+  end
   local function worker()
-    while true do
+    local seen = {}
+    while next_i < n do
       next_i = next_i + 1
       local i = next_i
-      if i > n then return end
-      local r, e = self:run(list[i])
-      if r ~= nil then
+      local ok, r, e = xpcall(item, traceback, i, seen)
+      if not ok then
+        local msg = strip_traceback(r)
+        fail(i, errors.new("raised", "run_all: item " .. i .. " raised: " .. msg,
+          { traceback = r, task_id = seen[i] }))
+      elseif r ~= nil then
         results[i] = r
       else
-        errs = errs or {}
-        errs[i] = e
+        fail(i, e)
       end
     end
   end
   local threads = {}
   for k = 1, min(concurrency, n) do threads[k] = ngx.thread.spawn(worker) end
-  local raised
-  for _, t in ipairs(threads) do
-    local ok, err = ngx.thread.wait(t)
-    if not ok and raised == nil then raised = err end
-  end
-  if raised ~= nil then error(raised, 0) end
+  for _, t in ipairs(threads) do ngx.thread.wait(t) end
   return results, errs
 end
 
@@ -387,6 +469,12 @@ function M.new(opts)
     error((strip_position(c):gsub("^kie%.new", "kie.ngx.new"):gsub("^kie%.core%.new", "kie.ngx.new")), 2)
   end
   c._pool = pool
+  -- a paced call may wait for a worker thread (up to `timeout`) before its
+  -- request goes: a slot nobody releases counts that much longer (kie.ratelimit)
+  local wait_limit = user.timeout or 30
+  for _, lim in ipairs{ c._create_lim or false, c._poll_lim or false } do
+    if lim then lim.hold = lim.hold + wait_limit end
+  end
   return setmetatable(c, NgxClient)
 end
 

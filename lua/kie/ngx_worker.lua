@@ -65,9 +65,12 @@ local REFUSED = { step = true, result = true, cancel = true, poll_timeout = true
   pending = true, progress = true, close = true }
 
 --- Runs one blocking core call: `name` is a core client method (create_task,
--- get_task, call, fetch ...), `...` its arguments. Returns what the core
--- returns (`result` or `nil, err`), plain tables only.
-function M.call(ckey, opts, name, ...)
+-- get_task, call, fetch ...), `...` its arguments. With `deadline` (by
+-- `kie.core.now`, which every thread of the process shares), the last argument
+-- is the call's timeout and becomes what is left until the deadline; a deadline
+-- already past sends nothing (kind `timeout`). Returns what the core returns
+-- (`result` or `nil, err`), plain tables only.
+function M.call(ckey, opts, deadline, name, ...)
   if type(name) ~= "string" or REFUSED[name] or name:find("_start$") then
     error("kie.ngx_worker: refused call '" .. tostring(name) .. "'", 0)
   end
@@ -80,6 +83,14 @@ function M.call(ckey, opts, name, ...)
   if n == 0 then return fn(h) end
   local args = { ... }
   for i = 1, n do args[i] = restore(args[i], 0) end
+  if deadline then
+    local left = deadline - core.now()
+    if left <= 0 then
+      return nil, { kind = "timeout", op = name, retryable = true, message = name
+        .. ": the deadline passed while the call waited for a worker thread; not sent" }
+    end
+    args[n] = left
+  end
   return fn(h, unpack(args, 1, n))
 end
 

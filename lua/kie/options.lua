@@ -74,16 +74,24 @@ local function _options(user)
   if o.max_retries < 0 or o.max_retries % 1 ~= 0 then
     error("kie.new: option 'max_retries' must be a whole number >= 0", 3)
   end
+  for k in pairs(o.rate_limits or {}) do
+    if not RATE_LIMITS[k] then
+      error("kie.new: option 'rate_limits': unknown entry '" .. tostring(k) .. "' (create, poll)", 3)
+    end
+  end
   if o.step_budget_ms ~= o.step_budget_ms or o.step_budget_ms < 0 then
     error("kie.new: option 'step_budget_ms' must be a number >= 0", 3)
   end
   return o
 end
 
-local function _limiter(spec, default)
+-- A limiter from a `rate_limits` entry (false: none); what it leaves out keeps
+-- `default`'s value. A slot never released counts as released after the longest a
+-- request can take (`timeout`, plus a second).
+local function _limiter(spec, default, timeout)
   if spec == false then return nil end
-  spec = spec or default
-  local ok, lim = pcall(ratelimit.new, { limit = spec.limit, window = spec.window, margin = spec.margin })
+  local ok, lim = pcall(ratelimit.new, spec,
+    { limit = default.limit, window = default.window, hold = (timeout or 30) + 1 })
   if not ok then error("kie.new: option 'rate_limits': " .. tostring(lim), 4) end
   return lim
 end

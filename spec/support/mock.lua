@@ -15,6 +15,10 @@
 --     callback_ts_offset = 0,        -- shift X-Webhook-Timestamp (stale-signature tests)
 --     sink_status = 200,             -- HTTP status of /_mock/callback_sink
 --     max_log_body = 65536,          -- bodies longer than this are truncated in the log
+--     latency = false,               -- {min =, max =}: seconds before a request counts (per
+--                                    -- request, /api/*; a fault's `latency` overrides it)
+--     account_limit = false,         -- {create = {limit =, window =}, poll = {...}}: kie.ai's
+--                                    -- sliding windows over arrivals; 429 over them (mock/account.lua)
 --     -- launcher only:
 --     watchdog = true,               -- nginx stops itself when this process dies
 --     nginx = "/usr/sbin/nginx", log_level = "warn", start_timeout = 10,
@@ -30,7 +34,7 @@
 --                              credits = n sets the balance) / read them (with credits)
 --   m:requests(path?)          request log entries {method, path, query, body, body_size,
 --                              body_truncated, headers (lowercased), connection,
---                              connection_requests, scheme, fault, time, seq}
+--                              connection_requests, scheme, fault, time, arrived, seq}
 --   m:count(path?), m:connections(path?)
 --   m:callbacks()              what /_mock/callback_sink got: {headers, body, json, method, uri, time}
 --   m:wait_callbacks(n, timeout?)  poll until n callbacks arrived (returns the list)
@@ -227,7 +231,7 @@ local function nginx_conf(o)
   add("  lua_shared_dict kie_mock 32m;")
   add("  lua_shared_dict kie_mock_log 64m;")
   add("  init_by_lua_block { require(\"control\").init([==[" .. o.prefix .. "/config.json]==]) }")
-  add("  init_worker_by_lua_block { require(\"watchdog\").start() }")
+  add("  init_worker_by_lua_block { math.randomseed(ngx.now() * 1000 + ngx.worker.pid()) require(\"watchdog\").start() }")
   if o.http_conf then add(o.http_conf) end
   add("  server {")
   add("    listen 127.0.0.1:" .. o.port .. ";")
@@ -389,6 +393,7 @@ local SETTINGS = {   -- go to config.json (changeable later with m:config)
   status_mode = "mirror", use_message_key = false, download_url_ttl = 1200,
   callback_timeout = 15, callback_retries = 0, callback_retry_delay = 0.2,
   callback_repeat = 1, callback_ts_offset = 0, sink_status = 200, max_log_body = 65536,
+  latency = false, account_limit = false,
 }
 local LAUNCH = {     -- launcher-only options
   https = true, watchdog = true, nginx = true, main_conf = true, http_conf = true,

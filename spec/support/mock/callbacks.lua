@@ -90,7 +90,10 @@ deliver = function(premature, task_id, attempt)
       headers["X-Webhook-Signature"] = hmac.sign(cfg.hmac_key, task_id, ts)
     end
     local status, err
-    if u then
+    local dropped = math.random() < (tonumber(cfg.callback_drop_rate) or 0)
+    if dropped then
+      err = "dropped"  -- lost on the way, as real networks lose webhooks
+    elseif u then
       status, err = post(u, body, headers, tonumber(cfg.callback_timeout) or 15)
     else
       err = "bad callBackUrl"
@@ -98,7 +101,7 @@ deliver = function(premature, task_id, attempt)
     ngx.update_time()
     store.push(store.dict, "delivery", {
       taskId = task_id, url = task.callBackUrl, attempt = attempt, status = status,
-      error = err, timestamp = ts, time = ngx.now(),
+      error = err, timestamp = ts, time = ngx.now(), dropped = dropped or nil,
     })
     if status and status >= 200 and status < 300 then success = true end
   end

@@ -24,7 +24,8 @@
 --   echo_headers     HTTP `status` (400) HTML error page printing the request's headers
 --                    (`names`: only these, in this order; default all, sorted), after
 --                    `pad` filler bytes, as a misconfigured proxy does
--- Every kind also accepts `headers` (extra response headers).
+-- Every kind also accepts `headers` (extra response headers) and `latency` (seconds
+-- before the request counts as arrived: mock/account.lua).
 
 local store = require "store"
 local respond = require "respond"

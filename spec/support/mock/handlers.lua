@@ -8,6 +8,7 @@ local respond = require "respond"
 local api = require "api"
 local uploads = require "uploads"
 local files = require "files"
+local account = require "account"
 
 local M = {}
 
@@ -100,7 +101,11 @@ function M.main()
 
   local body = read_body()
   reqlog.set_body(entry, body, tonumber(cfg.max_log_body) or 65536)
+  local over
+  entry.arrived, over = account.arrive(uri, cfg, fault)
+  if over then entry.fault = "account_limit" end
   reqlog.commit(entry)
+  if over then return faults.respond({ fault = "rate_limit", msg = "account rate limit exceeded" }, uri) end
 
   if kind and faults.REPLACES[kind] then
     if delay > 0 then ngx.sleep(delay) end

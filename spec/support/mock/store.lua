@@ -26,8 +26,11 @@ M.DEFAULTS = {
   callback_retry_delay = 0.2,
   callback_repeat = 1,           -- deliveries per attempt (duplicates on purpose when > 1)
   callback_ts_offset = 0,        -- seconds added to X-Webhook-Timestamp (stale signatures)
+  callback_drop_rate = 0,        -- share of delivery attempts silently not sent (lost callbacks)
   sink_status = 200,             -- HTTP status the /_mock/callback_sink answers
   max_log_body = 65536,          -- request bodies longer than this are truncated in the log
+  latency = false,               -- {min =, max =} seconds before a request counts (account.lua)
+  account_limit = false,         -- {create = {limit =, window =}, poll = ...} (account.lua)
   port = nil, https_port = nil, prefix = nil,
 }
 
