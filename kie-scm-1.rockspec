@@ -52,6 +52,7 @@ build = {
     ["kie.journal"] = "lua/kie/journal.lua",
     ["kie.callback"] = "lua/kie/callback.lua",
     ["kie.files"] = "lua/kie/files.lua",
+    ["kie.seed"] = "lua/kie/seed.lua",
     ["kie.cli"] = "lua/kie/cli.lua",
     ["kie.ngx"] = "lua/kie/ngx.lua",
     ["kie.ngx_worker"] = "lua/kie/ngx_worker.lua",

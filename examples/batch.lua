@@ -57,7 +57,7 @@ for i = 1, #requests do
   else
     local ok = true
     for n, url in ipairs(info.resultUrls) do
-      local path, derr = client:download(url, string.format("out/%s-%d.png", info.taskId, n))
+      local path, derr = client:download(url, string.format("out/%s-%d.png", kie.safe_name(info.taskId), n))
       if path then
         print(path)
       else

@@ -38,7 +38,7 @@ if not info then
 end
 
 os.execute("mkdir -p out")
-local path, derr = client:download(info.resultUrls[1], "out/" .. task.taskId .. "-1.png")
+local path, derr = client:download(info.resultUrls[1], "out/" .. kie.safe_name(task.taskId) .. "-1.png")
 if not path then
   io.stderr:write(tostring(derr), "\n")
   finish(1)

@@ -343,6 +343,28 @@ describe("upload against the mock #core", function()
       assert.equals(0, m:count("/api/*"))
     end)
 
+    it("uploads nothing for a request that would fail validation", function()
+      local ref = dir .. "/never-sent.png"
+      write(ref, PNG_MAGIC .. bytes(100))
+      for _, case in ipairs{
+        { { prompt = string.rep("x", 5001), reference_image_urls = { kie.file(ref) } }, "input.prompt" },
+        { { prompt = "x", style = "WATERCOLOR", reference_image_urls = { kie.file(ref) } }, "input.style" },
+        { { prompt = "x", colour = "red", reference_image_urls = { kie.file(ref) } }, "input.colour" },
+      } do
+        local r, e = c:run{ model = "ideogram/character", input = case[1] }
+        assert.is_nil(r)
+        assert.equals("validation", e.kind)
+        assert.equals(case[2], e.field)
+      end
+      assert.equals(0, m:count("/api/*"))
+      -- strict = false lets the unknown field through: then the file is uploaded
+      local info, err = c:run{ model = "ideogram/character", strict = false, wait = { interval = 0.02 },
+        input = { prompt = "x", colour = "red", reference_image_urls = { kie.file(ref) } } }
+      assert.is_nil(err)
+      assert.equals("success", info.state)
+      assert.equals(1, m:count("/api/file-stream-upload"))
+    end)
+
     it("returns io for a kie.file that does not exist, and sends nothing", function()
       local r, e = c:run{ model = "ideogram/character", input = {
         prompt = "x", reference_image_urls = { kie.file(dir .. "/missing.png") } } }
@@ -514,5 +536,81 @@ describe("upload against the mock #core", function()
       assert.is_nil(io.open(dir .. "/expired.png", "rb"))
       for _, r in ipairs(m:requests("/files/*")) do assert.is_nil(r.headers["authorization"]) end
     end)
+  end)
+
+  describe("randomness per process", function()
+    -- Runs `script` in two child processes of interpreter `lua` at once (with
+    -- os.time pinned: started in the same second); returns their outputs.
+    local function twins(lua, script)
+      local flavour = lua
+      if not io.open("build/" .. flavour .. "/kie/core.so", "rb") then return nil end
+      local f = dir .. "/twin-" .. lua .. ".lua"
+      write(f, script)
+      local env = "env LUA_PATH='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH='./build/" .. flavour ..
+        "/?.so;;' KIE_SPEC_URL='" .. m.url .. "' KIE_SPEC_KEY='" .. KEY .. "' "
+      local a = io.popen(env .. lua .. " " .. f .. " a 2>&1")
+      local b = io.popen(env .. lua .. " " .. f .. " b 2>&1")
+      local out_a, out_b = a:read("*a"), b:read("*a")
+      a:close()
+      b:close()
+      return out_a, out_b
+    end
+
+    it("never reseeds a process it seeded; a client made after a fork seeds once", function()
+      local seed = require "kie.seed"
+      -- the first values after math.randomseed(12345); kie.new may draw some (a salt)
+      math.randomseed(12345)
+      local mine = {}
+      for _ = 1, 8 do mine[math.random()] = true end
+      local function next_after(fn)
+        math.randomseed(12345)
+        fn()
+        return math.random()
+      end
+      local function new() kie.new{ api_key = KEY, base_url = m.url } end
+      -- the user's own seed stands: kie.new in the same process does not reseed
+      assert.is_true(mine[next_after(new)])
+      local real_pid = seed.pid
+      seed.pid = function() return (real_pid() or 0) + 1 end -- as in a forked child
+      local ok, forked = pcall(next_after, new)
+      local again = ok and next_after(new)
+      seed.pid = real_pid
+      assert.is_true(ok, forked)
+      assert.is_nil(mine[forked])
+      assert.is_true(mine[again]) -- seeded once in that "process"
+      seed.ensure() -- back to this process's pid (reseeds once)
+    end)
+
+    for _, lua in ipairs{ "lua5.4", "luajit" } do
+      it(lua .. ": math.random differs across processes after require \"kie\"", function()
+        local a, b = twins(lua, 'require "kie"\nio.write(("%.17g"):format(math.random()))\n')
+        if not a then return pending("no build/" .. lua) end
+        assert.matches("^0%.%d+$", a)
+        assert.matches("^0%.%d+$", b)
+        assert.are_not.equal(a, b)
+      end)
+
+      it(lua .. ": two processes downloading to one path use different temporary files", function()
+        local src = dir .. "/twin-src.png"
+        write(src, PNG_MAGIC .. bytes(2000))
+        local url = assert(c:upload(src)).downloadUrl
+        local script = [[
+          local kie = require "kie"
+          local rename = os.rename
+          os.time = function() return 1700000000 end
+          os.rename = function(from, to) io.write("TMP ", from, "\n") return rename(from, to) end
+          local c = kie.new{ api_key = os.getenv "KIE_SPEC_KEY", base_url = os.getenv "KIE_SPEC_URL",
+            upload_url = os.getenv "KIE_SPEC_URL" }
+          assert(c:download("]] .. url .. [[", "]] .. dir .. [[/twin-out-" .. arg[1] .. ".png"))
+        ]]
+        local a, b = twins(lua, script)
+        if not a then return pending("no build/" .. lua) end
+        local ta = a:match("TMP [^\n]*/twin%-out%-a%.png(%.part%-[^\n]+)\n")
+        local tb = b:match("TMP [^\n]*/twin%-out%-b%.png(%.part%-[^\n]+)\n")
+        assert.is_string(ta, a)
+        assert.is_string(tb, b)
+        assert.are_not.equal(ta, tb)
+      end)
+    end
   end)
 end)

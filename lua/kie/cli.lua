@@ -260,19 +260,8 @@ local function _ext_of(url)
   return "png"
 end
 
---- A file name stem for task `id` that cannot leave its directory: `id` itself
--- when it is a plain name (letters, digits, `_`, `-`; at most 128), else
--- `task-` and a digest of it. Server text never chooses a path as is.
--- @param id a task id (any value)
--- @treturn string
-function M.file_stem(id)
-  id = tostring(id)
-  if #id <= 128 and id:match("^[%w_%-]+$") then return id end
-  return "task-" .. core.hmac_sha256_base64("kie-cli", id):gsub("[^%w]", ""):sub(1, 16)
-end
-
--- Downloads every result URL of info into dir, named after `stem` (see
--- file_stem); returns the paths or nil, err.
+-- Downloads every result URL of info into dir, named after `stem` (a
+-- files.safe_name); returns the paths or nil, err.
 local function _download_all(client, info, dir, stem, prog)
   local paths = {}
   local urls = info.resultUrls or {}
@@ -362,7 +351,7 @@ function commands.generate(ctx)
       prog.set{ phase = i.state }
     end })
     if not done then return nil, werr end
-    local paths, ferr = _download_all(client, done, a.out, M.file_stem(task_id), prog)
+    local paths, ferr = _download_all(client, done, a.out, files.safe_name(task_id), prog)
     if not paths then
       ferr.task_id = ferr.task_id or task_id
       return nil, ferr
@@ -372,7 +361,7 @@ function commands.generate(ctx)
   end)
   if err == "interrupted" then
     -- the id is server text: shown quoted for the shell unless it is a plain name
-    local shown = task_id and (M.file_stem(task_id) == task_id and task_id or _shell_quote(task_id))
+    local shown = task_id and (files.safe_name(task_id) == task_id and task_id or _shell_quote(task_id))
     return ctx:interrupted(shown and ("; task " .. shown .. " goes on: `kie wait " .. shown ..
       " --out DIR` picks it up"), task_id)
   end
@@ -421,7 +410,7 @@ function commands.wait(ctx)
     end })
     if not done then return nil, werr end
     if a.out then
-      local paths, ferr = _download_all(client, done, a.out, M.file_stem(a.id), prog)
+      local paths, ferr = _download_all(client, done, a.out, files.safe_name(a.id), prog)
       if not paths then return nil, ferr end
       done.files = paths
     end

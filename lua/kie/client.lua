@@ -11,6 +11,7 @@ local schedule = require "kie.schedule"
 local options = require "kie.options"
 local redactor = require "kie.redact"
 local paid = require "kie.paid"
+local seed = require "kie.seed"
 
 -- Modules only some programs use load on first use (memory for the others).
 local function _lazy(name)
@@ -45,6 +46,7 @@ local _retry_logger = Client._retry_logger
 --- Makes a client (see `kie.new`).
 function Client.new(user)
   local o = _options(user)
+  seed.ensure() -- once per process: a forked nginx worker seeds its own jitter
   local core = o.core or require "kie.core"
   local copts = {}
   for _, k in ipairs(CORE_OPTIONS) do copts[k] = o[k] end
@@ -359,7 +361,9 @@ function Client:run(request)
     if k ~= "wait" and k ~= "strict" and k ~= "upload" then req[k] = v end
   end
   local lerr
-  req, lerr = files.resolve_local(self, req, request.upload)
+  local strict = request.strict
+  if strict == nil then strict = self._opts.strict end
+  req, lerr = files.resolve_local(self, req, request.upload, strict) -- nothing uploaded for an invalid request
   if not req then return nil, lerr end
   local task, err = self:create_task(req, { strict = request.strict })
   if not task then return nil, err end
@@ -487,7 +491,7 @@ function Client:download(url, path, opts)
   local rep = opts.progress ~= nil and files.reporter(opts.progress) or nil
   local now = self._env.now
   local deadline = now() + timeout
-  local tmp = path .. ".part-" .. tostring(os.time()) .. "-" .. tostring(math.random(1e9))
+  local tmp = seed.temp_path(path) -- unique across processes and calls
   local ok, err = files.io(self, Client._io, rep, "fetch", url, tmp, cap, timeout)
   if not ok and opts.refresh ~= false and _expired(err) then
     local fresh = self:download_url(url)

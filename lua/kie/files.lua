@@ -25,6 +25,7 @@
 
 local errors = require "kie.errors"
 local lifecycle = require "kie.lifecycle"
+local models = require "kie.models"
 
 local type, tostring, pairs, ipairs, pcall, error = type, tostring, pairs, ipairs, pcall, error
 local setmetatable, getmetatable = setmetatable, getmetatable
@@ -247,6 +248,24 @@ function M.upload(self, src, opts)
   return res
 end
 
+--- A file name (without extension) for server text such as a task id, that
+-- cannot leave its directory: `s` itself when it is a plain name (letters,
+-- digits, `_`, `-`; at most 128 bytes), else `"task-"` and a digest of it.
+-- Server text never chooses a path as is: name files `safe_name(info.taskId)`.
+-- @param s a task id (any value)
+-- @treturn string
+function M.safe_name(s)
+  s = tostring(s)
+  if #s <= 128 and find(s, "^[%w_%-]+$") then return s end
+  local h1, h2 = 5381, 52711
+  for i = 1, #s do
+    local b = byte(s, i)
+    h1 = (h1 * 33 + b) % 4294967291
+    h2 = (h2 * 131 + b) % 4294967279
+  end
+  return format("task-%08x%08x", h1, h2)
+end
+
 -- kie.file ---------------------------------------------------------------------
 
 -- metatable of the markers made by `file`
@@ -307,50 +326,14 @@ local function _image_values(input)
   return out
 end
 
---- The `run` pre-step: a copy of `request` in which every `kie.file` in an image
--- field of `input` is uploaded and replaced by its `downloadUrl` (the same path,
--- or the same marker, once). A plain string there that is not an http(s) URL
--- is a validation error naming `kie.file`, found before anything is uploaded:
--- a string (from a web request, say) never makes the library read a file. The
--- caller's tables are never changed.
--- @tparam kie.Client self
--- @tparam table request a createTask request
--- @tparam[opt] table upload_opts options for `upload`
--- @treturn table the request to send, or `nil, err`
-function M.resolve_local(self, request, upload_opts)
+-- A copy of `request` whose image values listed in `todo` are `url_of(entry)`
+-- (the caller's tables are never changed).
+local function _replaced(request, todo, url_of)
   local input = request.input
-  if type(input) ~= "table" then return request end
-  local values, todo = _image_values(input), {}
-  for _, e in ipairs(values) do
-    local v = e.value
-    if M.is_file(v) then
-      todo[#todo + 1] = e
-    elseif type(v) == "string" and v ~= "" and not M.is_url(v) then
-      local shown = #v > 200 and (sub(v, 1, 200) .. "...") or v
-      return nil, errors.new("validation", "run: input." .. e.field .. " = " .. format("%q", shown) ..
-        " is not an http(s) URL; a local file must be given as kie.file(path) (plain strings " ..
-        "are never read as paths)", { op = "run", field = "input." .. e.field })
-    end
-  end
-  if #todo == 0 then return request end
-
-  local inp = {}
+  local inp, copied = {}, {}
   for k, v in pairs(input) do inp[k] = v end
-  local copied, cache = {}, {}
   for _, e in ipairs(todo) do
-    local f = e.value
-    local key = f.path or f
-    local url = cache[key]
-    if not url then
-      local res, err = M.upload(self, f.path or { data = f.data, file_name = f.file_name }, upload_opts)
-      if not res then
-        err.message = "run: uploading input." .. e.field .. ": " .. tostring(err.message)
-        err.field = "input." .. e.field
-        return nil, err
-      end
-      url = res.downloadUrl
-      cache[key] = url
-    end
+    local url = url_of(e)
     if e.i then
       if not copied[e.name] then
         local list = {}
@@ -366,6 +349,58 @@ function M.resolve_local(self, request, upload_opts)
   for k, v in pairs(request) do req[k] = v end
   req.input = setmetatable(inp, getmetatable(input))
   return req
+end
+
+local PLACEHOLDER = "https://kie-file.invalid/placeholder.png"
+
+--- The `run` pre-step: a copy of `request` in which every `kie.file` in an image
+-- field of `input` is uploaded and replaced by its `downloadUrl` (the same path,
+-- or the same marker, once). A plain string there that is not an http(s) URL
+-- is a validation error naming `kie.file`, found before anything is uploaded:
+-- a string (from a web request, say) never makes the library read a file. With
+-- `strict` (a boolean), a request that would fail validation (`kie.models`)
+-- uploads nothing. The caller's tables are never changed.
+-- @tparam kie.Client self
+-- @tparam table request a createTask request
+-- @tparam[opt] table upload_opts options for `upload`
+-- @tparam[opt] boolean strict validate the request (with the files in place) first
+-- @treturn table the request to send, or `nil, err`
+function M.resolve_local(self, request, upload_opts, strict)
+  local input = request.input
+  if type(input) ~= "table" then return request end
+  local values, todo = _image_values(input), {}
+  for _, e in ipairs(values) do
+    local v = e.value
+    if M.is_file(v) then
+      todo[#todo + 1] = e
+    elseif type(v) == "string" and v ~= "" and not M.is_url(v) then
+      local shown = #v > 200 and (sub(v, 1, 200) .. "...") or v
+      return nil, errors.new("validation", "run: input." .. e.field .. " = " .. format("%q", shown) ..
+        " is not an http(s) URL; a local file must be given as kie.file(path) (plain strings " ..
+        "are never read as paths)", { op = "run", field = "input." .. e.field })
+    end
+  end
+  if #todo == 0 then return request end
+  if strict == true or strict == false then
+    local ok, verr = models.check(_replaced(request, todo, function() return PLACEHOLDER end), strict)
+    if not ok then return nil, verr end
+  end
+
+  local urls = {}
+  for _, e in ipairs(todo) do
+    local f = e.value
+    local key = f.path or f
+    if not urls[key] then
+      local res, err = M.upload(self, f.path or { data = f.data, file_name = f.file_name }, upload_opts)
+      if not res then
+        err.message = "run: uploading input." .. e.field .. ": " .. tostring(err.message)
+        err.field = "input." .. e.field
+        return nil, err
+      end
+      urls[key] = res.downloadUrl
+    end
+  end
+  return _replaced(request, todo, function(e) return urls[e.value.path or e.value] end)
 end
 
 -- progress ---------------------------------------------------------------------

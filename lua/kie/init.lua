@@ -12,6 +12,11 @@ local Client = require "kie.client"
 local errors = require "kie.errors"
 local files = require "kie.files"
 local lifecycle = require "kie.lifecycle"
+local seed = require "kie.seed"
+
+-- math.random differs per process (Lua 5.1 and LuaJIT start every process alike);
+-- a program that wants a fixed sequence seeds after this require (see kie.seed)
+seed.ensure()
 
 local M = {
   _VERSION = Client.VERSION,
@@ -62,6 +67,11 @@ end
 -- file_name = ...}` in an image field (`image_url`, `reference_image_urls[i]` ...)
 -- is uploaded first and sent as its URL. Plain strings are never read as paths.
 M.file = files.file
+
+--- A file name for server text such as a task id: the text itself when it is a
+-- plain name (letters, digits, `_`, `-`), else `task-<digest>`; server text never
+-- chooses a path as is (`("out/%s.png"):format(kie.safe_name(info.taskId))`).
+M.safe_name = files.safe_name
 
 --- Marks a table so that it is sent as a JSON object even when empty
 -- (empty tables are sent as `[]`, which is what every empty list in this API is).
