@@ -28,7 +28,8 @@ build = {
   modules = {
     ["kie.core"] = {
       sources = { "src/kie.c", "src/client.c", "src/transfer.c", "src/json.c", "src/response.c",
-        "src/hmac.c", "src/upload.c", "src/events.c" },
+        "src/hmac.c", "src/upload.c", "src/events.c", "src/buf.c", "src/clock.c",
+        "src/retry_after.c" },
       libraries = { "curl", "crypto", "pthread" },
       incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },

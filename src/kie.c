@@ -8,6 +8,16 @@
  *    meant for scripts (the Lua layer injects its own sleep in games and nginx).
  *  - append_line is the journal's durability: one writev per record on O_APPEND,
  *    fsync, and an fsync of the directory when it created the file.
+ *
+ * Lua-facing (stack effect):
+ *  require "kie.core" -> module                                [-0, +1]
+ *  core.now() -> seconds                                       [-0, +1]
+ *  core.sleep(s)                                               [-0, +0]
+ *  core.encode(v) -> json | nil, msg                           [-0, +1|+2]
+ *  core.decode(json) -> value | nil, msg                       [-0, +1|+2]
+ *  core.decode_task(data) -> data | nil, msg                   [-0, +1|+2]
+ *  core.append_line(path, line) -> true | nil, msg             [-0, +1|+2]
+ *  (core.new: client.c; hmac_sha256_base64, equal: hmac.c; base64_encode: upload.c)
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -19,7 +29,7 @@
 
 /* core.now() -> monotonic seconds: [-0, +1]. */
 static int core_now(lua_State *L) {
-  lua_pushnumber(L, kie_monotonic());
+  lua_pushnumber(L, kie_clock_now());
   return 1;
 }
 
@@ -61,7 +71,7 @@ static int core_decode(lua_State *L) {
 static int core_decode_task(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
-  if (kie_decode_task(L, 1)) return 1;
+  if (kie_response_decode_task(L, 1)) return 1;
   lua_pushnil(L);
   lua_insert(L, -2);
   return 2;
@@ -164,7 +174,7 @@ __attribute__((visibility("default")))
 #endif
 int luaopen_kie_core(lua_State *L) {
   curl_version_info_data *v;
-  if (!kie_global_init()) return luaL_error(L, "kie.core: curl_global_init failed");
+  if (!kie_transfer_global_init()) return luaL_error(L, "kie.core: curl_global_init failed");
   kie_json_init(L);
   kie_client_open(L);
   luaL_newlib(L, funcs);

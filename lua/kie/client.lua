@@ -54,7 +54,7 @@ function Client.new(user)
   if not ok then
     error((tostring(handle):gsub("^kie%.core%.new", "kie.new")), 2)
   end
-  local redact = redactor(core, o.api_key)
+  local redact = redactor(core, o.api_key, handle)
   o.api_key = nil -- kept only inside the core
   o.core = nil
   local limits = o.rate_limits or {}
@@ -531,8 +531,8 @@ end
 
 -- callback-style async calls: cb(result, err) once, from step --------------------
 
---- `create_task` without blocking: returns a handle (`cancel`, `done`, `result`);
--- `cb(task, err)` is called once from `step`.
+--- `create_task` without blocking: returns a handle (`cancel`, `done`, `result`,
+-- `task_id`; see `kie.lifecycle`); `cb(task, err)` is called once from `step`.
 function Client:create_task_async(request, cb)
   _check(request, "table", "create_task_async: request")
   return self:_async(cb, "create_task", request)
