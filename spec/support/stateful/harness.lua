@@ -1,11 +1,12 @@
 -- Runs one op list (ops.lua) against a backend (backends.lua) and checks the
 -- promises at the edges (DESIGN.md) after every op:
 --
---   once        every callback fires exactly once, only from step; every spawned job ends
---   step        step raises only an error a user callback raised, and then carries every
---               error raised by a callback in that step
---   cancel      cancel() and close() never raise; a cancel that returned true ends the call
---               with kind canceled (or unknown_outcome)
+--   once        every callback fires exactly once, only from step (or close); every
+--               spawned job ends
+--   step        step (and close) raise only an error a user callback raised, and then
+--               carry every error raised by a callback in it
+--   cancel      cancel() never raises; a cancel that returned true ends the call with
+--               kind canceled (or unknown_outcome)
 --   closed      after close(), step returns 0, poll_timeout is nil, every call has ended
 --   leak        once everything ended, step returns 0 and the core has no transfer
 --   accounted   every task the server made for a create is known to the program: a result
@@ -153,7 +154,7 @@ function H.run(backend, cfg, ops, opts)
       rec.fired = rec.fired + 1
       local what = "call #" .. rec.n .. " (" .. rec.kind .. ")"
       if rec.fired > 1 then violate("once", "the callback of " .. what .. " fired twice") end
-      if not st.in_step then violate("once", "the callback of " .. what .. " fired outside step") end
+      if not st.in_step then violate("once", "the callback of " .. what .. " fired outside step and close") end
       rec.res, rec.err = res, err
       local h = rec.handle or rec.weak[1]
       if h and not h:done() then violate("handle", "the callback of " .. what .. " fired, its handle is not done()") end
@@ -211,30 +212,38 @@ function H.run(backend, cfg, ops, opts)
 
   local post_close, items_seen
 
-  -- One step of client c, with the step and raise invariants.
-  local function step(c, timeout, budget)
+  -- Runs c:method(...), where callbacks may fire (step; close, which calls the
+  -- callbacks of the calls it ended before it returns): it raises only when a
+  -- callback raised, and then carries every error a callback raised in it.
+  local function guarded(c, method, ...)
     st.in_step = true
-    local ok, n = pcall(c.step, c, timeout, budget)
+    local ok, n = pcall(c[method], c, ...)
     st.in_step = false
     local fired = {}
     for marker, s in pairs(st.raises) do
       if s == "fired" then fired[#fired + 1] = marker st.raises[marker] = "done" end
     end
     table.sort(fired)
+    local class = method == "step" and "step" or "cancel"
     if not ok then
-      if #fired == 0 then fail("step", "step raised, no callback did: " .. tostring(n)) end
+      if #fired == 0 then fail(class, method .. " raised, no callback did: " .. tostring(n)) end
       for _, marker in ipairs(fired) do
         if not mentions(n, marker) then
-          fail("raise_lost", "callbacks raised " .. table.concat(fired, ", ") .. "; step raised " ..
+          fail("raise_lost", "callbacks raised " .. table.concat(fired, ", ") .. "; " .. method .. " raised " ..
             tostring(n) .. ", which does not carry " .. marker)
         end
       end
-    else
-      if #fired > 0 then
-        fail("raise_lost", "callbacks raised " .. table.concat(fired, ", ") .. " but step returned " .. tostring(n))
-      end
-      if type(n) ~= "number" then fail("step", "step returned " .. tostring(n)) end
+    elseif #fired > 0 then
+      fail("raise_lost", "callbacks raised " .. table.concat(fired, ", ") .. " but " .. method .. " returned " ..
+        tostring(n))
     end
+    return ok, n
+  end
+
+  -- One step of client c, with the step and raise invariants.
+  local function step(c, timeout, budget)
+    local ok, n = guarded(c, "step", timeout, budget)
+    if ok and type(n) ~= "number" then fail("step", "step returned " .. tostring(n)) end
     collect_jobs()
     check_violation()
     if st.closed_in_cb then
@@ -277,8 +286,10 @@ function H.run(backend, cfg, ops, opts)
   local function close()
     local c = st.c
     st.closed_clients[c] = true
-    local ok, err = pcall(c.close, c)
-    if not ok then fail("cancel", "close() raised: " .. tostring(err)) end
+    st.closing = true -- a callback that closes c again changes nothing
+    guarded(c, "close")
+    st.closing = false
+    collect_jobs()
     check_violation()
     post_close(c)
     open()
@@ -590,8 +601,12 @@ function H.run(backend, cfg, ops, opts)
     account() -- everything has ended: nothing can still be learned
     if not opts.no_close then
       local c = st.c
-      local cok, cerr = pcall(c.close, c)
-      if not cok then fail("cancel", "close() raised: " .. tostring(cerr)) end
+      st.closed_clients[c] = true
+      st.closing = true
+      guarded(c, "close")
+      st.closing = false
+      collect_jobs()
+      check_violation()
       post_close(c)
     end
   end, function(e)
