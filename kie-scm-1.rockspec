@@ -29,7 +29,7 @@ build = {
     ["kie.core"] = {
       sources = { "src/kie.c", "src/client.c", "src/transfer.c", "src/json.c", "src/response.c",
         "src/hmac.c", "src/upload.c", "src/events.c", "src/buf.c", "src/clock.c",
-        "src/retry_after.c" },
+        "src/retry_after.c", "src/base64.c", "src/journal.c" },
       libraries = { "curl", "crypto", "pthread" },
       incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },

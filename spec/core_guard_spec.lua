@@ -41,17 +41,17 @@ local function finalizer_trap(fn)
 end
 
 -- Lua 5.4's generational mode calls every pending finalizer at the end of each
--- minor collection, and a minor collection starts once the heap grew by 1 %: a
--- 1 MB allocation inside a call runs the trap there. Elsewhere the incremental
--- collector is made as eager as it goes. When the collector's own state still
--- kept the finalizer out of every call (seen in long busted runs), the test is
--- pending, not passed: run alone, it fails (segfault) without the guard.
+-- minor collection, and (after one made by hand) the next starts once the heap
+-- grew by 1 %: a 1 MB allocation inside a call runs the trap there. Elsewhere the
+-- incremental collector is made as eager as it goes, and a test that never saw
+-- the finalizer run inside a call is pending there, not passed.
 local GENERATIONAL = _VERSION == "Lua 5.4"
 
 local function aggressive_gc()
   collectgarbage("collect")
   if GENERATIONAL then
     collectgarbage("generational", 1, 100)
+    collectgarbage("step", 0) -- a minor collection now: the next starts 1 % later
   else
     collectgarbage("setpause", 1)
     collectgarbage("setstepmul", 1000)
@@ -130,7 +130,7 @@ describe("kie.core in-call guard #core", function()
       end
       c:close()
     end
-    if fired == 0 then return pending("no finalizer ran inside the call") end
+    if fired == 0 and not GENERATIONAL then return pending("no finalizer ran inside the call") end
     assert.is_true(fired > 0, "the finalizer never ran inside the call")
     assert.equals(sent, m:count(CREATE))
   end)
@@ -162,7 +162,7 @@ describe("kie.core in-call guard #core", function()
       end
       c:close()
     end
-    if fired == 0 then return pending("no finalizer ran inside the call") end
+    if fired == 0 and not GENERATIONAL then return pending("no finalizer ran inside the call") end
     assert.is_true(fired > 0, "the finalizer never ran inside the call")
   end)
 
@@ -198,7 +198,7 @@ describe("kie.core in-call guard #core", function()
       end
       c:close()
     end
-    if fired == 0 then return pending("no finalizer ran inside a call") end
+    if fired == 0 and not GENERATIONAL then return pending("no finalizer ran inside a call") end
     assert.is_true(fired > 0, "the finalizer never ran inside a call")
   end)
 end)

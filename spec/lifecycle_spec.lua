@@ -136,6 +136,26 @@ describe("lifecycle of a call", function()
     end)
   end)
 
+  describe("a step cut short by an error of the core", function()
+    it("leaves no state behind: a later cancel's callback still comes from the next step", function()
+      local fake = testing.new{ latency = 1 }
+      local fc = fake:client{ rate_limits = { create = false, poll = false } }
+      fc:get_task_async("task-a", function() end)
+      fake:advance(0.5)
+      local got
+      local h2 = fc:get_task_async("task-b", function(_, err) got = err end)
+      fake:advance(0.6) -- the first answered, the second not yet
+      local core_h = fc._core
+      local real = core_h.result
+      core_h.result = function() core_h.result = real error("broken core") end
+      assert.has_error(function() fc:step(0, math.huge) end, "broken core")
+      assert.is_true(h2:cancel())
+      fc:step(0, math.huge)
+      assert.equals("canceled", got and got.kind)
+      fc:close()
+    end)
+  end)
+
   describe("close", function()
     it("inside a callback: the other callbacks fire once, later steps return 0", function()
       local task = assert(c:create_task(REQ))
@@ -177,6 +197,8 @@ describe("lifecycle of a call", function()
       pump(c, function() return hg:done() end) -- the wait and the job now sleep on timers
       c:close()
       for _, h in ipairs { hc, hw, hs } do assert.is_true(h:done()) end
+      assert.equals(1, #got.create) -- called by close itself
+      assert.equals(1, #got.wait)
       assert.equals("unknown_outcome", select(2, hc:result()).kind)
       assert.is_string(select(2, hc:result()).fingerprint)
       assert.equals("closed", select(2, hc:result()).cause)
@@ -190,6 +212,31 @@ describe("lifecycle of a call", function()
       assert.equals("canceled", got.wait[1].kind)
       assert.is_nil(c:poll_timeout())
       c:close() -- idempotent
+    end)
+
+    it("an async call on a closed client raises, as a blocking one does", function()
+      c:close()
+      assert.has_error(function() c:get_task_async("task-x", function() end) end, "kie: the client is closed")
+      assert.has_error(function() c:get_task("task-x") end, "kie.core: the client is closed")
+      assert.equals(0, c:step(0))
+    end)
+
+    it("a spawned job that closes its client and then sleeps (rate limiter) ends, never spins", function()
+      local fake = testing.new{}
+      local fc = fake:client{ rate_limits = { create = { limit = 1, window = 60 }, poll = false } }
+      local h = kie.spawn(function()
+        debug.sethook(function() error("spins on the closed client") end, "", 1e7)
+        assert(fc:create_task(REQ))
+        fc:close()
+        return fc:create_task(REQ) -- waits for the limiter: a sleep on a closed client
+      end)
+      for _ = 1, 3 do fc:step(0) end
+      assert.is_true(h:done())
+      local r, err = h:result()
+      assert.is_nil(r)
+      assert.equals("canceled", err.kind)
+      assert.equals("closed", err.cause)
+      assert.equals(1, #fake:requests("create_task"))
     end)
 
     it("keeps the task id of a create whose answer was read but not handed over", function()

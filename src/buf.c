@@ -5,6 +5,8 @@
  *    that wants a C string; len counts the bytes without that NUL.
  *  - Growth doubles from 1 KiB; a failed realloc leaves the buffer as it was.
  *  - No Lua here: it runs inside libcurl's write callback.
+ *  - kie_buf_wipe zeroes through a volatile function pointer, so the wipe of a
+ *    secret right before free() survives dead-store elimination.
  *
  * Lua-facing: none (no lua_State here).
  */
@@ -33,4 +35,12 @@ void kie_buf_free(kie_buf *b) {
   free(b->data);
   b->data = NULL;
   b->len = b->cap = 0;
+}
+
+/* memset through a volatile pointer: a compiler may drop a plain memset of memory
+ * that is freed right after (dead store), which would leave the key behind. */
+static void *(*const volatile buf_memset)(void *, int, size_t) = memset;
+
+void kie_buf_wipe(void *p, size_t n) {
+  if (p != NULL && n > 0) buf_memset(p, 0, n);
 }

@@ -171,7 +171,7 @@ static void client_free(kie_client *c) {
   c->freed = 1;
   c->closed = 1;
   kie_transfer_teardown(c);
-  if (c->api_key) memset(c->api_key, 0, strlen(c->api_key));
+  if (c->api_key) kie_buf_wipe(c->api_key, strlen(c->api_key));
   free(c->api_key);
   free(c->base_url);
   free(c->upload_url);
@@ -347,7 +347,7 @@ static int get_task_go(lua_State *L, kie_client *c, const char *id, size_t n, lo
     }
   }
   esc = curl_easy_escape(NULL, id, (int)n);
-  if (esc == NULL) return luaL_error(L, "kie.core: out of memory");
+  if (esc == NULL) return kie_response_error(L, c, "network", "get_task: out of memory", 0);
   lua_pushstring(L, c->base_url);
   lua_pushliteral(L, "/api/v1/jobs/recordInfo?taskId=");
   lua_pushstring(L, esc);

@@ -5,7 +5,8 @@
  *    luaopen_kie_core is visible from the shared object.
  *  - buf.c, clock.c, events.c, retry_after.c and transfer.c make no Lua calls at
  *    all (they run inside libcurl's callbacks); everything that touches a
- *    lua_State lives in kie.c, client.c, upload.c, hmac.c, json.c and response.c.
+ *    lua_State lives in kie.c, client.c, upload.c, base64.c, journal.c, hmac.c,
+ *    json.c and response.c.
  *  - Functions are named after their file: kie_client_* in client.c,
  *    kie_transfer_* in transfer.c, kie_response_* in response.c, and so on.
  */
@@ -108,6 +109,7 @@ struct kie_client {
 /* buf.c: append (0 on out of memory) and free */
 KIE_HIDDEN int kie_buf_append(kie_buf *b, const char *p, size_t n);
 KIE_HIDDEN void kie_buf_free(kie_buf *b);
+KIE_HIDDEN void kie_buf_wipe(void *p, size_t n); /* a zeroing no compiler drops */
 
 /* transfer.c: libcurl, no Lua */
 KIE_HIDDEN int kie_transfer_global_init(void);
@@ -177,9 +179,11 @@ KIE_HIDDEN int kie_client_settle(lua_State *L, kie_client *c, kie_xfer *x, int a
 KIE_HIDDEN void kie_client_enter(kie_client *c);
 KIE_HIDDEN int kie_client_leave(lua_State *L, kie_client *c, int nret);
 
-/* upload.c: the multipart stream upload (client methods) and base64_encode (module) */
+/* upload.c: the multipart stream upload (client methods); base64.c and journal.c:
+ * add base64_encode and append_line to the module table at -1 */
 KIE_HIDDEN int kie_upload_run(lua_State *L);
 KIE_HIDDEN int kie_upload_start(lua_State *L);
-KIE_HIDDEN void kie_upload_open(lua_State *L);
+KIE_HIDDEN void kie_base64_open(lua_State *L);
+KIE_HIDDEN void kie_journal_open(lua_State *L);
 
 #endif /* KIE_H */

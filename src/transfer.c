@@ -99,7 +99,7 @@ static void share_lock(CURL *h, curl_lock_data d, curl_lock_access a, void *u) {
 static void free_list(struct curl_slist *l) {
   struct curl_slist *h;
   for (h = l; h != NULL; h = h->next) {
-    if (h->data != NULL) memset(h->data, 0, strlen(h->data));
+    if (h->data != NULL) kie_buf_wipe(h->data, strlen(h->data));
   }
   curl_slist_free_all(l);
 }
@@ -124,7 +124,7 @@ const char *kie_transfer_setup(kie_client *c) {
   if (auth == NULL) return "out of memory";
   snprintf(auth, n, "Authorization: Bearer %s", c->api_key);
   t = curl_slist_append(h, auth);
-  memset(auth, 0, n);
+  kie_buf_wipe(auth, n);
   free(auth);
   if (t == NULL) return "out of memory";
   h = t;

@@ -1,4 +1,4 @@
-/* upload.c - the File Upload API's multipart stream upload, and Base64 encoding.
+/* upload.c - the File Upload API's multipart stream upload.
  *
  * Caveats:
  *  - The file is streamed by libcurl from disk (curl_mime_filedata): it is never
@@ -20,7 +20,6 @@
  * Lua-facing (stack effect):
  *  client:upload(path, upload_path[, name[, type[, s]]]) -> data | nil, err  [-0, +1|+2]
  *  client:upload_start(...) -> transfer id | nil, err                       [-0, +1|+2]
- *  core.base64_encode(bytes) -> string                                      [-0, +1]
  */
 #include <stdlib.h>
 #include <string.h>
@@ -112,37 +111,3 @@ static int upload(lua_State *L, int async) {
 /* client:upload(...) blocking, and client:upload_start(...) -> id: [-0, +1|+2]. */
 int kie_upload_run(lua_State *L) { return upload(L, 0); }
 int kie_upload_start(lua_State *L) { return upload(L, 1); }
-
-static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/* core.base64_encode(bytes) -> standard Base64 with padding; built in a
- * luaL_Buffer so that an out-of-memory raise leaks nothing: [-0, +1]. */
-static int core_base64_encode(lua_State *L) {
-  size_t n, i = 0;
-  const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  while (i < n) {
-    char *p = luaL_prepbuffer(&b);
-    size_t w = 0;
-    while (w + 4 <= LUAL_BUFFERSIZE && i < n) {
-      unsigned long v = (unsigned long)s[i] << 16;
-      if (i + 1 < n) v |= (unsigned long)s[i + 1] << 8;
-      if (i + 2 < n) v |= s[i + 2];
-      p[w++] = B64[(v >> 18) & 63];
-      p[w++] = B64[(v >> 12) & 63];
-      p[w++] = i + 1 < n ? B64[(v >> 6) & 63] : '=';
-      p[w++] = i + 2 < n ? B64[v & 63] : '=';
-      i += 3;
-    }
-    luaL_addsize(&b, w);
-  }
-  luaL_pushresult(&b);
-  return 1;
-}
-
-/* Adds base64_encode to the module table at -1: [-0, +0]. */
-void kie_upload_open(lua_State *L) {
-  lua_pushcfunction(L, core_base64_encode);
-  lua_setfield(L, -2, "base64_encode");
-}

@@ -105,7 +105,9 @@ local function _create_attempt(self, ctx, req)
     end
   end
   if self._opts.logger then self:_log("debug", "request", { op = "create_task", model = req.model }) end
+  ctx.slot = slot -- a cancel leaves the answer to _on_orphan, which releases it
   local r, e = self:_io("create_task", req)
+  ctx.slot = nil
   if lim then lim:release(slot, env.now(), not r and e.kind == "rate_limited") end
   return r, e
 end
@@ -116,6 +118,10 @@ end
 -- the journal; a lost answer leaves it unknown).
 function Client:_on_orphan(req, res, err)
   local ctx = paid.of(req) or paid.new(self, req)
+  if ctx.slot and self._create_lim then -- its rate-limit slot counts from this answer
+    self._create_lim:release(ctx.slot, self._env.now(), err ~= nil and err.kind == "rate_limited")
+    ctx.slot = nil
+  end
   if type(res) ~= "table" or not res.taskId then
     paid.settle(self, ctx, req, nil, err or errors.new("protocol", "create_task: answer without a task"))
     self:_log("warn", "create_task: a canceled create was answered without a task", {
@@ -531,8 +537,8 @@ end
 
 -- callback-style async calls: cb(result, err) once, from step --------------------
 
---- `create_task` without blocking: returns a handle (`cancel`, `done`, `result`);
--- `cb(task, err)` is called once from `step`.
+--- `create_task` without blocking: returns a handle (`cancel`, `done`, `result`,
+-- `task_id`; see `kie.lifecycle`); `cb(task, err)` is called once from `step`.
 function Client:create_task_async(request, cb)
   _check(request, "table", "create_task_async: request")
   return self:_async(cb, "create_task", request)

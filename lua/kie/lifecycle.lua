@@ -25,8 +25,8 @@ local errors = require "kie.errors"
 
 local create, resume, status, running, yield = coroutine.create, coroutine.resume,
   coroutine.status, coroutine.running, coroutine.yield
-local type, select, tostring, setmetatable, pairs, ipairs, xpcall, error =
-  type, select, tostring, setmetatable, pairs, ipairs, xpcall, error
+local type, select, tostring, setmetatable, pairs, ipairs, pcall, xpcall, error =
+  type, select, tostring, setmetatable, pairs, ipairs, pcall, xpcall, error
 local unpack = table.unpack or unpack
 local concat = table.concat
 local traceback = debug.traceback
@@ -255,14 +255,18 @@ function M.io(c, t, paid, name, ...)
   return M.await(c, t, id, paid)
 end
 
---- Parks task `t` on a timer of client `c` for `seconds`.
+--- Parks task `t` on a timer of client `c` for `seconds` (on a closed client,
+-- `t` ends with the closed-client error).
 function M.sleep(c, t, seconds)
   if t._ended then return yield(PARK) end
-  if c._closed then return end
+  if c._closed then -- no timer will run: the call ends here
+    finish(t, pack(nil, _end_error(c, t, "closed")))
+    return yield(PARK)
+  end
   local at = c._env.now() + seconds
   local timers = c._timers
   local i = #timers
-  while i > 0 and timers[i]._at < at do i = i - 1 end -- latest first
+  while i > 0 and timers[i]._at <= at do i = i - 1 end -- latest first; equal: first in first out
   table.insert(timers, i + 1, t)
   t._wait, t._client, t._at = "timer", c, at
   return yield(PARK)
@@ -271,6 +275,7 @@ end
 --- Parks task `t` until `wake(t)`; a close of `c` ends it.
 function M.join(c, t)
   if t._ended then return yield(PARK) end
+  if c._closed then return end
   t._wait, t._client = "join", c
   c._joined[t] = true
   return yield(PARK)
@@ -307,9 +312,9 @@ end
 -- close ----------------------------------------------------------------------------
 
 --- Closes client `c`: every call parked or queued on it ends at once (`canceled`
--- with `cause = "closed"`, or `unknown_outcome` for a create in flight); their
--- callbacks run from the next step (or the running one), which then returns 0.
--- Idempotent.
+-- with `cause = "closed"`, or `unknown_outcome` for a create in flight), and
+-- their callbacks are called before close returns (by the running step when
+-- close is called inside one). A later step returns 0. Idempotent.
 function M.close(c)
   if c._closed then return end
   c._closed = true
@@ -354,6 +359,9 @@ function M.close(c)
     end
   end
   c._core:close()
+  -- the callbacks of the calls ended here: now, unless this client's step is
+  -- running (it calls them); what they raise is raised after all ran, as by step
+  if stepping ~= c then M.step(c, 0, nil) end
 end
 
 -- step -----------------------------------------------------------------------------
@@ -429,6 +437,33 @@ local function run_entry(c, t, errs)
   return true, errs
 end
 
+-- Does client c's queued work, in order, until the queue is empty or the
+-- deadline passed (at least one piece). Returns errs.
+local function work(c, deadline, errs)
+  local q, now = c._runq, c._env.now
+  while q.head <= q.tail do
+    local head = q.head
+    local e = q[head]
+    q[head] = nil
+    q.head = head + 1
+    local did
+    if type(e) == "number" then
+      if c._closed then did = false else did, errs = hand_over(c, e, errs) end
+    else
+      did, errs = run_entry(c, e, errs)
+    end
+    local t = c._now_cb
+    while t do -- (a callback may end another call: its callback is called too)
+      c._now_cb = nil
+      errs = fire(t, errs)
+      t = c._now_cb
+    end
+    -- once closed, the callbacks left are all called: step returns 0 from then on
+    if did and deadline and not c._closed and now() >= deadline then break end
+  end
+  return errs
+end
+
 --- One step of client `c` (see `Client:step`); `budget_ms` nil means no budget.
 function M.step(c, timeout_ms, budget_ms, watch)
   local q = c._runq
@@ -458,27 +493,10 @@ function M.step(c, timeout_ms, budget_ms, watch)
   end
   local outer = stepping
   stepping = c
-  while q.head <= q.tail do
-    local head = q.head
-    local e = q[head]
-    q[head] = nil
-    q.head = head + 1
-    local did
-    if type(e) == "number" then
-      if c._closed then did = false else did, errs = hand_over(c, e, errs) end
-    else
-      did, errs = run_entry(c, e, errs)
-    end
-    local t = c._now_cb
-    while t do -- (a callback may end another call: its callback is called too)
-      c._now_cb = nil
-      errs = fire(t, errs)
-      t = c._now_cb
-    end
-    -- once closed, the callbacks left are all called: step returns 0 from then on
-    if did and deadline and not c._closed and now() >= deadline then break end
-  end
+  local ok, e = pcall(work, c, deadline, errs)
   stepping = outer
+  if not ok then error(e, 0) end -- (not a callback's: those are in errs)
+  errs = e
   if q.head > q.tail then q.head, q.tail = 1, 0 end
   if errs then raise(errs) end
   if c._closed then return 0 end

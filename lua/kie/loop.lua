@@ -92,11 +92,13 @@ function Client:wakeup()
   if not self._closed then self._core:wakeup() end
 end
 
---- Frees the connections. Every call still pending on the client ends at once:
--- `canceled` (`cause = "closed"`), or `unknown_outcome` for a create already
--- sent; their callbacks run from the next `step` (or the running one, when
--- `close` is called from a callback), which then returns 0. Idempotent; the
--- garbage collector frees the connections of a client never closed.
+--- Frees the connections. Every call still pending on the client ends at once,
+-- exactly once: `canceled` (`cause = "closed"`), or `unknown_outcome` for a
+-- create already sent. Their callbacks are called before `close` returns (when
+-- `close` is called inside a step, by that step, after the callback that
+-- closed); callback errors are raised after all ran, as `step` does. Later
+-- steps return 0. Idempotent; the garbage collector frees the connections of a
+-- client never closed.
 function Client:close()
   lifecycle.close(self)
 end
@@ -110,6 +112,8 @@ end
 -- is collected by step after the other callbacks ran). Returns the handle.
 function Client:_async(cb, name, a1, a2)
   if cb ~= nil and type(cb) ~= "function" then error("callback must be a function", 3) end
+  -- as a blocking call on a closed client (its callback would have no step to run from)
+  if self._closed then error("kie: the client is closed", 3) end
   local t = lifecycle.task(_async_body, cb, self)
   lifecycle.run(t, self, name, a1, a2)
   return t
