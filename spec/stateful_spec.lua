@@ -3,7 +3,8 @@
 -- wait_async (some with a raising on_update) / run_async / kie.spawn (run;
 -- create+get+wait; run_all, some with a raising item; get+download; a raising
 -- function) / handle:cancel() / client:close() (both also from inside a callback) /
--- callbacks that raise or start a create / client:step(timeout, budget) /
+-- callbacks that raise or start a create / blocking get_task and create_task on the
+-- same client / client:step(timeout, budget) /
 -- poll_timeout / collectgarbage, with random server faults, over
 --   (a) the real core against the mock kie.ai (nginx, real sockets, real time) and
 --   (b) kie.testing (the fake core, virtual time).

@@ -542,6 +542,22 @@ function H.run(backend, cfg, ops, opts)
     end
   end
 
+  -- a blocking call on the client the async calls use (it drives their transfers too)
+  function EXEC.blocking(op)
+    start(op)
+    local c = st.c
+    if op.pick < 0.5 then
+      local id = pick_id(op)
+      local info, err = c:get_task(id)
+      learn(info, err, nil, c)
+    else
+      local req, nonce = new_req()
+      local task, err = c:create_task(req)
+      learn(task, err, nonce, c)
+    end
+    count("blocking")
+  end
+
   function EXEC.spawn_raise()
     new_job("spawn_raise", {}, function() error("STATEFUL-SPAWN-RAISE") end)
   end

@@ -24,16 +24,16 @@ M.WEIGHTS = {
   create = 12, get = 7, wait = 5, run = 5,
   spawn_run = 4, spawn_seq = 3, spawn_run_all = 3, spawn_raise = 1,
   cancel = 8, close = 2, close_cb = 1, raise_cb = 2, chain_cb = 3, cancel_cb = 2,
-  step = 32, gc = 5, poll = 4, spawn_download = 3,
+  step = 32, gc = 5, poll = 4, spawn_download = 3, blocking = 3,
 }
 M.ORDER = { "create", "get", "wait", "run", "spawn_run", "spawn_seq", "spawn_run_all",
   "spawn_raise", "cancel", "close", "close_cb", "raise_cb", "chain_cb", "cancel_cb", "step", "gc",
-  "poll", "spawn_download" }
+  "poll", "spawn_download", "blocking" }
 
 -- kinds that start a call and may carry a fault for the server
 local STARTS = { create = true, get = true, wait = true, run = true, spawn_run = true,
   spawn_seq = true, spawn_run_all = true, close_cb = true, raise_cb = true, chain_cb = true,
-  cancel_cb = true, spawn_download = true }
+  cancel_cb = true, spawn_download = true, blocking = true }
 
 M.TIMEOUTS = { 0, 0, 0, 1, 5, 20 }
 M.BUDGETS = { "default", 0, 0.05, "huge" }
