@@ -29,5 +29,6 @@ build = {
       incdirs = { "$(HIREDIS_INCDIR)" },
       libdirs = { "$(HIREDIS_LIBDIR)" },
     },
+    ["kie.fleet"] = "lua/kie/fleet.lua",
   },
 }

@@ -21,4 +21,4 @@ luarocks --lua-version=5.4 make --tree "$tree" --deps-mode=none kie-fleet-scm-1.
 ldd "$tree"/lib/lua/5.4/kie/redis.so | grep -q hiredis
 LUA_PATH="$tree/share/lua/5.4/?.lua;$tree/share/lua/5.4/?/init.lua;;" \
 LUA_CPATH="$tree/lib/lua/5.4/?.so;;" \
-  lua5.4 -e 'local r = require "kie.redis"; assert(package.searchpath("kie.redis", package.cpath):find("'"$tree"'", 1, true)); print("loaded kie.redis " .. r._VERSION)'
+  lua5.4 -e 'require "kie.fleet"; local r = require "kie.redis"; assert(package.searchpath("kie.redis", package.cpath):find("'"$tree"'", 1, true)); print("loaded kie.redis " .. r._VERSION)'

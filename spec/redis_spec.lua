@@ -125,6 +125,7 @@ describe("kie.redis (hiredis) #fleet", function()
     local open = {}
     for i = 1, 20 do open[i] = connect() end
     assert.equals(before + 20, clients())
+    assert.equals("PONG", open[20]:call("PING"))
     open = nil -- luacheck: ignore 311
     collectgarbage()
     collectgarbage()
