@@ -91,7 +91,7 @@ test:
 	@sh scripts/test.sh
 
 # Pieces of `make test`, runnable alone.
-test-unit: build
+test-unit: build build-fleet
 	busted --lua=$(LUA) --cpath='./$(BUILD)/?.so' spec
 
 test-asan:
@@ -126,10 +126,15 @@ GC_GEN   = 'collectgarbage("generational", 1, 10)'
 GC_INC   = 'collectgarbage("incremental"); collectgarbage("setpause", 50); collectgarbage("setstepmul", 200)'
 GC_MODES ?= $(GC_GEN) $(GC_INC)
 
-.PHONY: bench fuzz soak test-threads test-gc
+.PHONY: bench bench-fleet fuzz soak test-threads test-gc
 
 bench:
 	@sh bench/run.sh
+
+# fleet pacing across processes (bench/fleet.lua; FLEET_PROCS, FLEET_SECONDS, FLEET_MODE ...)
+bench-fleet:
+	@$(MAKE) --no-print-directory build build-fleet LUA=lua5.4 >/dev/null
+	@LUA_PATH='./lua/?.lua;./lua/?/init.lua;./?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/fleet.lua
 
 fuzz:
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) sh fuzz/run.sh

@@ -121,6 +121,8 @@ describe("kie.redis (hiredis) #fleet", function()
     local function clients()
       return tonumber(probe:call("INFO", "clients"):match("connected_clients:(%d+)"))
     end
+    collectgarbage()
+    collectgarbage()
     local before = clients()
     local open = {}
     for i = 1, 20 do open[i] = connect() end
