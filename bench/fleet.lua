@@ -36,14 +36,19 @@ for _, r in ipairs(m:requests("/api/v1/jobs/createTask")) do
   if r.fault == "account_limit" then over = over + 1 else times[#times + 1] = r.arrived end
 end
 table.sort(times)
--- the budget of the whole windows from the first arrival on
-local used, k = 0, math.floor((stop - times[1]) / window)
+-- budget used: the account lets create number 1 + j * limit arrive j windows after the
+-- first at the earliest; how long the fleet took for it instead (before the end of the run)
+local before = 0
 for _, t in ipairs(times) do
-  if t < times[1] + k * window then used = used + 1 end
+  if t < stop then before = before + 1 end
 end
+local j = math.floor((before - 1) / limit)
+local took = j > 0 and times[1 + j * limit] - times[1] or 0
+if took <= 0 then j, took = 0, 1 end -- too short a run to tell
 print(("bench-fleet: %s, %d processes, %d s, limit %d / %d s, latency 0-%.0f ms: %d creates, "
-  .. "%d responses 429, %.1f %% of the create budget used (%d of %d in %d whole windows)"):format(
-  mode, n, seconds, limit, window, latency * 1000, #times, over, 100 * used / (k * limit), used, k * limit, k))
+  .. "%d responses 429, %.1f %% of the create budget used (create %d arrived %.2f s after the "
+  .. "first; the account allows %d s)"):format(mode, n, seconds, limit, window, latency * 1000, #times,
+  over, 100 * j * window / took, 1 + j * limit, took, j * window))
 m:stop()
 srv:close()
 util.run("rm -rf " .. util.quote(dir))

@@ -109,6 +109,32 @@ describe("kie.redis (hiredis) #fleet", function()
     c:close()
   end)
 
+  it("a write to a connection Redis closed is an error, not a SIGPIPE that kills the process", function()
+    -- a child without LuaSocket (which ignores SIGPIPE for the whole process when loaded)
+    local procs = require "spec.support.procs"
+    local util = require "spec.support.util"
+    local script = procs.tmpname(".lua")
+    util.write_file(script, [[
+      local redis = require "kie.redis"
+      local url = ...
+      local c = assert(redis.connect(url))
+      local other = assert(redis.connect(url))
+      assert(other:call("CLIENT", "KILL", "ID", c:call("CLIENT", "ID")) == 1)
+      os.execute("sleep 0.1")
+      local r, err = c:call("SET", "k:big", string.rep("x", 8 * 1024 * 1024))
+      print("alive", r, err and err.kind, err and err.retryable)
+      print(c:call("PING"))
+    ]])
+    -- SIGPIPE as a fresh program has it (the busted process ignores it: LuaSocket)
+    -- (io.popen, not util.run: the child keeps the sanitizer preload of an ASan run)
+    local p = io.popen("env --default-signal=PIPE " .. procs.lua_command(script, { srv.url })
+      .. " 2>&1; echo \"rc=$?\"")
+    local out = p:read("*a")
+    p:close()
+    os.remove(script)
+    assert.equals("alive\tnil\tfleet\ttrue\nPONG\nrc=0\n", out)
+  end)
+
   it("close is idempotent, a closed connection fails calls, __gc frees it", function()
     local c = connect()
     c:close()

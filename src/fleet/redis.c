@@ -18,6 +18,10 @@
  *  - The userdata is zeroed and has its metatable before anything can fail; close,
  *    __gc and __close are one idempotent function.
  *  - Arguments are strings or numbers (tostring'd); anything else raises.
+ *  - hiredis writes with write(2): on a socket Redis closed that raises SIGPIPE, which
+ *    ends a program that does not ignore it. Every hiredis I/O runs with SIGPIPE
+ *    blocked in the calling thread; one it raised is taken back (sigtimedwait) before
+ *    the mask is restored (redis_nopipe_*), the process's disposition untouched.
  *
  * Stack effects (one line per function):
  *  - redis_parse_url(L, u, url): [-0, +0, m] fills host/port/db/password or returns a message.
@@ -25,13 +29,47 @@
  *  - redis_free(L, u): [-0, +0] frees everything the connection holds.
  *  - redis_run(L, u, argc, argv, lens): [-0, +0|+2, m] the reply is parked in u->pending
  *    (returns 0) or nil, err pushed (returns 2).
+ *  - redis_nopipe_begin/end(s): [-0, +0] C only; SIGPIPE blocked around hiredis I/O.
  *  - redis_connect(L): [-2, +1|+2]; redis_call(L): [-n, +1|+2]; redis_eval(L): [-n, +1|+2];
  *    redis_close(L): [-1, +0]; redis_tostring(L): [-1, +1].
  */
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "redis.h"
+
+typedef struct {
+  sigset_t old;     /* the thread's mask before */
+  int was_pending;  /* a SIGPIPE was pending already: not ours to take */
+} redis_nopipe;
+
+/* Blocks SIGPIPE in this thread: [-0, +0]. */
+static void redis_nopipe_begin(redis_nopipe *s) {
+  sigset_t pipe, pending;
+  sigemptyset(&pipe);
+  sigaddset(&pipe, SIGPIPE);
+  sigemptyset(&pending);
+  sigpending(&pending);
+  s->was_pending = sigismember(&pending, SIGPIPE) == 1;
+  pthread_sigmask(SIG_BLOCK, &pipe, &s->old);
+}
+
+/* Takes back a SIGPIPE the I/O raised, then restores the mask: [-0, +0]. */
+static void redis_nopipe_end(redis_nopipe *s) {
+  sigset_t pipe, pending;
+  sigemptyset(&pipe);
+  sigaddset(&pipe, SIGPIPE);
+  sigemptyset(&pending);
+  if (!s->was_pending && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+    struct timespec zero = { 0, 0 };
+    while (sigtimedwait(&pipe, NULL, &zero) == -1 && errno == EINTR) {
+    }
+  }
+  pthread_sigmask(SIG_SETMASK, &s->old, NULL);
+}
 
 static char *redis_strndup(const char *s, size_t n) {
   char *p = malloc(n + 1);
@@ -108,7 +146,7 @@ static int redis_setup_command(redis_conn *u, char *buf, size_t n, int argc, con
 
 /* (Re)connects: connect, timeouts, AUTH, SELECT. 1 on success, else 0 and a
  * message in buf, the context dropped. C only: [-0, +0]. */
-static int redis_open(redis_conn *u, char *buf, size_t n) {
+static int redis_open_io(redis_conn *u, char *buf, size_t n) {
   char db[24];
   const char *auth[2], *sel[2];
   if (u->ctx != NULL) redisFree(u->ctx);
@@ -139,6 +177,16 @@ fail:
   return 0;
 }
 
+/* redis_open_io with SIGPIPE blocked: [-0, +0]. */
+static int redis_open(redis_conn *u, char *buf, size_t n) {
+  redis_nopipe np;
+  int ok;
+  redis_nopipe_begin(&np);
+  ok = redis_open_io(u, buf, n);
+  redis_nopipe_end(&np);
+  return ok;
+}
+
 /* Reads a timeout option (seconds) of table idx into tv: [-0, +0]. */
 static void redis_opt_timeout(lua_State *L, int idx, const char *name, struct timeval *tv) {
   double s = 0;
@@ -164,11 +212,14 @@ static redis_conn *redis_check(lua_State *L) {
 static int redis_run(lua_State *L, redis_conn *u, int argc, const char **argv, const size_t *lens) {
   char buf[256];
   redisReply *r;
+  redis_nopipe np;
   if (u->pending != NULL) freeReplyObject(u->pending);
   u->pending = NULL;
   if (u->closed) return reply_push_error(L, "the Redis connection is closed", NULL, 0);
   if (u->ctx == NULL && !redis_open(u, buf, sizeof buf)) return reply_push_error(L, buf, NULL, 1);
+  redis_nopipe_begin(&np);
   r = redisCommandArgv(u->ctx, argc, argv, lens);
+  redis_nopipe_end(&np);
   if (r == NULL) {
     snprintf(buf, sizeof buf, "Redis at %s:%d: %s", u->host, u->port,
              u->ctx->errstr[0] ? u->ctx->errstr : "connection lost");
