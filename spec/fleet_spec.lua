@@ -27,7 +27,7 @@ describe("fleet mode: option and pacing shared through Redis #fleet #integration
 
   lazy_setup(function()
     srv = server.start()
-    m = mock.start{ api_key = KEY, pace = 0, account_limit = { create = LIMIT } }
+    m = mock.start{ api_key = KEY, pace = 0, account_limit = { create = LIMIT, poll = LIMIT } }
   end)
   lazy_teardown(function()
     if m then m:stop() end
@@ -103,6 +103,53 @@ describe("fleet mode: option and pacing shared through Redis #fleet #integration
     local errs = run(client(nil), client(nil))  -- each alone: 3 + 3 go in the first second
     assert.is_true(errs > 0, "two unshared limiters never overshot")
     assert.equals(errs, over_limit())
+  end)
+
+  it("reads share the poll budget the same way (control: alone, they overshoot)", function()
+    local function run(a, b)
+      m:reset() -- forgets tasks too
+      local task = assert(kie.new{ api_key = KEY, base_url = m.url, rate_limits = { create = false } }
+        :create_task(request("read")))
+      local errs = 0
+      for i = 1, 8 do
+        local _, err = ((i % 2 == 0) and a or b):get_task(task.taskId)
+        if err then errs = errs + 1 end
+      end
+      a:close()
+      b:close()
+      local over = 0
+      for _, r in ipairs(m:requests("/api/v1/jobs/recordInfo")) do
+        if r.fault == "account_limit" then over = over + 1 end
+      end
+      return errs, over
+    end
+    local name = fresh_name()
+    local limits = { poll = LIMIT, create = false }
+    local errs, over = run(client(name, { rate_limits = limits }), client(name, { rate_limits = limits }))
+    assert.equals(0, errs)
+    assert.equals(0, over)
+    errs, over = run(client(nil, { rate_limits = limits }), client(nil, { rate_limits = limits }))
+    assert.is_true(over > 0, "two unshared read limiters never overshot")
+    assert.equals(errs, over)
+  end)
+
+  it("a slot never released (its process died) stops counting after its lease", function()
+    local name = fresh_name()
+    local base = require("kie.ratelimit").new{ limit = 1, window = 0.2, margin = 0, hold = 0.5 }
+    local f1, f2 = fleet.open{ redis = srv.url, name = name }, fleet.open{ redis = srv.url, name = name }
+    local l1, l2 = f1:limiter("create", base), f2:limiter("create", base)
+    local env = { now = core.now, sleep = core.sleep }
+    l1:release(assert(l1:acquire(env))) -- past the fleet's first window
+    local t0 = core.now()
+    assert(l1:acquire(env))             -- held, never released
+    local slot, wait = l2:acquire(env, t0 + 0.3)
+    assert.is_nil(slot)                 -- held: not before the deadline
+    assert.is_true(wait > 0)
+    slot = l2:acquire(env, core.now() + 5)
+    assert.is_string(slot, "the dead slot was never freed")
+    assert.is_true(core.now() - t0 >= 0.5 + 0.2, "freed before lease + window")
+    f1:close()
+    f2:close()
   end)
 
   it("Redis unreachable: kind fleet (retryable) and nothing sent", function()
