@@ -18,7 +18,9 @@
 --   slot's lease in Redis ends it (later, never earlier).
 -- * a Redis that has no record of the fleet (new, or it lost its data: the hash
 --   `meta` with `blocked` is gone) counts the window as full for one window, since
---   the account may have been used during the last one.
+--   the account may have been used during the last one. Not covered: a request sent
+--   before the loss and answered more than a window after it (its held slot was lost
+--   with the data; its release records it, but only at its answer).
 --
 -- The Redis calls block (hiredis' synchronous API, bounded by `fleet.timeout`); the
 -- waits between them go through `env.sleep`, so a coroutine client yields there.
