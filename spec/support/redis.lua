@@ -92,12 +92,25 @@ function M.start()
   return launch(self)
 end
 
---- Kills the server by its pid (-9: nothing saved) and waits until it is gone.
+-- Does anything accept connections on the port?
+local function listening(port)
+  local c = socket.tcp()
+  c:settimeout(1)
+  local ok = c:connect("127.0.0.1", port)
+  c:close()
+  return ok ~= nil
+end
+
+--- Kills the server by its pid (-9: nothing saved) and waits until it is gone and
+-- its port refuses connections (the main thread of a killed redis-server shows as a
+-- zombie while its other threads still hold the listening socket).
 function Server:stop()
   if not self.pid then return end
   os.execute("kill -9 " .. tonumber(self.pid) .. " 2>/dev/null")
   local deadline = socket.gettime() + 5
-  while pid_alive(self.pid) and socket.gettime() < deadline do socket.sleep(0.01) end
+  while (pid_alive(self.pid) or listening(self.port)) and socket.gettime() < deadline do
+    socket.sleep(0.01)
+  end
   self.pid = nil
 end
 
