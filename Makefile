@@ -126,7 +126,7 @@ GC_GEN   = 'collectgarbage("generational", 1, 10)'
 GC_INC   = 'collectgarbage("incremental"); collectgarbage("setpause", 50); collectgarbage("setstepmul", 200)'
 GC_MODES ?= $(GC_GEN) $(GC_INC)
 
-.PHONY: bench bench-fleet fuzz soak test-threads test-gc
+.PHONY: bench bench-fleet fuzz soak soak-stateful test-threads test-gc
 
 bench:
 	@sh bench/run.sh
@@ -141,6 +141,16 @@ fuzz:
 
 soak:
 	@SOAK_CALLS=$(SOAK_CALLS) sh bench/soak.sh
+
+# the stateful randomized test (spec/stateful_spec.lua) over many more seeds and longer
+# op lists than the suite's, every op and fault kind enabled, under ASan + UBSan; no
+# seed starts after STATEFUL_SECONDS (bench/README.md)
+STATEFUL_SEEDS   ?= 1000
+STATEFUL_OPS     ?= 400
+STATEFUL_SECONDS ?= 900
+soak-stateful:
+	@STATEFUL_SEEDS=$(STATEFUL_SEEDS) STATEFUL_OPS=$(STATEFUL_OPS) \
+	  STATEFUL_SECONDS=$(STATEFUL_SECONDS) sh bench/soak_stateful.sh
 
 test-threads:
 	@sh tests/threads/run.sh

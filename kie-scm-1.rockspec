@@ -28,7 +28,8 @@ build = {
   modules = {
     ["kie.core"] = {
       sources = { "src/kie.c", "src/client.c", "src/transfer.c", "src/json.c", "src/response.c",
-        "src/hmac.c", "src/upload.c", "src/events.c" },
+        "src/hmac.c", "src/upload.c", "src/events.c", "src/buf.c", "src/clock.c",
+        "src/retry_after.c", "src/base64.c", "src/journal.c" },
       libraries = { "curl", "crypto", "pthread" },
       incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
@@ -48,7 +49,7 @@ build = {
     ["kie.retry"] = "lua/kie/retry.lua",
     ["kie.ratelimit"] = "lua/kie/ratelimit.lua",
     ["kie.schedule"] = "lua/kie/schedule.lua",
-    ["kie.scheduler"] = "lua/kie/scheduler.lua",
+    ["kie.lifecycle"] = "lua/kie/lifecycle.lua",
     ["kie.journal"] = "lua/kie/journal.lua",
     ["kie.callback"] = "lua/kie/callback.lua",
     ["kie.files"] = "lua/kie/files.lua",

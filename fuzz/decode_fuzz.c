@@ -1,7 +1,7 @@
 /* decode_fuzz.c - libFuzzer harness over kie.core's response decoding, no network.
  *
  * What it drives: the libcurl header and body callbacks of transfer.c (Retry-After
- * capture, the body cap), then kie_push_response / kie_push_fetch_result of
+ * capture, the body cap), then kie_response_push / kie_response_push_fetch of
  * response.c (envelope, code vs HTTP status, msg/message, nested param/resultJson
  * decoding, error kinds, retryable, Retry-After seconds, key redaction), in an
  * embedded Lua 5.4 state with the core's cjson.safe bridge (json.c).
@@ -34,7 +34,7 @@
 
 static lua_State *L;
 static kie_client client;
-static CURL *easy; /* a never-used handle: kie_xfer_reached_server reads its info */
+static CURL *easy; /* a never-used handle: kie_transfer_reached_server reads its info */
 
 static const char *const kinds[] = {
   "validation", "auth", "credits", "not_found", "invalid", "rate_limited", "key_limit",
@@ -52,7 +52,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc; (void)argv;
-  if (!kie_global_init()) die("curl_global_init");
+  if (!kie_transfer_global_init()) die("curl_global_init");
   L = luaL_newstate();
   luaL_openlibs(L);
   kie_json_init(L); /* requires cjson.safe from the system's Lua 5.4 cpath */
@@ -131,8 +131,8 @@ static void check_int_field(int err, const char *name) {
 static int run_decode(lua_State *S) {
   kie_xfer *x = lua_touserdata(S, 1);
   lua_settop(S, 0);
-  if (x->op == KIE_OP_FETCH) return kie_push_fetch_result(S, &client, x);
-  return kie_push_response(S, &client, x);
+  if (x->op == KIE_OP_FETCH) return kie_response_push_fetch(S, &client, x);
+  return kie_response_push(S, &client, x);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

@@ -22,8 +22,9 @@ describe("kie.core module #smoke #core", function()
     assert.has_error(function() core.new() end)
     assert.has_error(function() core.new{ base_url = "http://x" } end, "kie.core.new: option 'api_key' is required")
     assert.has_error(function() new{ bogus = 1 } end, "kie.core.new: unknown option 'bogus'")
-    assert.has_error(function() new{ timeout = -1 } end, "kie.core.new: option 'timeout' must be a positive number")
-    assert.has_error(function() new{ timeout = "5" } end, "kie.core.new: option 'timeout' must be a positive number")
+    local bad_timeout = "kie.core.new: option 'timeout' must be a positive number of seconds up to 86400"
+    assert.has_error(function() new{ timeout = -1 } end, bad_timeout)
+    assert.has_error(function() new{ timeout = "5" } end, bad_timeout)
     assert.has_error(function() new{ api_key = "a\r\nX-Evil: 1" } end)
   end)
 
@@ -401,7 +402,7 @@ describe("kie.core against the mock #core", function()
     for _ = 1, 100 do assert(c:get_task(task.taskId)) end
     assert.equals(100, m:count("/api/v1/jobs/recordInfo"))
     assert.equals(1, m:connections("/api/v1/jobs/recordInfo"))
-    assert.equals(1, m:connections()) -- the create rode the same connection
+    assert.equals(1, m:connections()) -- the reads reused the (fresh) connection of the create
   end)
 
   it("verifies TLS: works with the test CA, fails without it", function()

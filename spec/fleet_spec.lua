@@ -152,6 +152,27 @@ describe("fleet mode: option and pacing shared through Redis #fleet #integration
     f2:close()
   end)
 
+  it("client:close closes its Redis connection", function()
+    local probe = assert(require("kie.redis").connect(srv.url))
+    local function clients()
+      return tonumber(probe:call("INFO", "clients"):match("connected_clients:(%d+)"))
+    end
+    local function settle(want) -- Redis takes closes in on its next loop turn
+      local deadline = core.now() + 5
+      while clients() ~= want and core.now() < deadline do core.sleep(0.01) end
+      return clients()
+    end
+    collectgarbage()
+    collectgarbage()
+    local before = settle(clients())
+    local c = client(fresh_name())
+    assert(c:create_task(request("close")))
+    assert.equals(before + 1, clients())
+    c:close()
+    assert.equals(before, settle(before))
+    probe:close()
+  end)
+
   it("Redis unreachable: kind fleet (retryable) and nothing sent", function()
     local port = require("spec.support.util").free_port()
     local c = kie.new{ api_key = KEY, base_url = m.url, max_retries = 2,

@@ -32,25 +32,6 @@ local function linux()
   return false
 end
 
--- Lua 5.1 and LuaJIT have no ephemeron tables: a weak-keyed table whose value refers
--- to its key (kie.scheduler's coroutine -> task map, task.co == coroutine) keeps both
--- alive. There, a task parked forever on a dropped client pins that client, unless the
--- map is weak in its values too ({__mode = "kv"}). Detected here, so that the specs
--- below say so (pending) on those versions instead of failing, until the fix lands.
-local function parked_tasks_leak()
-  local probe = weak()
-  do
-    local fake = { _park = function() end }
-    local h = kie.spawn(function() return coroutine.yield({ client = fake, wake = math.huge }) end)
-    probe.t = h._t
-  end
-  collect()
-  return probe.t ~= nil
-end
-local SCHEDULER_LEAK = parked_tasks_leak() and
-  "kie.scheduler's tasks table pins parked tasks on " .. (jit and "LuaJIT" or _VERSION)
-  .. " (no ephemerons): it needs __mode = \"kv\""
-
 describe("garbage collection #gc", function()
   local m
   local REQ = { model = "ideogram/v3-reframe",
@@ -105,7 +86,7 @@ describe("garbage collection #gc", function()
       local h2 = c:get_task_async("missing-task", function(_, err) if err then done = done + 1 end end)
       local h3 = kie.spawn(function() return c:credits() end)
       probe.h1, probe.h2, probe.h3 = h1, h2, h3
-      probe.t1, probe.t3 = h1._t, h3._t
+      probe.t1, probe.t3 = h1._co, h3._co -- their coroutines
       while not (h1:done() and h2:done() and h3:done()) do c:step(50) end
       assert.is_number((h3:result()))
     end
@@ -123,7 +104,7 @@ describe("garbage collection #gc", function()
     local c = new_client()
     do
       local h = c:get_task_async("t-cancel", function() end)
-      probe.h, probe.t = h, h._t
+      probe.h, probe.t = h, h._co -- its coroutine
       assert.is_true(h:cancel())
     end
     while c:step(0) > 0 do end
@@ -134,14 +115,13 @@ describe("garbage collection #gc", function()
   end)
 
   it("a client dropped with transfers and spawned tasks in flight is collected whole", function()
-    if SCHEDULER_LEAK then return pending(SCHEDULER_LEAK) end
     local probe = weak()
     do
       local c = new_client()
       probe.client, probe.core = c, c._core
       probe.h1 = c:create_task_async(REQ, function() end)
       probe.h2 = kie.spawn(function() return c:wait("never-finishes", { timeout = 60 }) end)
-      probe.t2 = probe.h2._t
+      probe.t2 = probe.h2._co -- its coroutine
       c:step(0)
     end
     collect()
@@ -181,7 +161,6 @@ describe("garbage collection #gc", function()
   end)
 
   it("many clients made and dropped do not accumulate memory", function()
-    if SCHEDULER_LEAK then return pending(SCHEDULER_LEAK) end
     collect()
     local base = collectgarbage("count")
     for _ = 1, 200 do

@@ -92,6 +92,21 @@ describe("kie.journal: intents", function()
     assert.is_false(j:forget(i1)) -- already ended
   end)
 
+  it("a paid call does not keep its request alive (Lua 5.1 / LuaJIT: no ephemerons)", function()
+    local paid = require "kie.paid"
+    local client = { _journal = journal.open(tmp(), core), _mod = core }
+    local probe = setmetatable({}, { __mode = "v" })
+    do
+      local req = { model = "m", input = { prompt = "p" } }
+      probe[1] = req
+      assert.is_table(paid.new(client, req))
+      assert.equals("m", paid.of(req).model)
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.is_nil(probe[1])
+  end)
+
   it("still reads the records of older versions", function()
     local path = tmp()
     local f = assert(io.open(path, "w"))
@@ -242,6 +257,68 @@ describe("the paid-call state machine in the journal #integration", function()
       local _, e = h:result()
       return e
     end)
+  end)
+
+  it("a create canceled after it was sent: an unknown intent, resolved by its late answer", function()
+    local path = tmp()
+    local c = client(path)
+    m:fault{ path = CREATE, fault = "delay", seconds = 0.3 }
+    local got
+    local h = c:create_task_async(req("canceled in flight"), function(_, e) got = e end)
+    assert.is_true(h:cancel())
+    c:step(0)
+    assert_unknown_listed(c, path, got)
+    assert.equals("canceled", got.cause)
+    -- the answer is still read; its task id resolves the intent
+    for _ = 1, 500 do
+      if h.task_id then break end
+      c:step(10)
+    end
+    assert.is_string(h.task_id)
+    local open = c:resume()
+    assert.equals(1, #open)
+    assert.equals(h.task_id, open[1].taskId)
+    assert.is_nil(open[1].unknown)
+    local recs = lines_of(path)
+    assert.equals("intent created", events(path))
+    assert.equals(recs[1].intent, recs[2].intent)
+    c:close()
+  end)
+
+  it("a canceled create whose late answer is lost stays unknown", function()
+    local path = tmp()
+    local c = client(path)
+    m:fault{ path = CREATE, fault = "drop_after_body", delay = 0.3 }
+    local got
+    local h = kie.spawn(function() return c:create_task(req("canceled, then lost")) end)
+    assert.is_true(h:cancel())
+    got = select(2, h:result())
+    for _ = 1, 100 do c:step(10) end
+    assert.is_nil(h.task_id)
+    assert_unknown_listed(c, path, got)
+    c:close()
+  end)
+
+  it("close with a create's answer read but not handed over: its task id resolves the intent", function()
+    local path = tmp()
+    local fake = require("kie.testing").new{ latency = 1 }
+    local fc = fake:client{ journal = path, rate_limits = { create = false, poll = false } }
+    local h1 = fc:create_task_async(req("closed 1"))
+    local h2 = fc:create_task_async(req("closed 2"))
+    fake:advance(2)
+    fc:step(0, 0) -- one answer handed over, the other queued
+    local h = h1:done() and h2 or h1
+    fc:close()
+    local err = select(2, h:result())
+    assert.equals("unknown_outcome", err.kind)
+    assert.is_string(err.intent)
+    local open = journal.open(path, core):unfinished()
+    assert.equals(2, #open)
+    for _, e in ipairs(open) do
+      assert.is_nil(e.unknown)
+      assert.is_string(e.taskId)
+    end
+    assert.equals("intent intent created created", events(path))
   end)
 
   it("a process killed between intent and answer leaves the intent on disk", function()

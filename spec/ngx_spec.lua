@@ -223,7 +223,7 @@ function M.run()
 end
 
 function M.credits()
-  local c = client(ngx.var.arg_wrong)
+  local c = client(ngx.var.arg_wrong, ngx.var.arg_pool)
   if ngx.var.arg_once then
     c = clients.once or kie.new{ api_key = KEY, base_url = "http://127.0.0.1:" .. ngx.var.server_port,
       max_retries = 0, timeout = 10 }
@@ -275,7 +275,7 @@ end
 -- wait with a short deadline (the spec keeps every worker-thread VM busy meanwhile)
 function M.wait_short()
   local t0 = ngx.now()
-  local info, err = client():wait(ngx.var.arg_id, { timeout = 0.5, interval = 0.05 })
+  local info, err = client(nil, ngx.var.arg_pool):wait(ngx.var.arg_id, { timeout = 0.5, interval = 0.05 })
   ngx.update_time()
   reply{ elapsed = ngx.now() - t0, state = info and info.state, kind = err and err.kind }
 end
@@ -299,6 +299,10 @@ function M.run_all_update()
   end
   local ok, msg = pcall(client().run_all, client(), reqs, { concurency = 2 })
   out.unknown = not ok and tostring(msg) or cjson.null
+  -- a typo in item 2's wait options raises before item 1 is created
+  reqs[2] = { model = "ideogram/v3-reframe", input = REFRAME, wait = { timout = 5 } }
+  ok, msg = pcall(client().run_all, client(), reqs)
+  out.typo = not ok and tostring(msg) or cjson.null
   reply(out)
 end
 
@@ -543,7 +547,7 @@ describe("kie.ngx in nginx #ngx", function()
     write_file(app_dir .. "/kie_ngx_spec_app.lua", app)
     m = mock.start{
       api_key = KEY, pace = 0.02, log_level = "info",
-      main_conf = "thread_pool kie threads=8;",
+      main_conf = "thread_pool kie threads=8;\nthread_pool one threads=1;",
       -- two worker-thread VMs only: more calls at once must wait for one (not fail)
       http_conf = "  lua_shared_dict kie_ngx_spec 1m;\n  lua_worker_thread_vm_pool_size 2;",
       server_conf = SERVER_CONF,
@@ -689,6 +693,7 @@ describe("kie.ngx in nginx #ngx", function()
 
     it("run_all calls on_update(i, info); an item whose own code raises ends as kind raised, "
       .. "the others go on", function()
+      m:reset()
       local _, doc = get_json(m.url .. "/t/run_all_update")
       assert.equals("success", doc.states[1])
       assert.equals("success", doc.states[4])
@@ -707,6 +712,8 @@ describe("kie.ngx in nginx #ngx", function()
       for _, u in ipairs(doc.updates) do seen[u] = true end
       assert.is_true(seen["1:success"] and seen["4:success"] and seen["2:success"], table.concat(doc.updates, " "))
       assert.matches("run_all: unknown option 'concurency'", doc.unknown, 1, true)
+      assert.matches("run_all: request 2: wait: unknown option 'timout'", doc.typo, 1, true)
+      assert.equals(4, m:count("/api/v1/jobs/createTask")) -- the first run_all's four only
     end)
 
     it("works from an ngx.timer.at callback", function()
@@ -990,6 +997,29 @@ describe("kie.ngx in nginx #ngx", function()
       assert.equals(8, m:count("/api/v1/jobs/createTask"))
       assert.equals(0, over)
       assert.same({}, doc.errs)
+    end)
+
+    it("wait keeps its deadline while every thread of its pool is busy", function()
+      m:reset()
+      local helper = require("kie").new{ api_key = KEY, base_url = m.url, rate_limits = { create = false } }
+      local task = assert(helper:create_task{ model = "ideogram/v3-reframe",
+        input = { image_url = "https://example.com/a.png", image_size = "square_hd" } })
+      helper:close()
+      -- the only thread of pool "one" held 3 s by a slow credit call (a VM is free)
+      m:fault{ path = "/api/v1/chat/credit", fault = "delay", seconds = 3, times = 1 }
+      local blocker = assert(socket.tcp())
+      blocker:settimeout(10)
+      assert(blocker:connect("127.0.0.1", m.port))
+      assert(blocker:send("GET /t/credits?pool=one HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"))
+      assert.is_truthy(until_true(function() return m:count("/api/v1/chat/credit") == 1 end, 5))
+      local _, doc = get_json(m.url .. "/t/wait_short?pool=one&id=" .. task.taskId)
+      blocker:receive("*a")
+      blocker:close()
+      assert.equals("deadline", doc.kind)
+      assert.is_true(doc.elapsed < 2, "wait{timeout = 0.5} took " .. doc.elapsed .. " s")
+      -- the abandoned poll ran once the thread was free, and sent nothing
+      socket.sleep(0.2)
+      assert.equals(0, m:count("/api/v1/jobs/recordInfo"))
     end)
 
     it("refuses to run in a phase that cannot yield (log_by_lua)", function()

@@ -12,6 +12,11 @@ local function fake_env(t0)
   return env
 end
 
+-- A request sent and answered at the same instant `t`.
+local function take(lim, t)
+  lim:release(lim:claim(t), t)
+end
+
 -- Park-Miller generator: deterministic and exact in doubles on every Lua version.
 local function rng(seed)
   local x = seed
@@ -75,7 +80,7 @@ local function simulate(lim, seed, n, res)
     else
       assert(recent < lim.limit, ("no wait at t=%s with %d recent"):format(t, recent))
     end
-    lim:take(t)
+    take(lim, t)
     sent[#sent + 1] = t
   end
   return sent, waits
@@ -120,7 +125,7 @@ describe("kie.ratelimit", function()
     local lim = rl.new{ limit = 3, window = 10, margin = 0.5 }
     for _ = 1, 3 do
       assert.equal(0, lim:delay(0))
-      lim:take(0)
+      take(lim, 0)
     end
     assert.equal(10.5, lim:delay(0))
     assert.equal(6.5, lim:delay(4))
@@ -130,18 +135,18 @@ describe("kie.ratelimit", function()
 
   it("slides: each slot frees window + margin after its own request", function()
     local lim = rl.new{ limit = 2, window = 1, margin = 0 }
-    lim:take(0); lim:take(0.25)
+    take(lim, 0); take(lim, 0.25)
     assert.equal(0.75, lim:delay(0.25))
-    lim:take(1)           -- oldest (0) expired at 1
+    take(lim, 1)           -- oldest (0) expired at 1
     assert.equal(0.25, lim:delay(1)) -- now oldest is 0.25
-    lim:take(1.25)
+    take(lim, 1.25)
     assert.equal(0.75, lim:delay(1.25))
   end)
 
   it("uses a default margin of 0.05 s and defaults 20 per 10 s", function()
     local lim = rl.new()
     assert.equal(20, lim.limit); assert.equal(10, lim.window); assert.equal(0.05, lim.margin)
-    for _ = 1, 20 do lim:take(0) end
+    for _ = 1, 20 do take(lim, 0) end
     assert.is_true(math.abs(lim:delay(0) - 10.05) < 1e-12)
     assert.is_true(lim:delay(10) > 0)       -- the margin still holds it back at exactly 10 s
     assert.is_true(lim:delay(10.049) > 0)
@@ -248,9 +253,9 @@ describe("kie.ratelimit", function()
     local sleep = env.sleep
     env.sleep = function(s)
       sleep(s)
-      if not stolen then stolen = true; lim:take(env.t) end
+      if not stolen then stolen = true; take(lim, env.t) end
     end
-    lim:take(0)
+    take(lim, 0)
     assert.equal(2, lim:acquire(env)) -- 1 s for the first holder, 1 s more for the thief
     assert.same({ 1, 1 }, env.sleeps)
   end)
@@ -258,7 +263,7 @@ describe("kie.ratelimit", function()
   it("with a deadline, gives up at once (nothing held) when the slot comes too late", function()
     local lim = rl.new{ limit = 1, window = 1, margin = 0 }
     local env = fake_env(0)
-    lim:take(0)
+    take(lim, 0)
     local slot, wait = lim:acquire(env, 0.5)
     assert.is_nil(slot)
     assert.equal(1, wait)
@@ -301,7 +306,7 @@ describe("kie.ratelimit", function()
 
   it("fill uses the whole budget; reset forgets it", function()
     local lim = rl.new{ limit = 5, window = 2, margin = 0 }
-    lim:take(0)
+    take(lim, 0)
     lim:fill(3)
     assert.equal(2, lim:delay(3))
     lim:reset()

@@ -3,6 +3,7 @@
 -- integration tests run wait and run against the mock with a real clock.
 local kie = require "kie"
 local real = require "kie.core"
+local schedule = require "kie.schedule"
 local mock = require "spec.support.mock"
 
 -- A fake kie.core: a clock moved only by sleep, and tasks whose state is a
@@ -16,8 +17,10 @@ local function fake_core(script)
     f.last_request = req
     return { taskId = "task_fake_" .. f.creates }
   end
-  function handle.get_task(_, id)
+  f.read_timeouts = {}
+  function handle.get_task(_, id, timeout)
     f.polls[#f.polls + 1] = f.t
+    f.read_timeouts[#f.read_timeouts + 1] = timeout or false
     local info, err = script(f.t, id)
     if info then
       info.taskId = id
@@ -148,8 +151,40 @@ describe("reliability: wait over a fake core #unit", function()
     assert.equals("task_d", err.task_id)
     assert.is_true(f.t <= 100 + 1e-9, "clock at " .. f.t)
     for _, s in ipairs(f.sleeps) do assert.is_true(s.at + s.d <= 100 + 1e-9) end
-    -- one last look at the deadline itself
-    assert.is_true(math.abs(f.polls[#f.polls] - 100) < 1e-9)
+    -- one last look as late as its answer can still arrive in time
+    assert.is_true(math.abs(f.polls[#f.polls] - (100 - schedule.min_read)) < 1e-9)
+    c:close()
+  end)
+
+  it("never sends a status read that has no time to be answered (item 24)", function()
+    -- the last poll used to go out at the deadline itself with a 1 ms timeout
+    for _, timeout in ipairs{ 100, 31, 7.5, 2, 1, 0.4 } do
+      local f = fake_core(walker(math.huge))
+      local c = client_for(f)
+      local info, err = c:wait("task_t", { timeout = timeout })
+      assert.is_nil(info)
+      assert.equals("deadline", err.kind)
+      local least = math.min(schedule.min_read, timeout / 2)
+      for i, t in ipairs(f.read_timeouts) do
+        assert.is_number(t, "read " .. i .. " without the deadline's timeout")
+        assert.is_true(t >= least - 1e-9, string.format("timeout %g: read %d at %.3f s had %.3f s",
+          timeout, i, f.polls[i], t))
+        assert.is_true(f.polls[i] + t <= timeout + 1e-9) -- and never past the deadline
+      end
+      -- the last look is as late as an answer can still come back in time
+      assert.is_true(math.abs(f.polls[#f.polls] - (timeout - least)) < 1e-9 or #f.polls == 1,
+        "timeout " .. timeout .. ": last poll at " .. f.polls[#f.polls])
+      c:close()
+    end
+  end)
+
+  it("a wait with no time at all sends nothing", function()
+    local f = fake_core(walker(math.huge))
+    local c = client_for(f)
+    local info, err = c:wait("task_0", { timeout = 0 })
+    assert.is_nil(info)
+    assert.equals("deadline", err.kind)
+    assert.equals(0, #f.polls)
     c:close()
   end)
 
@@ -182,7 +217,9 @@ describe("reliability: wait over a fake core #unit", function()
       for _, p in ipairs(f.polls) do assert.is_true(p <= timeout + 1e-9, "poll at " .. p) end
       -- and the read limit held: at most 10 polls in any second
       for i = 11, #f.polls do assert.is_true(f.polls[i] - f.polls[i - 10] >= 1 - 1e-9) end
-      assert.is_true(#f.polls >= 9 * timeout, #f.polls .. " polls in " .. timeout .. " s")
+      -- polls until the last one that can be answered in time
+      local last = timeout - math.min(schedule.min_read, timeout / 2)
+      assert.is_true(#f.polls >= 9 * last, #f.polls .. " polls in " .. last .. " s")
       c:close()
     end
   end)
@@ -293,13 +330,28 @@ describe("reliability: wait and run against the mock #integration", function()
     local t0 = real.now()
     local info, err = c:run{ model = "ideogram/character",
       input = { prompt = "#stuck", reference_image_urls = { "https://example.com/r.png" } },
-      wait = { interval = 0.05, timeout = 0.5 } }
+      wait = { interval = 0.05, timeout = 2 } }
     local took = real.now() - t0
     assert.is_nil(info)
     assert.equals("deadline", err.kind)
     assert.equals("generating", err.state)
     assert.matches("^task_", err.task_id)
-    assert.is_true(took >= 0.5 and took < 1.5, "took " .. took)
+    -- the last poll went out 1 s (schedule.min_read) before the deadline
+    assert.is_true(took >= 1 and took < 3, "took " .. took)
+  end)
+
+  it("the last poll leaves its answer time to arrive (a 0.3 s read is not cut)", function()
+    local task = assert(c:create_task(req("a patient fox #stuck")))
+    m:fault{ path = "/api/v1/jobs/recordInfo", fault = "delay", seconds = 0.3, times = -1 }
+    local before = m:count("/api/v1/jobs/recordInfo")
+    -- #stuck is never done: the wait ends at its deadline whatever happens
+    local info, err = c:wait(task.taskId, { interval = 2, timeout = 2.5 })
+    local polls = m:count("/api/v1/jobs/recordInfo") - before
+    m:reset()
+    assert.is_nil(info)
+    assert.equals("deadline", err.kind)
+    assert.equals(2, polls)
+    assert.is_nil(err.last_error and tostring(err.last_error)) -- every read was answered
   end)
 
   it("a slow status read does not carry wait past its deadline", function()

@@ -215,6 +215,16 @@ describe("kie.schedule.wait", function()
     assert.same({ 0, 20 }, g.times)
   end)
 
+  it("with reserve, starts no poll later than reserve seconds before the deadline", function()
+    local env = fake_env(0.5)
+    local g = scripted(env, { { state = "generating" } })
+    local _, err = schedule.wait(g.fn, "t", { timeout = 20, reserve = 1.5 }, env)
+    assert.equal("deadline", err.kind)
+    assert.equal(18.5, g.times[#g.times])
+    for _, t in ipairs(g.times) do assert.is_true(t <= 18.5) end
+    assert.has_error(function() schedule.wait(g.fn, "t", { reserve = -1 }, env) end)
+  end)
+
   it("polls once and gives up when timeout is 0", function()
     local env = fake_env(0.5)
     local g = scripted(env, { { state = "queuing" } })

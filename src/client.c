@@ -3,7 +3,15 @@
  * Caveats:
  *  - The userdata is zeroed and given its metatable before any libcurl handle or
  *    string is created, so __gc is safe on every failure path; close, __gc and
- *    __close are one idempotent function.
+ *    __close are idempotent.
+ *  - In-call guard (hiredis's REDIS_IN_CALLBACK): a method that may run Lua code (an
+ *    allocation may run a finalizer) holds c->in_call; a close() made meanwhile only
+ *    marks the client closed, and the method's end releases it. A transfer being
+ *    finished is detached first, so a nested cancel cannot free it; step builds its
+ *    list without allocating while it walks. After Lua code ran, a method that has
+ *    not sent its request yet checks c->closed and raises instead of sending. A
+ *    method that raises halfway (out of memory, a finalizer's error on 5.1-5.3)
+ *    leaves the guard held: the client is then released by __gc.
  *  - Wrong argument types raise (programmer errors); everything that depends on
  *    the network or the server returns nil, err.
  *  - The key is kept in C memory only: it is in the Authorization header list and
@@ -13,6 +21,21 @@
  *  - progress(id, wait_ms) may drive the multi handle but never marks a transfer
  *    as reported: only step() hands out finished ids, so a blocking loop over
  *    progress() steals nobody's result.
+ *
+ * Lua-facing (stack effect; "result" is value | nil, err):
+ *  core.new(opts) -> client                                   [-0, +1]
+ *  client:create_task(req) / get_task(id[, s]) / call(m, p[, body]) / fetch(url,
+ *    path[, cap]) -> result; the *_start forms -> transfer id  [-0, +1|+2]
+ *  client:step([ms[, budget_ms]]) -> in_flight, {ids} | nil     [-0, +2]
+ *  client:result(id) -> result (frees the transfer)           [-0, +1|+2]
+ *  client:progress(id[, ms]) -> done, bytes, total | nil       [-0, +1|+3]
+ *  client:cancel(id) -> boolean                               [-0, +1]
+ *  client:poll_timeout() -> ms | nil                          [-0, +1]
+ *  client:wakeup()                                            [-0, +0]
+ *  client:pending() -> count                                  [-0, +1]
+ *  client:redact(s) -> s redacted | nil (closed)              [-0, +1]
+ *  client:close() / __close / __gc                            [-0, +0]
+ *  __tostring -> "kie.core.Client (open|closed)"              [-0, +1]
  */
 #include <stdlib.h>
 #include <string.h>
@@ -57,19 +80,41 @@ static void opt_string(lua_State *L, const char *name, char **out, int required,
   if (*out == NULL) luaL_error(L, "kie.core.new: out of memory");
 }
 
-/* Reads opts[name] as a positive number (default def): [-0, +0]. */
-static double opt_number(lua_State *L, const char *name, double def) {
+/* Reads opts[name] as a number in (0, max] (default def), whole if whole is set;
+ * raises `what` otherwise (NaN and infinities included): [-0, +0]. */
+static double opt_number(lua_State *L, const char *name, double def, double max, int whole,
+                         const char *what) {
   double v = 0;
   lua_getfield(L, 1, name);
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
     return def;
   }
-  if (lua_type(L, -1) != LUA_TNUMBER || !((v = lua_tonumber(L, -1)) > 0)) {
-    luaL_error(L, "kie.core.new: option '%s' must be a positive number", name);
+  if (lua_type(L, -1) != LUA_TNUMBER || !((v = lua_tonumber(L, -1)) > 0 && v <= max) ||
+      (whole && v != (double)(long long)v)) {
+    luaL_error(L, "kie.core.new: option '%s' must be %s", name, what);
   }
   lua_pop(L, 1);
   return v;
+}
+
+#define KIE_SECONDS "a positive number of seconds up to 86400"
+#define KIE_MAX_BYTES 9007199254740992.0 /* 2^53: every whole number below is exact */
+
+/* Reads the argument at idx as a transfer id: 0 (no transfer has it) unless it is
+ * a whole number in [1, 2^53]; raises if it is no number: [-0, +0]. */
+static unsigned long check_id(lua_State *L, int idx) {
+  lua_Number v = luaL_checknumber(L, idx);
+  if (!(v >= 1 && v <= KIE_MAX_BYTES) || v != (lua_Number)(long long)v) return 0;
+  return (unsigned long)v;
+}
+
+/* Reads an optional wait in ms at idx (default 0): NaN or < 0 raises, a fraction
+ * is dropped, more than an hour (math.huge too) is an hour: [-0, +0]. */
+static int opt_wait_ms(lua_State *L, int idx) {
+  lua_Number v = luaL_optnumber(L, idx, 0);
+  if (!(v >= 0)) luaL_argerror(L, idx, "must be a number >= 0");
+  return v > 3600000 ? 3600000 : (int)v;
 }
 
 static const char *const known_opts[] = {
@@ -110,23 +155,23 @@ static int client_new(lua_State *L) {
   if (c->user_agent == NULL && (c->user_agent = dup_str("lua-kie/" KIE_VERSION, strlen("lua-kie/" KIE_VERSION))) == NULL) {
     return luaL_error(L, "kie.core.new: out of memory");
   }
-  c->timeout_ms = (long)(opt_number(L, "timeout", 30) * 1000);
-  c->connect_timeout_ms = (long)(opt_number(L, "connect_timeout", 10) * 1000);
-  mr = opt_number(L, "max_response_bytes", KIE_DEFAULT_MAX_RESPONSE);
+  c->timeout_ms = kie_clock_ms(opt_number(L, "timeout", 30, KIE_MAX_MS / 1000, 0, KIE_SECONDS));
+  c->connect_timeout_ms =
+    kie_clock_ms(opt_number(L, "connect_timeout", 10, KIE_MAX_MS / 1000, 0, KIE_SECONDS));
+  mr = opt_number(L, "max_response_bytes", KIE_DEFAULT_MAX_RESPONSE, KIE_MAX_BYTES, 1,
+                  "a whole number from 1 to 2^53");
   c->max_response = (size_t)mr;
-  if (c->timeout_ms < 1) c->timeout_ms = 1;
-  if (c->connect_timeout_ms < 1) c->connect_timeout_ms = 1;
-  if ((why = kie_client_setup(c)) != NULL) return luaL_error(L, "kie.core.new: %s", why);
+  if ((why = kie_transfer_setup(c)) != NULL) return luaL_error(L, "kie.core.new: %s", why);
   return 1;
 }
 
-/* client:close() / __gc / __close: frees everything, idempotent: [-0, +0]. */
-static int client_close(lua_State *L) {
-  kie_client *c = luaL_checkudata(L, 1, KIE_CLIENT_MT);
-  if (c->closed) return 0;
+/* Releases everything the client holds, once; the key's copies are wiped. */
+static void client_free(kie_client *c) {
+  if (c->freed) return;
+  c->freed = 1;
   c->closed = 1;
-  kie_client_teardown(c);
-  if (c->api_key) memset(c->api_key, 0, strlen(c->api_key));
+  kie_transfer_teardown(c);
+  if (c->api_key) kie_buf_wipe(c->api_key, strlen(c->api_key));
   free(c->api_key);
   free(c->base_url);
   free(c->upload_url);
@@ -136,25 +181,54 @@ static int client_close(lua_State *L) {
   free(c->user_agent);
   c->api_key = c->base_url = c->upload_url = NULL;
   c->ca_file = c->ca_path = c->proxy = c->user_agent = NULL;
+}
+
+/* client:close() / __close: idempotent. Inside a C method (a finalizer or a
+ * metamethod run by it) the release waits for the method's end: [-0, +0]. */
+static int client_close(lua_State *L) {
+  kie_client *c = luaL_checkudata(L, 1, KIE_CLIENT_MT);
+  c->closed = 1;
+  if (c->in_call == 0) client_free(c);
   return 0;
 }
 
-/* Pushes the decoded result of a finished transfer and frees it: [-0, +1|+2]. */
+/* __gc: nothing can run a method on an unreachable client, so in_call (stale
+ * after a method raised) does not matter here: [-0, +0]. */
+static int client_gc(lua_State *L) {
+  client_free(luaL_checkudata(L, 1, KIE_CLIENT_MT));
+  return 0;
+}
+
+/* A method that may run Lua code (an allocation may run a finalizer) enters the
+ * client after its argument checks and leaves it on the way out. */
+void kie_client_enter(kie_client *c) { c->in_call++; }
+
+/* Leaves the client: the last one out does a close() made meanwhile. nret < 0:
+ * the client was closed before the request went out: raises that: [-0, +0]. */
+int kie_client_leave(lua_State *L, kie_client *c, int nret) {
+  if (--c->in_call == 0 && c->closed) client_free(c);
+  if (nret < 0) return luaL_error(L, "kie.core: the client is closed");
+  return nret;
+}
+
+/* Pushes the decoded result of a finished transfer and frees it. x is detached
+ * first: a finalizer run by the decoding cannot cancel or free it: [-0, +1|+2]. */
 static int finish(lua_State *L, kie_client *c, kie_xfer *x) {
   int n;
+  kie_transfer_detach(c, x);
   if (x->op == KIE_OP_FETCH) {
     FILE *f = x->sink;
     x->sink = NULL;
     if (f != NULL && fclose(f) != 0 && x->result == CURLE_OK && !x->io_error) {
       x->io_error = errno ? errno : EIO;
     }
-    n = kie_push_fetch_result(L, c, x);
+    n = kie_response_push_fetch(L, c, x);
     free(x->sink_path); /* the result is taken: the file is the caller's now */
     x->sink_path = NULL;
   } else {
-    n = kie_push_response(L, c, x);
+    n = kie_response_push(L, c, x);
   }
-  kie_xfer_free(c, x);
+  kie_transfer_free(c, x);
   return n;
 }
 
@@ -165,7 +239,7 @@ int kie_client_settle(lua_State *L, kie_client *c, kie_xfer *x, int async) {
     lua_pushinteger(L, (lua_Integer)x->id);
     return 1;
   }
-  kie_xfer_wait(c, x);
+  kie_transfer_wait(c, x);
   return finish(L, c, x);
 }
 
@@ -176,10 +250,10 @@ static int launch(lua_State *L, kie_client *c, kie_op op, const char *method, co
                   const char *body, size_t len, FILE *sink, size_t cap, long timeout_ms,
                   const char *task_id, int async) {
   const char *why = NULL;
-  kie_xfer *x = kie_xfer_start(c, op, method, url, body, len, sink, cap, timeout_ms, &why);
+  kie_xfer *x = kie_transfer_start(c, op, method, url, body, len, sink, cap, timeout_ms, &why);
   if (x == NULL) {
     if (sink != NULL) fclose(sink);
-    return kie_push_error(L, c, "network", why, 0);
+    return kie_response_error(L, c, "network", why, 0);
   }
   if (task_id != NULL) x->task_id = dup_str(task_id, strlen(task_id));
   return kie_client_settle(L, c, x, async);
@@ -227,7 +301,7 @@ static int url_safe(const char *s, size_t n) {
 static int encode_body(lua_State *L, kie_client *c, int idx, const char *op) {
   if (kie_json_encode(L, idx)) return 1;
   lua_pushfstring(L, "%s: the request cannot be encoded as JSON: %s", op, lua_tostring(L, -1));
-  kie_push_error(L, c, "validation", lua_tostring(L, -1), 0);
+  kie_response_error(L, c, "validation", lua_tostring(L, -1), 0);
   return 0;
 }
 
@@ -240,28 +314,23 @@ static int create_task(lua_State *L, int async) {
   static const char path[] = "/api/v1/jobs/createTask";
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
-  if (!encode_body(L, c, 2, "create_task")) return 2;
+  kie_client_enter(c);
+  if (!encode_body(L, c, 2, "create_task")) return kie_client_leave(L, c, 2);
   body = lua_tolstring(L, 3, &len);
   url = make_url(L, buf, sizeof(buf), c->base_url, path, sizeof(path) - 1);
-  return launch(L, c, KIE_OP_CREATE, "POST", url, body, len, NULL, 0, 0, NULL, async);
+  if (c->closed) return kie_client_leave(L, c, -1); /* by Lua code run while encoding */
+  return kie_client_leave(L, c, launch(L, c, KIE_OP_CREATE, "POST", url, body, len, NULL, 0, 0,
+                                       NULL, async));
 }
 
-/* get_task(task_id[, timeout_s]): timeout_s shortens the client's request timeout
- * for this read (wait's deadline): [-0, +1|+2]. */
-static int get_task(lua_State *L, int async) {
-  kie_client *c = check_open(L, 1);
-  size_t n;
-  const char *id = luaL_checklstring(L, 2, &n);
-  lua_Number t = luaL_optnumber(L, 3, 0);
-  long tmo;
+/* get_task's work once its arguments are checked (id, n at index 2): [-0, +1|+2]. */
+static int get_task_go(lua_State *L, kie_client *c, const char *id, size_t n, long tmo,
+                       int async) {
   char *esc;
   const char *url;
   char buf[KIE_URL_BUF];
-  if (t != t || t < 0) return luaL_argerror(L, 3, "must be a number >= 0");
-  lua_settop(L, 2);
-  tmo = t > 0 ? (t * 1000 < 1 ? 1 : (t * 1000 > 3.6e6 ? 3600000L : (long)(t * 1000))) : 0;
   if (n == 0) {
-    int r = kie_push_error(L, c, "validation", "get_task: task_id is empty", 0);
+    int r = kie_response_error(L, c, "validation", "get_task: task_id is empty", 0);
     lua_pushliteral(L, "get_task");
     lua_setfield(L, -2, "op");
     return r;
@@ -278,14 +347,30 @@ static int get_task(lua_State *L, int async) {
     }
   }
   esc = curl_easy_escape(NULL, id, (int)n);
-  if (esc == NULL) return luaL_error(L, "kie.core: out of memory");
+  if (esc == NULL) return kie_response_error(L, c, "network", "get_task: out of memory", 0);
   lua_pushstring(L, c->base_url);
   lua_pushliteral(L, "/api/v1/jobs/recordInfo?taskId=");
   lua_pushstring(L, esc);
   curl_free(esc);
   lua_concat(L, 3);
   url = lua_tostring(L, -1);
+  if (c->closed) return -1;
   return launch(L, c, KIE_OP_GET, "GET", url, NULL, 0, NULL, 0, tmo, id, async);
+}
+
+/* get_task(task_id[, timeout_s]): timeout_s shortens the client's request timeout
+ * for this read (wait's deadline): [-0, +1|+2]. */
+static int get_task(lua_State *L, int async) {
+  kie_client *c = check_open(L, 1);
+  size_t n;
+  const char *id = luaL_checklstring(L, 2, &n);
+  lua_Number t = luaL_optnumber(L, 3, 0);
+  long tmo;
+  if (t != t || t < 0) return luaL_argerror(L, 3, "must be a number >= 0");
+  lua_settop(L, 2);
+  tmo = kie_clock_ms(t);
+  kie_client_enter(c);
+  return kie_client_leave(L, c, get_task_go(L, c, id, n, tmo, async));
 }
 
 /* True if url is base itself or lies below it ("base/..." or "base?..."). */
@@ -296,7 +381,8 @@ static int under(const char *url, const char *base) {
   return strncmp(url, base, n) == 0 && (url[n] == '\0' || url[n] == '/' || url[n] == '?');
 }
 
-/* call(method, path_or_url[, body_table]): [-0, +1|+2]. */
+/* call(method, path_or_url[, body_table]): a GET with a body raises (it would
+ * go out as a POST): [-0, +1|+2]. */
 static int call(lua_State *L, int async) {
   kie_client *c = check_open(L, 1);
   const char *method = luaL_checkstring(L, 2);
@@ -307,21 +393,26 @@ static int call(lua_State *L, int async) {
     return luaL_argerror(L, 2, "method must be \"GET\" or \"POST\"");
   }
   if (!lua_isnoneornil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
+  if (!lua_isnoneornil(L, 4) && method[0] == 'G') return luaL_argerror(L, 4, "a GET carries no body");
   lua_settop(L, 4);
-  if (path[0] == '/') {
-    url = push_url(L, c->base_url, path);
-  } else if (under(path, c->base_url) || under(path, c->upload_url)) {
-    lua_pushvalue(L, 3);
-    url = lua_tostring(L, -1);
-  } else {
+  if (path[0] != '/' && !under(path, c->base_url) && !under(path, c->upload_url)) {
     return luaL_argerror(L, 3, "must be a path or a URL under base_url/upload_url "
                                "(the API key is never sent to another host)");
   }
+  kie_client_enter(c);
+  if (path[0] == '/') {
+    url = push_url(L, c->base_url, path);
+  } else {
+    lua_pushvalue(L, 3);
+    url = lua_tostring(L, -1);
+  }
   if (!lua_isnil(L, 4)) {
-    if (!encode_body(L, c, 4, "call")) return 2;
+    if (!encode_body(L, c, 4, "call")) return kie_client_leave(L, c, 2);
     body = lua_tolstring(L, -1, &len);
   }
-  return launch(L, c, KIE_OP_CALL, method, url, body, len, NULL, 0, 0, NULL, async);
+  if (c->closed) return kie_client_leave(L, c, -1); /* by Lua code run while encoding */
+  return kie_client_leave(L, c, launch(L, c, KIE_OP_CALL, method, url, body, len, NULL, 0, 0,
+                                       NULL, async));
 }
 
 /* fetch(url, path[, max_bytes[, timeout_s]]): downloads url into the file at path
@@ -339,23 +430,25 @@ static int fetch(lua_State *L, int async) {
   if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) {
     return luaL_argerror(L, 2, "must be an http(s) URL");
   }
-  if (cap < 0) return luaL_argerror(L, 4, "must be >= 0");
+  if (!(cap >= 0)) return luaL_argerror(L, 4, "must be a number >= 0");
+  if (cap > KIE_MAX_BYTES) cap = KIE_MAX_BYTES; /* math.huge: no cap of its own */
   if (t != t || t < 0) return luaL_argerror(L, 5, "must be a number >= 0");
-  tmo = t > 0 ? (t * 1000 < 1 ? 1 : (t * 1000 > 2147483647.0 ? 2147483647L : (long)(t * 1000))) : 0;
+  tmo = kie_clock_ms(t);
+  kie_client_enter(c);
   f = fopen(path, "wb");
   if (f == NULL) {
     lua_pushfstring(L, "download: cannot write %s: %s", path, strerror(errno));
-    kie_push_error(L, c, "io", lua_tostring(L, -1), 0);
-    return 2;
+    kie_response_error(L, c, "io", lua_tostring(L, -1), 0);
+    return kie_client_leave(L, c, 2);
   }
   n = launch(L, c, KIE_OP_FETCH, "GET", url, NULL, 0, f, (size_t)cap, tmo, NULL, async);
   if (async && lua_type(L, -1) == LUA_TNUMBER) {
     /* a started download that ends without its result being taken (cancel,
      * close, collection) removes its partial file */
-    kie_xfer *x = kie_xfer_find(c, (unsigned long)lua_tointeger(L, -1));
+    kie_xfer *x = kie_transfer_find(c, (unsigned long)lua_tointeger(L, -1));
     if (x != NULL) x->sink_path = dup_str(path, strlen(path));
   }
-  return n;
+  return kie_client_leave(L, c, n);
 }
 
 static int client_create_task(lua_State *L) { return create_task(L, 0); }
@@ -373,40 +466,43 @@ static int client_fetch_start(lua_State *L) { return fetch(L, 1); }
  * wait for the next step): [-0, +2]. */
 static int client_step(lua_State *L) {
   kie_client *c = check_open(L, 1);
-  lua_Integer ms = luaL_optinteger(L, 2, 0);
+  int ms = opt_wait_ms(L, 2);
   lua_Number budget = luaL_optnumber(L, 3, -1); /* < 0: no budget */
   kie_xfer *x;
   int running = 0, done = 0;
-  if (ms < 0) return luaL_argerror(L, 2, "must be >= 0");
   if (!lua_isnoneornil(L, 3) && !(budget >= 0)) return luaL_argerror(L, 3, "must be >= 0");
-  if (ms > 3600000) ms = 3600000;
-  kie_client_perform(c, (int)ms, budget < 0 ? -1 : budget / 1000, NULL);
+  kie_transfer_perform(c, ms, budget < 0 ? -1 : budget / 1000, NULL);
+  for (x = c->live; x != NULL; x = x->next) {
+    if (!x->done) running++;
+    else if (!x->reported) done++;
+  }
+  if (done == 0) {
+    lua_pushinteger(L, running);
+    lua_pushnil(L);
+    return 2;
+  }
+  /* the table is made before the walk: an allocation may run a finalizer that
+   * changes the list (cancel, close: deferred), so the walk itself allocates nothing */
+  kie_client_enter(c);
+  lua_createtable(L, done, 0);
+  running = done = 0;
   for (x = c->live; x != NULL; x = x->next) {
     if (!x->done) {
       running++;
     } else if (!x->reported) {
-      if (done == 0) {
-        lua_pushinteger(L, 0); /* placeholder for the count, filled below */
-        lua_newtable(L);
-      }
       x->reported = 1;
       lua_pushinteger(L, (lua_Integer)x->id);
       lua_rawseti(L, -2, ++done);
     }
   }
-  if (done == 0) {
-    lua_pushinteger(L, running);
-    lua_pushnil(L);
-  } else {
-    lua_pushinteger(L, running);
-    lua_replace(L, -3);
-  }
-  return 2;
+  lua_pushinteger(L, running);
+  lua_insert(L, -2);
+  return kie_client_leave(L, c, 2);
 }
 
 /* Returns the live transfer with the id at idx, or raises: [-0, +0]. */
 static kie_xfer *check_xfer(lua_State *L, kie_client *c, int idx) {
-  kie_xfer *x = kie_xfer_find(c, (unsigned long)luaL_checkinteger(L, idx));
+  kie_xfer *x = kie_transfer_find(c, check_id(L, idx));
   if (x == NULL) luaL_argerror(L, idx, "no such transfer (finished, canceled or unknown)");
   return x;
 }
@@ -416,7 +512,8 @@ static int client_result(lua_State *L) {
   kie_client *c = check_open(L, 1);
   kie_xfer *x = check_xfer(L, c, 2);
   if (!x->done) return luaL_argerror(L, 2, "transfer has not finished (see step)");
-  return finish(L, c, x);
+  kie_client_enter(c);
+  return kie_client_leave(L, c, finish(L, c, x));
 }
 
 /* client:progress(id[, wait_ms]) -> done, bytes, total | nil (no such transfer).
@@ -426,17 +523,15 @@ static int client_result(lua_State *L) {
  * total is nil while unknown: [-0, +1|+3]. */
 static int client_progress(lua_State *L) {
   kie_client *c = check_open(L, 1);
-  kie_xfer *x = kie_xfer_find(c, (unsigned long)luaL_checkinteger(L, 2));
-  lua_Integer ms = luaL_optinteger(L, 3, 0);
+  kie_xfer *x = kie_transfer_find(c, check_id(L, 2));
+  int ms = opt_wait_ms(L, 3);
   curl_off_t now = 0, total = -1;
-  if (ms < 0) return luaL_argerror(L, 3, "must be >= 0");
-  if (ms > 3600000) ms = 3600000;
   if (x == NULL) {
     lua_pushnil(L);
     return 1;
   }
-  if (ms > 0 && !x->done && !kie_client_perform(c, (int)ms, -1, x)) {
-    x->done = 1; /* the multi handle failed: end it as kie_xfer_wait does */
+  if (ms > 0 && !x->done && !kie_transfer_perform(c, ms, -1, x)) {
+    x->done = 1; /* the multi handle failed: end it as kie_transfer_wait does */
     x->result = CURLE_FAILED_INIT;
   }
   if (x->op == KIE_OP_UPLOAD) {
@@ -456,8 +551,8 @@ static int client_progress(lua_State *L) {
 /* client:cancel(id) -> true if a live transfer was dropped: [-0, +1]. */
 static int client_cancel(lua_State *L) {
   kie_client *c = check_open(L, 1);
-  kie_xfer *x = kie_xfer_find(c, (unsigned long)luaL_checkinteger(L, 2));
-  if (x != NULL) kie_xfer_free(c, x);
+  kie_xfer *x = kie_transfer_find(c, check_id(L, 2));
+  if (x != NULL) kie_transfer_free(c, x);
   lua_pushboolean(L, x != NULL);
   return 1;
 }
@@ -500,6 +595,21 @@ static int client_pending(lua_State *L) {
   return 1;
 }
 
+/* client:redact(s) -> s with every copy of the key replaced by "[redacted]", in
+ * one linear pass over s; nil on a closed client (the key is gone): [-0, +1]. */
+static int client_redact(lua_State *L) {
+  kie_client *c = luaL_checkudata(L, 1, KIE_CLIENT_MT);
+  size_t n;
+  const char *s = luaL_checklstring(L, 2, &n);
+  if (c->closed) {
+    lua_pushnil(L);
+    return 1;
+  }
+  kie_client_enter(c);
+  kie_response_redacted(L, c, s, n);
+  return kie_client_leave(L, c, 1);
+}
+
 /* __tostring: never shows the key: [-0, +1]. */
 static int client_tostring(lua_State *L) {
   kie_client *c = luaL_checkudata(L, 1, KIE_CLIENT_MT);
@@ -516,8 +626,8 @@ static const luaL_Reg methods[] = {
   {"get_task_start", client_get_task_start},
   {"call_start", client_call_start},
   {"fetch_start", client_fetch_start},
-  {"upload", kie_client_upload},
-  {"upload_start", kie_client_upload_start},
+  {"upload", kie_upload_run},
+  {"upload_start", kie_upload_start},
   {"progress", client_progress},
   {"step", client_step},
   {"result", client_result},
@@ -525,6 +635,7 @@ static const luaL_Reg methods[] = {
   {"poll_timeout", client_poll_timeout},
   {"wakeup", client_wakeup},
   {"pending", client_pending},
+  {"redact", client_redact},
   {"close", client_close},
   {NULL, NULL}
 };
@@ -534,7 +645,7 @@ void kie_client_open(lua_State *L) {
     lua_newtable(L);
     luaL_setfuncs(L, methods, 0);
     lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, client_close);
+    lua_pushcfunction(L, client_gc);
     lua_setfield(L, -2, "__gc");
 #if LUA_VERSION_NUM >= 504
     lua_pushcfunction(L, client_close);
@@ -554,4 +665,4 @@ void kie_client_open(lua_State *L) {
 int kie_client_new(lua_State *L) { return client_new(L); }
 
 /* The open client at idx, for upload.c; raises otherwise: [-0, +0]. */
-kie_client *kie_check_client(lua_State *L, int idx) { return check_open(L, idx); }
+kie_client *kie_client_check(lua_State *L, int idx) { return check_open(L, idx); }

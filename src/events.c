@@ -5,7 +5,8 @@
  *    them ourselves and hand each ready one to curl_multi_socket_action, so a step
  *    costs O(ready sockets), not O(transfers) as curl_multi_perform does. Timers are
  *    read with curl_multi_timeout before and after each poll (no TIMERFUNCTION).
- *  - A budget bounds one step: once its deadline has passed no further ready socket
+ *  - A budget bounds one step's work: its clock starts when poll() returns (the
+ *    wait is not work). Once its deadline has passed no further ready socket
  *    is handed to libcurl (at least one always is). The rest stay readable and are
  *    served first by the next step (round robin over the watch list), so none starves;
  *    until then poll_timeout() is 0, so that a host loop does not sleep on them.
@@ -19,8 +20,15 @@
  *    itself, and re-reads that copy by index after every libcurl call, since the
  *    callback may realloc it. A socket poll() reports as invalid is dropped from
  *    the list after libcurl has seen the error.
+ *  - kie_events_start gives a new transfer its first turn at the call: due timers
+ *    (it connects, or writes on a kept-alive connection), then up to three rounds
+ *    of poll(0) over the sockets opened for it (a loopback connect is done at once),
+ *    so that its request goes out before the call returns whenever no wait is
+ *    needed. It never waits and serves no other transfer's socket.
  *  - poll() over the list: right for the tens to hundreds of transfers a client has;
  *    thousands would want epoll.
+ *
+ * Lua-facing: none (no lua_State here).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -44,11 +52,12 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp)
   kie_client *c = ud;
   int i = find_watch(c, fd);
   short ev = 0;
-  (void)e; (void)sockp;
+  (void)sockp;
   if (what == CURL_POLL_REMOVE) {
     if (i >= 0) c->watch[i] = c->watch[--c->nwatch];
     return 0;
   }
+  if (e == c->starting && c->nstarted < KIE_STARTED) c->started[c->nstarted++] = fd;
   if (what & CURL_POLL_IN) ev |= POLLIN;
   if (what & CURL_POLL_OUT) ev |= POLLOUT;
   if (i < 0) {
@@ -120,17 +129,53 @@ int kie_events_timers(kie_client *c, long *next_ms) {
   return 1;
 }
 
+int kie_events_start(kie_client *c, CURL *e) {
+  int round, k, n, running;
+  c->starting = e;
+  c->nstarted = 0;
+  if (!kie_events_timers(c, NULL)) {
+    c->starting = NULL;
+    return 0;
+  }
+  c->starting = NULL;
+  /* a few turns: connected -> request written -> waiting for the answer */
+  for (round = 0; round < 3; round++) {
+    struct pollfd p[KIE_STARTED];
+    int fired = 0;
+    for (k = n = 0; k < c->nstarted; k++) {
+      int i = find_watch(c, c->started[k]);
+      if (i < 0) continue;
+      p[n] = c->watch[i];
+      p[n++].revents = 0;
+    }
+    if (n == 0 || poll(p, (nfds_t)n, 0) <= 0) break;
+    for (k = 0; k < n; k++) {
+      int ev = 0;
+      if (p[k].revents & (POLLIN | POLLHUP)) ev |= CURL_CSELECT_IN;
+      if (p[k].revents & POLLOUT) ev |= CURL_CSELECT_OUT;
+      if (p[k].revents & (POLLERR | POLLNVAL)) ev |= CURL_CSELECT_ERR;
+      if (!ev) continue;
+      fired = 1;
+      if (curl_multi_socket_action(c->multi, p[k].fd, ev, &running) != CURLM_OK) return 0;
+    }
+    if (!fired) break;
+  }
+  return 1;
+}
+
 /* Waits at most wait_ms, and no longer than libcurl's next timer (timer_ms, -1:
  * none), for the watched sockets (or a wakeup), then hands the ready ones to
- * libcurl until the deadline (0: none) passes. */
-int kie_events_wait(kie_client *c, int wait_ms, long timer_ms, double deadline) {
+ * libcurl until budget_s (< 0: none) has passed since the wait ended. */
+int kie_events_wait(kie_client *c, int wait_ms, long timer_ms, double budget_s) {
   int n = c->nwatch, k, ready, running, start;
+  double deadline;
   if (timer_ms >= 0 && timer_ms < wait_ms) wait_ms = (int)timer_ms;
   if (n > 0) memcpy(c->pfds, c->watch, (size_t)n * sizeof(*c->pfds));
   c->pfds[n].fd = c->wake[0];
   c->pfds[n].events = POLLIN;
   ready = poll(c->pfds, (nfds_t)n + 1, wait_ms);
   if (ready < 0) return errno == EINTR;
+  deadline = budget_s >= 0 ? kie_clock_now() + budget_s : 0; /* the wait is not work */
   if (ready > 0 && c->pfds[n].revents) {
     char buf[64];
     while (read(c->wake[0], buf, sizeof(buf)) > 0) {}
@@ -154,7 +199,7 @@ int kie_events_wait(kie_client *c, int wait_ms, long timer_ms, double deadline) 
       int i = find_watch(c, fd);
       if (i >= 0) c->watch[i] = c->watch[--c->nwatch];
     }
-    if (deadline > 0 && ready > 0 && kie_monotonic() >= deadline) {
+    if (deadline > 0 && ready > 0 && kie_clock_now() >= deadline) {
       c->rr = (unsigned)(start + k + 1); /* the next step begins after the last one served */
       c->unread = 1;                     /* and a host loop must not sleep before it */
       break;

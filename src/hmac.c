@@ -6,6 +6,10 @@
  *  - The signature is standard Base64 of the 32-byte digest (44 characters).
  *  - equal() takes time that depends only on the lengths, never on where the
  *    inputs first differ (CRYPTO_memcmp).
+ *
+ * Lua-facing (stack effect):
+ *  core.hmac_sha256_base64(key, message) -> base64             [-0, +1]
+ *  core.equal(a, b) -> boolean                                 [-0, +1]
  */
 #include <string.h>
 #include <openssl/crypto.h>

@@ -13,7 +13,16 @@
  *  - JSON null decodes to nil: cjson.null values are removed from decoded tables
  *    (which leaves holes in arrays that held null). The walk only runs when the
  *    text holds the bytes "null" somewhere, i.e. rarely.
- *  - Depth is bounded at KIE_JSON_DEPTH both ways (cjson's own limit).
+ *  - Depth is bounded at KIE_JSON_DEPTH both ways (cjson's own limit). A table that
+ *    contains itself is refused at once (the walk keeps the tables on its path):
+ *    walking a cycle down to that depth would take 2^depth steps.
+ *  - No Lua code runs here but cjson's: __jsontype is read raw (as cjson reads its
+ *    own markers). An allocation may still run a finalizer (see client.c's guard).
+ *
+ * C functions on the Lua stack (stack effect):
+ *  kie_json_init(L): cjson.safe's functions into the registry  [-0, +0]
+ *  kie_json_encode(L, idx) -> 1 and the JSON | 0 and a message  [-0, +1]
+ *  kie_json_decode(L, s, n) -> 1 and the value | 0 and a message [-0, +1]
  */
 #include <string.h>
 #include <stdio.h>
@@ -72,29 +81,49 @@ void kie_json_init(lua_State *L) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &key_sentinel);
 }
 
-/* True if the table at idx is marked __jsontype = "object": [-0, +0]. */
+/* True if the table at idx is marked __jsontype = "object"; read raw, so no Lua
+ * code (an __index on the metatable's metatable) runs: [-0, +0]. */
 static int marked_object(lua_State *L, int idx) {
   int yes = 0;
   if (lua_getmetatable(L, idx)) {
-    lua_getfield(L, -1, "__jsontype");
+    lua_pushliteral(L, "__jsontype");
+    lua_rawget(L, -2);
     yes = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "object") == 0;
     lua_pop(L, 2);
   }
   return yes;
 }
 
-/* Counts empty, unmarked tables inside the value at idx: [-0, +0]. */
-static int count_empty(lua_State *L, int idx, int depth) {
+/* Counts empty, unmarked tables inside the value at idx; -1 if a table contains
+ * itself. path (a table at path_idx) holds the tables on the way down, so a cycle
+ * is refused at once instead of being walked 2^depth times: [-0, +0]. */
+static int count_empty(lua_State *L, int idx, int depth, int path_idx) {
   int n = 0, any = 0;
   if (lua_type(L, idx) != LUA_TTABLE || depth > KIE_JSON_DEPTH) return 0;
   idx = lua_absindex(L, idx);
-  luaL_checkstack(L, 3, "json nesting");
+  luaL_checkstack(L, 4, "json nesting");
+  lua_pushvalue(L, idx);
+  lua_rawget(L, path_idx);
+  any = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (any) return -1;
+  lua_pushvalue(L, idx);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, path_idx);
   lua_pushnil(L);
   while (lua_next(L, idx)) {
+    int k = count_empty(L, -1, depth + 1, path_idx);
     any = 1;
-    n += count_empty(L, -1, depth + 1);
+    if (k < 0) {
+      lua_pop(L, 2);
+      return -1;
+    }
+    n += k;
     lua_pop(L, 1);
   }
+  lua_pushvalue(L, idx);
+  lua_pushnil(L);
+  lua_rawset(L, path_idx);
   if (!any && !marked_object(L, idx)) n++;
   return n;
 }
@@ -176,7 +205,13 @@ int kie_json_encode(lua_State *L, int idx) {
     }
   }
   lua_pop(L, 2);
-  empties = count_empty(L, idx, 0);
+  lua_newtable(L);
+  empties = count_empty(L, idx, 0, lua_gettop(L));
+  lua_pop(L, 1);
+  if (empties < 0) {
+    lua_pushliteral(L, "a table contains itself (a cycle cannot be JSON)");
+    return 0;
+  }
   lua_rawgetp(L, LUA_REGISTRYINDEX, &key_encode);
   if (empties) copy_marked(L, idx, 0);
   else lua_pushvalue(L, idx);

@@ -9,11 +9,19 @@
  *  - retryable is decided per operation: a create is retryable only on 429/455 or
  *    when the request surely never reached the server; a create that may have
  *    reached it (timeout or reset after sending) is kind "unknown_outcome".
- *  - Every server text is passed through kie_push_redacted so the API key never
+ *  - Every server text is passed through kie_response_redacted so the API key never
  *    reaches an error, even if a server echoes it.
  *  - May raise only on out-of-memory (lua_* allocation); the transfer stays owned
- *    by the client's live list and is freed by close/__gc in that case.
+ *    by its caller (client.c's finish) and is freed by close/__gc in that case.
+ *
+ * C functions on the Lua stack (stack effect):
+ *  kie_response_push(L, c, x) -> result of an API exchange     [-0, +1|+2]
+ *  kie_response_push_fetch(L, c, x) -> true, bytes | nil, err  [-0, +2]
+ *  kie_response_error(L, c, kind, msg, retryable) -> nil, err  [-0, +2]
+ *  kie_response_decode_task(L, idx) -> 1 | 0 and a message     [-0, +0|+1]
+ *  kie_response_redacted(L, c, s, n) -> s with the key replaced [-0, +1]
  */
+#define _GNU_SOURCE /* memmem */
 #include <string.h>
 #include <stdio.h>
 #include "kie.h"
@@ -50,18 +58,13 @@ static const char *kind_of(long code, int *retryable) {
   }
 }
 
-/* Returns the first occurrence of key (klen > 0) in [p, end), or NULL. */
+/* Returns the first occurrence of key (klen > 0) in [p, end), or NULL; memmem
+ * (two-way search) is linear in the text whatever the key. */
 static const char *find_key(const char *p, const char *end, const char *key, size_t klen) {
-  while ((size_t)(end - p) >= klen) {
-    const char *hit = memchr(p, key[0], (size_t)(end - p) - klen + 1);
-    if (hit == NULL) return NULL;
-    if (memcmp(hit, key, klen) == 0) return hit;
-    p = hit + 1;
-  }
-  return NULL;
+  return memmem(p, (size_t)(end - p), key, klen);
 }
 
-void kie_push_redacted(lua_State *L, kie_client *c, const char *s, size_t len) {
+void kie_response_redacted(lua_State *L, kie_client *c, const char *s, size_t len) {
   size_t klen = c->api_key ? strlen(c->api_key) : 0;
   const char *p = s, *end = s + len, *hit;
   luaL_Buffer b;
@@ -79,13 +82,13 @@ void kie_push_redacted(lua_State *L, kie_client *c, const char *s, size_t len) {
   luaL_pushresult(&b);
 }
 
-int kie_push_error(lua_State *L, kie_client *c, const char *kind, const char *message,
+int kie_response_error(lua_State *L, kie_client *c, const char *kind, const char *message,
                    int retryable) {
   lua_pushnil(L);
   lua_createtable(L, 0, 8);
   lua_pushstring(L, kind);
   lua_setfield(L, -2, "kind");
-  kie_push_redacted(L, c, message, strlen(message));
+  kie_response_redacted(L, c, message, strlen(message));
   lua_setfield(L, -2, "message");
   lua_pushboolean(L, retryable);
   lua_setfield(L, -2, "retryable");
@@ -123,7 +126,7 @@ static int transport_error(lua_State *L, kie_client *c, kie_xfer *x, const char 
   const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->result);
   if (x->op == KIE_OP_UPLOAD && x->result == CURLE_READ_ERROR) {
     snprintf(msg, sizeof(msg), "upload: reading the file failed (%s)", detail);
-    kie_push_error(L, c, "io", msg, 0);
+    kie_response_error(L, c, "io", msg, 0);
     set_int(L, "curl_code", (long)x->result);
     decorate(L, x, task_id);
     return 2;
@@ -131,7 +134,7 @@ static int transport_error(lua_State *L, kie_client *c, kie_xfer *x, const char 
   if (x->too_large || x->result == CURLE_FILESIZE_EXCEEDED) {
     snprintf(msg, sizeof(msg), "%s: response body exceeds its cap (%lu bytes)",
              op_name(x->op), (unsigned long)x->cap);
-    kie_push_error(L, c, "too_large", msg, 0);
+    kie_response_error(L, c, "too_large", msg, 0);
     decorate(L, x, task_id);
     return 2;
   }
@@ -147,18 +150,18 @@ static int transport_error(lua_State *L, kie_client *c, kie_xfer *x, const char 
   default:
     retryable = 1;
   }
-  if (x->op == KIE_OP_CREATE && kie_xfer_reached_server(x)) {
+  if (x->op == KIE_OP_CREATE && kie_transfer_reached_server(x)) {
     snprintf(msg, sizeof(msg),
              "create_task: %s after the request may have reached the server (%s); "
              "the task may exist and was not resent",
              x->result == CURLE_OPERATION_TIMEDOUT ? "timed out" : "connection failed", detail);
-    kie_push_error(L, c, "unknown_outcome", msg, 0);
+    kie_response_error(L, c, "unknown_outcome", msg, 0);
     lua_pushstring(L, kind);
     lua_setfield(L, -2, "cause");
   } else {
     snprintf(msg, sizeof(msg), "%s: %s (%s)", op_name(x->op),
              x->result == CURLE_OPERATION_TIMEDOUT ? "timed out" : "transport failure", detail);
-    kie_push_error(L, c, kind, msg, retryable);
+    kie_response_error(L, c, kind, msg, retryable);
   }
   set_int(L, "curl_code", (long)x->result);
   decorate(L, x, task_id);
@@ -173,7 +176,7 @@ static int api_error(lua_State *L, kie_client *c, kie_xfer *x, long code, int ha
   char head[96];
   if (x->op == KIE_OP_CREATE) retryable = code == 429 || code == 455;
   snprintf(head, sizeof(head), "%s: %s %ld", op_name(x->op), has_code ? "code" : "HTTP", code);
-  kie_push_error(L, c, kind, head, retryable);
+  kie_response_error(L, c, kind, head, retryable);
   if (msg_idx) {
     lua_pushstring(L, head);
     lua_pushliteral(L, ": ");
@@ -188,7 +191,7 @@ static int api_error(lua_State *L, kie_client *c, kie_xfer *x, long code, int ha
 
 /* Decodes data.param / data.resultJson strings of a task table at idx, lifts resultUrls.
  * Returns 1, or 0 with an error message pushed: [-0, +0 | +1]. */
-int kie_decode_task(lua_State *L, int idx) {
+int kie_response_decode_task(lua_State *L, int idx) {
   idx = lua_absindex(L, idx);
   lua_getfield(L, idx, "param");
   if (lua_type(L, -1) == LUA_TSTRING) {
@@ -196,7 +199,7 @@ int kie_decode_task(lua_State *L, int idx) {
     const char *s = lua_tolstring(L, -1, &n);
     if (n > 0 && kie_json_decode(L, s, n)) lua_setfield(L, idx, "param");
     else if (n > 0) lua_pop(L, 1); /* the decode error: keep param as the string it was */
-    /* (n == 0 pushed nothing: popping here took the caller's slot; found by fuzz/) */
+    /* (n == 0 pushed nothing, so there is nothing to pop) */
   }
   lua_pop(L, 1);
   lua_getfield(L, idx, "resultJson");
@@ -236,27 +239,28 @@ static int protocol_error(lua_State *L, kie_client *c, kie_xfer *x, const char *
   char msg[256];
   snprintf(msg, sizeof(msg), "%s: unexpected response (HTTP %ld): %s", op_name(x->op),
            x->status, what);
-  kie_push_error(L, c, "protocol", msg, 0);
+  kie_response_error(L, c, "protocol", msg, 0);
   decorate(L, x, task_id);
   return 2;
 }
 
-/* Pushes a short, redacted, printable excerpt of a non-JSON body: [-0, +1]. */
+/* Pushes a short, redacted, printable excerpt of a non-JSON body: [-0, +1]. The
+ * whole body is redacted before it is cut: a key crossing the cut would otherwise
+ * leave its first bytes unmatched. */
 static void push_excerpt(lua_State *L, kie_client *c, kie_xfer *x) {
   char tmp[121];
-  size_t i, n = x->resp.len < 120 ? x->resp.len : 120;
+  size_t i, n, len;
+  const char *s;
+  kie_response_redacted(L, c, x->resp.data, x->resp.len);
+  s = lua_tolstring(L, -1, &len);
+  n = len < 120 ? len : 120;
   for (i = 0; i < n; i++) {
-    unsigned char ch = (unsigned char)x->resp.data[i];
+    unsigned char ch = (unsigned char)s[i];
     tmp[i] = (ch < 32 || ch > 126) ? ' ' : (char)ch;
   }
   tmp[n] = '\0';
   lua_pushfstring(L, "non-JSON body: %s", tmp);
-  {
-    size_t len;
-    const char *s = lua_tolstring(L, -1, &len);
-    kie_push_redacted(L, c, s, len);
-    lua_remove(L, -2);
-  }
+  lua_remove(L, -2);
 }
 
 /* For a create, turns the error on top into unknown_outcome when the server got
@@ -287,7 +291,7 @@ static void create_outcome(lua_State *L, kie_client *c, kie_xfer *x) {
 
 static int push_response(lua_State *L, kie_client *c, kie_xfer *x);
 
-int kie_push_response(lua_State *L, kie_client *c, kie_xfer *x) {
+int kie_response_push(lua_State *L, kie_client *c, kie_xfer *x) {
   int n = push_response(L, c, x);
   if (n == 2 && x->op == KIE_OP_CREATE) create_outcome(L, c, x);
   return n;
@@ -325,7 +329,7 @@ static int push_response(lua_State *L, kie_client *c, kie_xfer *x) {
   if (lua_type(L, -1) == LUA_TSTRING) {
     size_t n;
     const char *s = lua_tolstring(L, -1, &n);
-    kie_push_redacted(L, c, s, n);
+    kie_response_redacted(L, c, s, n);
     lua_remove(L, -2);
     msg_idx = lua_gettop(L);
   } else {
@@ -342,7 +346,7 @@ static int push_response(lua_State *L, kie_client *c, kie_xfer *x) {
   }
   {
     /* a code that is no whole number in int range (2e21, 200.5, 1e400) is never
-     * success and converting it to long would be undefined (found by fuzz/) */
+     * success and converting it to long would be undefined */
     lua_Number n = lua_tonumber(L, -1);
     code = (n >= -2147483648.0 && n <= 2147483647.0 && n == (lua_Number)(long)n) ? (long)n : -1;
   }
@@ -352,7 +356,7 @@ static int push_response(lua_State *L, kie_client *c, kie_xfer *x) {
   lua_getfield(L, body, "success"); /* the upload host's envelope */
   if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
     lua_pop(L, 1);
-    kie_push_error(L, c, "http", "", 0);
+    kie_response_error(L, c, "http", "", 0);
     lua_pushfstring(L, "%s: success is false", op_name(x->op));
     if (msg_idx) {
       lua_pushliteral(L, ": ");
@@ -382,7 +386,7 @@ static int push_response(lua_State *L, kie_client *c, kie_xfer *x) {
       lua_settop(L, top);
       return protocol_error(L, c, x, "recordInfo data is not an object", task_id);
     }
-    if (!kie_decode_task(L, -1)) {
+    if (!kie_response_decode_task(L, -1)) {
       lua_settop(L, top);
       return protocol_error(L, c, x, "resultJson is not valid JSON", task_id);
     }
@@ -399,11 +403,11 @@ static int push_response(lua_State *L, kie_client *c, kie_xfer *x) {
   return 1;
 }
 
-int kie_push_fetch_result(lua_State *L, kie_client *c, kie_xfer *x) {
+int kie_response_push_fetch(lua_State *L, kie_client *c, kie_xfer *x) {
   if (x->io_error) {
     char msg[160];
     snprintf(msg, sizeof(msg), "download: writing the file failed: %s", strerror(x->io_error));
-    kie_push_error(L, c, "io", msg, 0);
+    kie_response_error(L, c, "io", msg, 0);
     decorate(L, x, NULL);
     return 2;
   }

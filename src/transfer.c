@@ -19,15 +19,21 @@
  *    (2/s), so the handshake costs nothing that matters.
  *  - TLS verification is always on; redirects are never followed (the key would
  *    travel with them); only http and https are allowed.
+ *  - The key's copies in C are the client's api_key, the three header lists and the
+ *    transient buffer they are built from: all are zeroed before they are freed.
+ *    libcurl's own request buffers (each request's header block) are freed by
+ *    libcurl unwiped; that is out of our reach.
  *  - Four header lists: JSON calls carry auth + JSON headers, GETs auth + Accept
  *    only, multipart uploads (KIE_OP_UPLOAD) auth + Accept + Expect (libcurl
  *    writes Content-Type with the boundary), downloads (KIE_OP_FETCH) none at
  *    all, so a file host never sees the key.
- *  - kie_xfer_prepare/kie_xfer_launch split kie_xfer_start for callers that set
+ *  - kie_transfer_prepare/kie_transfer_launch split kie_transfer_start for callers that set
  *    more options in between (upload.c's form); on failure both free the transfer
  *    but leave its sink to the caller, who opened it.
- *  - curl_global_init is not thread-safe before 7.84; kie_global_init is guarded by
+ *  - curl_global_init is not thread-safe before 7.84; kie_transfer_global_init is guarded by
  *    a pthread once so several lua_States in several threads may load the module.
+ *
+ * Lua-facing: none (no lua_State here).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -42,38 +48,9 @@ static CURLcode global_rc = CURLE_FAILED_INIT;
 
 static void global_init_once(void) { global_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
 
-int kie_global_init(void) {
+int kie_transfer_global_init(void) {
   pthread_once(&global_once, global_init_once);
   return global_rc == CURLE_OK;
-}
-
-double kie_monotonic(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-int kie_buf_append(kie_buf *b, const char *p, size_t n) {
-  if (n == 0) return 1;
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 1024;
-    char *d;
-    while (cap < b->len + n + 1) cap *= 2;
-    d = realloc(b->data, cap);
-    if (d == NULL) return 0;
-    b->data = d;
-    b->cap = cap;
-  }
-  memcpy(b->data + b->len, p, n);
-  b->len += n;
-  b->data[b->len] = '\0';
-  return 1;
-}
-
-void kie_buf_free(kie_buf *b) {
-  free(b->data);
-  b->data = NULL;
-  b->len = b->cap = 0;
 }
 
 /* libcurl write callback: append to the response buffer, refuse past the cap. */
@@ -118,12 +95,21 @@ static void share_lock(CURL *h, curl_lock_data d, curl_lock_access a, void *u) {
   (void)h; (void)d; (void)a; (void)u; /* one client is used by one thread at a time */
 }
 
-const char *kie_client_setup(kie_client *c) {
+/* Frees a header list after zeroing its strings: they hold the key. */
+static void free_list(struct curl_slist *l) {
+  struct curl_slist *h;
+  for (h = l; h != NULL; h = h->next) {
+    if (h->data != NULL) kie_buf_wipe(h->data, strlen(h->data));
+  }
+  curl_slist_free_all(l);
+}
+
+const char *kie_transfer_setup(kie_client *c) {
   struct curl_slist *h = NULL, *t;
   const char *why;
   char *auth;
   size_t n;
-  if (!kie_global_init()) return "curl_global_init failed";
+  if (!kie_transfer_global_init()) return "curl_global_init failed";
   c->multi = curl_multi_init();
   c->share = curl_share_init();
   if (c->multi == NULL || c->share == NULL) return "out of memory creating libcurl handles";
@@ -138,6 +124,7 @@ const char *kie_client_setup(kie_client *c) {
   if (auth == NULL) return "out of memory";
   snprintf(auth, n, "Authorization: Bearer %s", c->api_key);
   t = curl_slist_append(h, auth);
+  kie_buf_wipe(auth, n);
   free(auth);
   if (t == NULL) return "out of memory";
   h = t;
@@ -151,7 +138,7 @@ const char *kie_client_setup(kie_client *c) {
   t = NULL;
   for (; h != NULL; h = h->next) {
     struct curl_slist *u = curl_slist_append(t, h->data);
-    if (u == NULL) { curl_slist_free_all(t); return "out of memory"; }
+    if (u == NULL) { free_list(t); return "out of memory"; }
     t = u;
   }
   c->headers = t;
@@ -164,27 +151,27 @@ const char *kie_client_setup(kie_client *c) {
   for (h = c->form_headers; h != NULL; h = h->next) {
     struct curl_slist *u;
     if (strncmp(h->data, "Expect:", 7) == 0) continue;
-    if ((u = curl_slist_append(t, h->data)) == NULL) { curl_slist_free_all(t); return "out of memory"; }
+    if ((u = curl_slist_append(t, h->data)) == NULL) { free_list(t); return "out of memory"; }
     t = u;
   }
   c->get_headers = t;
   return NULL;
 oom:
-  curl_slist_free_all(h);
+  free_list(h);
   return "out of memory";
 }
 
-void kie_client_teardown(kie_client *c) {
+void kie_transfer_teardown(kie_client *c) {
   int i;
-  while (c->live != NULL) kie_xfer_free(c, c->live);
+  while (c->live != NULL) kie_transfer_free(c, c->live);
   for (i = 0; i < c->nidle; i++) curl_easy_cleanup(c->idle[i]);
   c->nidle = 0;
   if (c->multi) curl_multi_cleanup(c->multi);
   if (c->share) curl_share_cleanup(c->share);
   kie_events_teardown(c);
-  curl_slist_free_all(c->headers);
-  curl_slist_free_all(c->form_headers);
-  curl_slist_free_all(c->get_headers);
+  free_list(c->headers);
+  free_list(c->form_headers);
+  free_list(c->get_headers);
   c->get_headers = NULL;
   c->multi = NULL;
   c->share = NULL;
@@ -241,7 +228,7 @@ static void give_easy(kie_client *c, CURL *e) {
 
 /* Per-request options, all of them on every request so that nothing of a previous
  * request on a recycled handle (an upload's form, headers or timeout, a download's
- * missing headers, a POST body) carries over. The method is set by kie_xfer_start
+ * missing headers, a POST body) carries over. The method is set by kie_transfer_start
  * (or the form by upload.c); here it is a GET with no body. */
 static int set_request(kie_client *c, kie_xfer *x, const char *url, long timeout_ms) {
   CURL *e = x->easy;
@@ -276,10 +263,10 @@ static int set_request(kie_client *c, kie_xfer *x, const char *url, long timeout
 /* Frees a transfer that failed to start; its sink stays the caller's to close. */
 static void drop(kie_client *c, kie_xfer *x) {
   x->sink = NULL;
-  kie_xfer_free(c, x);
+  kie_transfer_free(c, x);
 }
 
-kie_xfer *kie_xfer_prepare(kie_client *c, kie_op op, const char *url, FILE *sink, size_t cap,
+kie_xfer *kie_transfer_prepare(kie_client *c, kie_op op, const char *url, FILE *sink, size_t cap,
                            long timeout_ms, const char **why) {
   kie_xfer *x = calloc(1, sizeof(*x));
   if (x == NULL) { *why = "out of memory"; return NULL; }
@@ -290,7 +277,7 @@ kie_xfer *kie_xfer_prepare(kie_client *c, kie_op op, const char *url, FILE *sink
   x->id = ++c->next_id;
   x->easy = take_easy(c);
   if (x->easy == NULL) { free(x); *why = "out of memory"; return NULL; }
-  /* linked first so that kie_xfer_free cleans up on every path below */
+  /* linked first so that kie_transfer_free cleans up on every path below */
   x->next = c->live;
   if (c->live) c->live->prev = x;
   c->live = x;
@@ -302,22 +289,22 @@ kie_xfer *kie_xfer_prepare(kie_client *c, kie_op op, const char *url, FILE *sink
   return x;
 }
 
-kie_xfer *kie_xfer_launch(kie_client *c, kie_xfer *x, const char **why) {
+kie_xfer *kie_transfer_launch(kie_client *c, kie_xfer *x, const char **why) {
   if (curl_multi_add_handle(c->multi, x->easy) != CURLM_OK) {
     *why = "libcurl refused the transfer";
     drop(c, x);
     return NULL;
   }
-  /* start it now (connect, or send on a kept-alive connection): the caller pays
-   * for its own request, and a budgeted step only reads answers */
-  kie_events_timers(c, NULL);
+  /* start it now (connect and send, or send on a kept-alive connection): the
+   * caller pays for its own request, and a budgeted step only reads answers */
+  kie_events_start(c, x->easy);
   return x;
 }
 
-kie_xfer *kie_xfer_start(kie_client *c, kie_op op, const char *method, const char *url,
+kie_xfer *kie_transfer_start(kie_client *c, kie_op op, const char *method, const char *url,
                          const char *body, size_t len, FILE *sink, size_t cap,
                          long timeout_ms, const char **why) {
-  kie_xfer *x = kie_xfer_prepare(c, op, url, sink, cap, timeout_ms, why);
+  kie_xfer *x = kie_transfer_prepare(c, op, url, sink, cap, timeout_ms, why);
   if (x == NULL) return NULL;
   if (body != NULL) {
     if (!kie_buf_append(&x->req, body, len) && len > 0) { *why = "out of memory"; goto fail; }
@@ -332,7 +319,7 @@ kie_xfer *kie_xfer_start(kie_client *c, kie_op op, const char *method, const cha
   } else if (body == NULL && op != KIE_OP_FETCH) {
     curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, c->get_headers);
   }
-  return kie_xfer_launch(c, x, why);
+  return kie_transfer_launch(c, x, why);
 fail:
   drop(c, x);
   return NULL;
@@ -366,21 +353,20 @@ static int ready(kie_client *c, const kie_xfer *target) {
   return 0;
 }
 
-int kie_client_perform(kie_client *c, int timeout_ms, double budget_s, const kie_xfer *target) {
-  double deadline = budget_s >= 0 ? kie_monotonic() + budget_s : 0;
+int kie_transfer_perform(kie_client *c, int timeout_ms, double budget_s, const kie_xfer *target) {
   int wait_ms;
   long timer_ms;
   if (!kie_events_timers(c, &timer_ms)) return 0;
   collect(c);
   wait_ms = (timeout_ms > 0 && !ready(c, target)) ? timeout_ms : 0;
-  if (!kie_events_wait(c, wait_ms, timer_ms, deadline) || !kie_events_timers(c, NULL)) return 0;
+  if (!kie_events_wait(c, wait_ms, timer_ms, budget_s) || !kie_events_timers(c, NULL)) return 0;
   collect(c);
   return 1;
 }
 
-void kie_xfer_wait(kie_client *c, kie_xfer *x) {
+void kie_transfer_wait(kie_client *c, kie_xfer *x) {
   while (!x->done) {
-    if (!kie_client_perform(c, 1000, -1, x)) break;
+    if (!kie_transfer_perform(c, 1000, -1, x)) break;
   }
   if (!x->done) { /* the multi handle failed: report as a transport failure */
     x->done = 1;
@@ -388,7 +374,7 @@ void kie_xfer_wait(kie_client *c, kie_xfer *x) {
   }
 }
 
-kie_xfer *kie_xfer_find(kie_client *c, unsigned long id) {
+kie_xfer *kie_transfer_find(kie_client *c, unsigned long id) {
   kie_xfer *x;
   for (x = c->live; x != NULL; x = x->next) {
     if (x->id == id) return x;
@@ -396,7 +382,7 @@ kie_xfer *kie_xfer_find(kie_client *c, unsigned long id) {
   return NULL;
 }
 
-int kie_xfer_reached_server(const kie_xfer *x) {
+int kie_transfer_reached_server(const kie_xfer *x) {
   curl_off_t pre = 0;
   long req = 0;
   switch (x->result) {
@@ -420,10 +406,17 @@ int kie_xfer_reached_server(const kie_xfer *x) {
   return !(pre == 0 && req == 0);
 }
 
-void kie_xfer_free(kie_client *c, kie_xfer *x) {
+void kie_transfer_detach(kie_client *c, kie_xfer *x) {
+  if (x->detached) return;
   if (x->prev) x->prev->next = x->next;
   else c->live = x->next;
   if (x->next) x->next->prev = x->prev;
+  x->prev = x->next = NULL;
+  x->detached = 1;
+}
+
+void kie_transfer_free(kie_client *c, kie_xfer *x) {
+  kie_transfer_detach(c, x);
   if (x->easy) {
     if (c->multi) curl_multi_remove_handle(c->multi, x->easy);
     if (x->mime != NULL) {
@@ -444,17 +437,4 @@ void kie_xfer_free(kie_client *c, kie_xfer *x) {
   kie_buf_free(&x->resp);
   free(x->task_id);
   free(x);
-}
-
-double kie_retry_after_seconds(const char *v) {
-  char *end;
-  double s;
-  time_t when;
-  if (v == NULL || *v == '\0') return -1;
-  s = strtod(v, &end);
-  if (end != v && *end == '\0') return s < 0 ? 0 : s;
-  when = curl_getdate(v, NULL);
-  if (when == (time_t)-1) return -1;
-  s = difftime(when, time(NULL));
-  return s < 0 ? 0 : s;
 }

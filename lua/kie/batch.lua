@@ -1,22 +1,46 @@
 --- Many `run` requests at once: `run_all`.
 -- @submodule kie.Client
 
+local lifecycle = require "kie.lifecycle"
 local options = require "kie.options"
-local scheduler = require "kie.scheduler"
 
 local type, pairs, error, tostring = type, pairs, error, tostring
-local huge = math.huge
 local _check = options.check
 
 local Client = {}
 
 local OPTIONS = { concurrency = true, on_update = true }
 
+-- The body of item i's task: run(requests[i]), with run_all's on_update.
+local function _item(self, batch, i)
+  local req = batch.requests[i]
+  local on_update = batch.on_update
+  if on_update then
+    local src = req
+    req = {}
+    for k, v in pairs(src) do req[k] = v end
+    local w = {}
+    for k, v in pairs(req.wait or {}) do w[k] = v end
+    local inner = w.on_update
+    w.on_update = function(info)
+      if inner then inner(info) end
+      on_update(i, info)
+    end
+    req.wait = w
+  end
+  return self:run(req)
+end
+
 --- Runs many requests at once (each as `run` would) within the client's rate
 -- limits, and returns `results, errs` indexed like the input: `results[i]` is the
 -- finished task or nil; `errs` is nil when every item succeeded, else `errs[i]` is
--- item i's error. One failure does not stop the others. Blocking, or yielding
--- inside `kie.spawn`.
+-- item i's error. Every item's options (`wait`, `upload`, `strict`) and run_all's
+-- own are checked before the first request: a bad one raises, nothing is paid.
+-- One failure does not stop the others: an item whose own code raises (an
+-- `on_update` that raises) ends with kind `raised` (`task_id` set when its task
+-- was created). Blocking, or yielding inside
+-- `kie.spawn`: canceling that job starts no further item and cancels the running
+-- ones. Closing the client ends the items still pending (`canceled`).
 -- @tparam table requests a list of `run` requests
 -- @tparam[opt] table opts `concurrency` (default 8), `on_update(i, info)` on each
 -- state change of item i
@@ -36,61 +60,54 @@ function Client:run_all(requests, opts)
   local n = #requests
   -- every item's options before the first request (nothing paid, then a raise)
   for i = 1, n do self:_check_run(requests[i], "run_all: request " .. i, 3) end
+  local batch = { requests = requests, on_update = on_update }
   local results, errs, failed = {}, {}, false
-  local next_i, finished, workers = 0, 0, conc < n and conc or n
-  local parent, parent_req = scheduler.current(), nil
+  local next_i, active, launching = 0, 0, false
+  local parent = lifecycle.current()
+  local launch
 
-  local function item(i)
-    local req = requests[i]
-    if on_update then
-      req = {}
-      for k, v in pairs(requests[i]) do req[k] = v end
-      local w = {}
-      for k, v in pairs(req.wait or {}) do w[k] = v end
-      local inner = w.on_update
-      w.on_update = function(info)
-        if inner then inner(info) end
-        on_update(i, info)
-      end
-      req.wait = w
+  local function on_end(t)
+    active = active - 1
+    local r = t._results
+    local i = t._item
+    if r[1] == nil then
+      local e = r[2]
+      if type(e) == "table" and e.task_id == nil and t.task_id then e.task_id = t.task_id end
+      errs[i], failed = e, true
+    else
+      results[i] = r[1]
     end
-    return self:run(req)
+    launch()
   end
 
-  local function worker_done(cur)
-    return function(_, err)
-      if err and cur.i then -- the worker raised while running item cur.i
-        errs[cur.i], failed = err, true
+  -- starts items while fewer than conc run; none once the job was canceled
+  function launch()
+    if launching then return end
+    launching = true
+    while active < conc and next_i < n and not (parent and parent._ended) do
+      if self._closed then -- the items never started end like the pending ones
+        for i = next_i + 1, n do
+          errs[i], failed = lifecycle.closed_error(), true
+        end
+        next_i = n
+        break
       end
-      finished = finished + 1
-      if finished == workers and parent_req then
-        self:_unpark(parent, parent_req)
-        self:_defer(function() scheduler.resume(parent) end)
-      end
+      next_i = next_i + 1
+      active = active + 1
+      local t = lifecycle.task(_item)
+      t._item, t._on_end = next_i, on_end
+      if parent then lifecycle.adopt(parent, t) end
+      lifecycle.run(t, self, batch, next_i)
     end
+    launching = false
+    if active == 0 and parent then lifecycle.wake(parent) end
   end
 
-  for _ = 1, workers do
-    local cur = {}
-    scheduler.start(function()
-      while next_i < n do
-        next_i = next_i + 1
-        local i = next_i
-        cur.i = i
-        local r, e = item(i)
-        results[i] = r
-        if r == nil then errs[i], failed = e, true end
-      end
-      cur.i = nil
-    end, worker_done(cur))
-  end
+  launch()
   if parent then
-    if finished < workers then
-      parent_req = { client = self, wake = huge }
-      scheduler.wait_for(parent_req)
-    end
+    if active > 0 then lifecycle.join(self, parent) end
   else
-    while finished < workers do
+    while active > 0 do
       local ms = self:poll_timeout()
       if ms and ms > 0 and self._core:pending() == 0 then
         -- only timers are due: sleep with the client's own (maybe injected) sleep

@@ -54,7 +54,7 @@ function Client.new(user)
   if not ok then
     error((tostring(handle):gsub("^kie%.core%.new", "kie.new")), 2)
   end
-  local redact = redactor(core, o.api_key)
+  local redact = redactor(core, o.api_key, handle)
   o.api_key = nil -- kept only inside the core
   o.core = nil
   local limits = o.rate_limits or {}
@@ -96,14 +96,13 @@ end
 
 -- One attempt of create_task (retry.call2's fn) for paid call `ctx`: the intent
 -- goes to the journal right before the first request is sent.
-local function _create_attempt(self, ctx)
+local function _create_attempt(self, ctx, req)
   local env, lim = self._env, self._create_lim
   local slot, ferr
   if lim then
     slot, ferr = lim:acquire(env) -- held until the answer (kie.ratelimit)
     if not slot then return nil, ferr end -- a fleet's Redis failed: nothing sent
   end
-  local req = ctx.req
   if self._journal and not ctx.intent then
     local ok, jerr = paid.intend(self, ctx)
     if not ok then
@@ -112,9 +111,38 @@ local function _create_attempt(self, ctx)
     end
   end
   if self._opts.logger then self:_log("debug", "request", { op = "create_task", model = req.model }) end
+  ctx.slot = slot -- a cancel leaves the answer to _on_orphan, which releases it
   local r, e = self:_io("create_task", req)
+  ctx.slot = nil
   if lim then lim:release(slot, env.now(), not r and e.kind == "rate_limited") end
   return r, e
+end
+
+-- The answer of a create canceled after it was sent (kie.lifecycle reads it in
+-- the background), or read but not handed over when the client was closed: it
+-- settles the paid call like any other answer (a task id resolves the intent in
+-- the journal; a lost answer leaves it unknown).
+function Client:_on_orphan(req, res, err)
+  local ctx = paid.of(req) or paid.new(self, req)
+  if ctx.slot and self._create_lim then -- its rate-limit slot counts from this answer
+    self._create_lim:release(ctx.slot, self._env.now(), err ~= nil and err.kind == "rate_limited")
+    ctx.slot = nil
+  end
+  if type(res) ~= "table" or not res.taskId then
+    paid.settle(self, ctx, req, nil, err or errors.new("protocol", "create_task: answer without a task"))
+    self:_log("warn", "create_task: a canceled create was answered without a task", {
+      op = "create_task", model = req.model, kind = err and err.kind, message = err and err.message })
+    return
+  end
+  paid.settle(self, ctx, req, res)
+  self:_log("info", "task created by a canceled (or closed) create", { op = "create_task",
+    task_id = res.taskId, model = req.model })
+end
+
+-- The unknown_outcome of a create canceled or closed after it was sent
+-- (kie.lifecycle): the paid call's fingerprint, model and intent.
+function Client:_on_unknown(req, err)
+  return paid.unknown(self, req, err)
 end
 
 --- Creates a task: validates it (see `kie.models`), paces it within kie.ai's
@@ -149,8 +177,8 @@ function Client:create_task(request, opts)
   end
   local ctx = paid.new(self, req)
   local res, err = retry.call2(self._create_policy, self._env,
-    self._retry_loggers.create_task or _retry_logger(self, "create_task"), nil, _create_attempt, self, ctx)
-  res, err = paid.settle(self, ctx, res, err)
+    self._retry_loggers.create_task or _retry_logger(self, "create_task"), nil, _create_attempt, self, ctx, req)
+  res, err = paid.settle(self, ctx, req, res, err)
   if not res then
     self:_log("error", "create_task failed: " .. err.kind, { op = "create_task", kind = err.kind,
       message = err.message, fingerprint = err.fingerprint })
@@ -175,12 +203,13 @@ local function _io_n(self, name, n, a1, a2, a3, a4, a5)
 end
 
 -- One attempt of a read (retry.call2's fn): `n` arguments in `args`, a table (the
--- one argument itself when n is 1).
-local function _read_attempt(self, op, deadline, name, n, args)
+-- one argument itself when n is 1). `by` (a wait's) is nil or `{send_by =,
+-- deadline =}`: no request starts after send_by, none runs past deadline.
+local function _read_attempt(self, op, by, name, n, args)
   local env, lim = self._env, self._poll_lim
   local slot, wait
   if lim then
-    slot, wait = lim:acquire(env, deadline)
+    slot, wait = lim:acquire(env, by and by.send_by)
     if not slot and type(wait) == "table" then return nil, wait end -- kind fleet
     if not slot then
       return nil, errors.new("rate_limited", op .. ": the client-side read limit would delay "
@@ -188,11 +217,20 @@ local function _read_attempt(self, op, deadline, name, n, args)
         retry_after = wait })
     end
   end
+  local left
+  if by and n == 1 and name == "get_task" then
+    -- the read's own timeout never carries wait past its deadline
+    left = by.deadline - env.now()
+    if left <= 0 then
+      if lim then lim:release(slot, env.now(), false) end
+      return nil, errors.new("timeout", op .. ": no time left before the deadline; not sent",
+        { op = op, not_sent = true })
+    end
+  end
   if self._opts.logger then self:_log("debug", "request", { op = op }) end
   local r, e
-  if n == 1 and deadline and name == "get_task" then
-    -- the read's own timeout never carries wait past its deadline
-    r, e = self:_io(name, args, max(deadline - env.now(), 0.001))
+  if left then
+    r, e = self:_io(name, args, left)
   elseif n == 1 then
     r, e = self:_io(name, args)
   elseif n <= 5 then
@@ -206,20 +244,22 @@ end
 
 local NO_ARGS = {}
 
-function Client:_read(op, deadline, name, ...)
+-- `by`: nil, or a wait's `{send_by =, deadline =}` (see _read_attempt); no retry
+-- starts after send_by.
+function Client:_read(op, by, name, ...)
   local n = select("#", ...)
   local args
   if n == 1 then args = ...
   elseif n == 0 then args = NO_ARGS
   else args = { ... } end
   local res, err = retry.call2(self._read_policy, self._env, self._retry_loggers[op] or _retry_logger(self, op),
-    deadline, _read_attempt, self, op, deadline, name, n, args)
+    by and by.send_by, _read_attempt, self, op, by, name, n, args)
   if res == nil then return nil, wrap(err) end
   return res
 end
 
-function Client:_get(task_id, deadline)
-  local info, err = self:_read("get_task", deadline, "get_task", task_id)
+function Client:_get(task_id, by)
+  local info, err = self:_read("get_task", by, "get_task", task_id)
   local redact = self._redact
   if redact and type(info) == "table" then -- these reach task_failed errors and logs
     local msg, code = info.failMsg, info.failCode
@@ -296,10 +336,15 @@ function Client:wait(task_id, opts)
   _check_wait(opts, "wait", 3)
   opts = opts or {}
   local timeout = opts.timeout or 900
+  -- no poll goes out that could not be answered before the deadline: the last
+  -- one leaves it min(schedule.min_read, timeout / 2) seconds
+  local reserve = timeout / 2
+  if reserve > schedule.min_read then reserve = schedule.min_read end
   local deadline = self._env.now() + timeout
+  local by = { send_by = deadline - reserve, deadline = deadline }
   local user_update = opts.on_update
-  local info, err = schedule.wait(function(id) return self:_get(id, deadline) end, task_id, {
-    timeout = timeout, interval = opts.interval, max_interval = opts.max_interval,
+  local info, err = schedule.wait(function(id) return self:_get(id, by) end, task_id, {
+    timeout = timeout, interval = opts.interval, max_interval = opts.max_interval, reserve = reserve,
     on_update = function(i)
       self:_log("info", "task state", { task_id = task_id, state = i.state })
       if user_update then user_update(i) end
@@ -499,8 +544,8 @@ end
 
 -- callback-style async calls: cb(result, err) once, from step --------------------
 
---- `create_task` without blocking: returns a handle (`cancel`, `done`, `result`);
--- `cb(task, err)` is called once from `step`.
+--- `create_task` without blocking: returns a handle (`cancel`, `done`, `result`,
+-- `task_id`; see `kie.lifecycle`); `cb(task, err)` is called once from `step`.
 function Client:create_task_async(request, cb)
   _check(request, "table", "create_task_async: request")
   return self:_async(cb, "create_task", request)
@@ -523,12 +568,6 @@ end
 function Client:run_async(request, cb)
   self:_check_run(request, "run_async: request", 3)
   return self:_async(cb, "run", request)
-end
-
---- Frees the connections. Idempotent; also done by the garbage collector.
-function Client:close()
-  self._core:close()
-  if self._fleet then self._fleet:close() end
 end
 
 return Client

@@ -48,6 +48,8 @@ M.kinds = {
   canceled = { retryable = false, what = "the call was canceled", action = "none" },
   raised = { retryable = false, what = "a function run by kie.spawn raised (traceback kept)",
              action = "fix the bug in that function" },
+  callback = { retryable = false, what = "callbacks raised in a step (`errors`, `tracebacks`: every one)",
+               action = "fix those callbacks" },
   io = { retryable = false, what = "a local file could not be read or written",
          action = "check the path and permissions" },
   signature = { retryable = false, what = "callback signature missing, wrong or stale",

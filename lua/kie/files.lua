@@ -24,8 +24,8 @@
 -- @module kie.files
 
 local errors = require "kie.errors"
+local lifecycle = require "kie.lifecycle"
 local models = require "kie.models"
-local scheduler = require "kie.scheduler"
 
 local type, tostring, pairs, ipairs, pcall, error = type, tostring, pairs, ipairs, pcall, error
 local setmetatable, getmetatable = setmetatable, getmetatable
@@ -460,9 +460,10 @@ function M.io(self, plain_io, rep, name, ...)
   if not rep or self._io ~= plain_io or type(core.progress) ~= "function" then
     return self:_io(name, ...)
   end
-  local id, err = core[name .. "_start"](core, ...)
-  if type(id) ~= "number" then return id, err end
-  if scheduler.current() then
+  local t = lifecycle.current()
+  if t then
+    local id, err = lifecycle.send(self, t, name, ...)
+    if type(id) ~= "number" then return id, err end
     local w = self._watch or {}
     self._watch = w
     w[id] = rep
@@ -470,8 +471,10 @@ function M.io(self, plain_io, rep, name, ...)
       w[id] = nil
       return ...
     end
-    return done(scheduler.wait_for{ client = self, id = id })
+    return done(lifecycle.await(self, t, id))
   end
+  local id, err = core[name .. "_start"](core, ...)
+  if type(id) ~= "number" then return id, err end
   -- blocking: drive this transfer (and the others of the client, without
   -- handing out their results) until it ends, reporting in between
   local ok, raised = pcall(function()

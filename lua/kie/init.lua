@@ -11,8 +11,8 @@
 local Client = require "kie.client"
 local errors = require "kie.errors"
 local files = require "kie.files"
+local lifecycle = require "kie.lifecycle"
 local seed = require "kie.seed"
-local scheduler = require "kie.scheduler"
 
 -- math.random differs per process (Lua 5.1 and LuaJIT start every process alike);
 -- a program that wants a fixed sequence seeds after this require (see kie.seed)
@@ -34,9 +34,10 @@ end })
 
 --- Runs `fn(...)` at once in a coroutine in which the client calls yield instead
 -- of blocking; the `step` of the client a call used resumes it. Returns a handle
--- with `done()`, `result()` (fn's results, or `nil, err` if it raised) and
--- `cancel()`. The same code works blocking and non-blocking.
-M.spawn = scheduler.spawn
+-- with `done()`, `result()` (fn's results, or `nil, err` if it raised),
+-- `cancel()` and `task_id` (see `kie.lifecycle`). The same code works blocking
+-- and non-blocking.
+M.spawn = lifecycle.spawn
 
 --- Makes a client. Every option is optional:
 --

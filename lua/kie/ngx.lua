@@ -18,7 +18,10 @@
 -- core client per option set (`kie.ngx_worker`), so connections are reused. A
 -- call that finds no free worker-thread VM (`lua_worker_thread_vm_pool_size`,
 -- default 10) or queue slot waits for one (ngx.sleep) up to the client's
--- `timeout`, then returns a retryable `network` error (nothing was sent).
+-- `timeout`, then returns a retryable `network` error (nothing was sent). A
+-- `wait`'s poll never waits past the wait's deadline, for a VM nor in the thread
+-- pool's queue (it is abandoned: kind `timeout`; the worker thread sends nothing
+-- once the deadline passed).
 --
 -- Calls are possible where ngx_lua can yield: rewrite, access and content
 -- handlers and `ngx.timer.at` callbacks. Elsewhere (init, init_worker, set,
@@ -143,17 +146,46 @@ local BUSY = {
   ["no memory"] = true,
 }
 
+local LATE = "kie.ngx: past the deadline" -- thread_call's message when abandoned
+local GRACE = 0.05 -- s after the deadline for an answer already on its way
+
+-- ngx.run_worker_thread(pool, WORKER, fn, ...) in a light thread, abandoned when
+-- `deadline` (+ GRACE) passes first, e.g. while every thread of the pool is busy:
+-- ngx_lua then drops the thread's results (and the worker sends nothing late).
+local function run_by(ngx, deadline, pool, fn, ...)
+  local spawn = ngx.thread.spawn
+  local worker = spawn(function(...) return ngx.run_worker_thread(pool, WORKER, fn, ...) end, ...)
+  local left = deadline + GRACE - core.now()
+  local timer = spawn(function()
+    if left > 0 then ngx.sleep(left) end
+    return LATE
+  end)
+  local r = { ngx.thread.wait(worker, timer) }
+  if r[2] == LATE then
+    ngx.thread.kill(worker)
+    return { false, LATE }
+  end
+  ngx.thread.kill(timer)
+  if not r[1] then error(r[2], 0) end
+  return { unpack(r, 2, #r) }
+end
+
 -- ngx.run_worker_thread(pool, WORKER, fn, ...), waiting (ngx.sleep, at most
 -- `wait_limit` seconds) while no worker-thread VM or queue slot is free, as a
--- queue would. Returns the packed results of run_worker_thread.
-local function thread_call(ngx, pool, wait_limit, fn, ...)
-  local r, deadline, pause
+-- queue would; with `deadline`, never past it. Returns the packed results of
+-- run_worker_thread.
+local function thread_call(ngx, pool, wait_limit, deadline, fn, ...)
+  local r, until_, pause
   while true do
-    r = { ngx.run_worker_thread(pool, WORKER, fn, ...) }
+    if deadline then
+      r = run_by(ngx, deadline, pool, fn, ...)
+    else
+      r = { ngx.run_worker_thread(pool, WORKER, fn, ...) }
+    end
     if r[1] or not BUSY[r[2]] then return r end
     local now = core.now()
-    deadline = deadline or now + wait_limit
-    if now >= deadline then return r end
+    until_ = until_ or now + wait_limit
+    if now >= until_ then return r end
     pause = pause and min(pause * 2, 0.05) or 0.002
     ngx.sleep(pause)
   end
@@ -178,7 +210,8 @@ local function run_in_thread(h, name, ...)
     deadline = core.now() + args[n]
     if args[n] < wait_limit then wait_limit = args[n] end
   end
-  local r = thread_call(ngx, p.pool, wait_limit, "call", p.ckey, p.opts, deadline, name, unpack(args, 1, n))
+  local r = thread_call(ngx, p.pool, wait_limit, deadline, "call", p.ckey, p.opts, deadline, name,
+    unpack(args, 1, n))
   if r[1] then
     if r[2] == nil and type(r[3]) == "table" then return nil, errors.wrap(r[3]) end
     return r[2], r[3]
@@ -187,6 +220,10 @@ local function run_in_thread(h, name, ...)
   if msg == "thread_pool not found" or msg:find("^thread pool .* not found$") then
     error("kie.ngx: thread pool '" .. p.pool .. "' not found: add 'thread_pool " .. p.pool
       .. " threads=16;' to nginx.conf's main context (or pass thread_pool = <name>)", 0)
+  end
+  if msg == LATE then
+    return nil, errors.new("timeout", name .. ": no worker thread ran it before the deadline "
+      .. "(the thread pool is busy); abandoned", { op = name, retryable = true })
   end
   if BUSY[msg] then
     -- nothing was sent: safe to retry, also for create_task
@@ -268,7 +305,7 @@ local function core_module(pool)
   -- the journal's fsync'd append: on a worker thread too
   function mod.append_line(path, line)
     local ngx = check_phase("journal write")
-    local r = thread_call(ngx, pool, 30, "append_line", path, line)
+    local r = thread_call(ngx, pool, 30, false, "append_line", path, line)
     if not r[1] then return nil, "journal write: " .. tostring(r[2]) end
     return r[2], r[3]
   end
@@ -347,9 +384,8 @@ function NgxClient:run_all(list, opts)
     if not RUN_ALL_OPTIONS[k] then error("run_all: unknown option '" .. tostring(k) .. "'", 2) end
   end
   local n = #list
-  for i = 1, n do
-    if type(list[i]) ~= "table" then error("run_all: item " .. i .. " must be a table", 2) end
-  end
+  -- every item's options before the first request (nothing paid, then a raise)
+  for i = 1, n do self:_check_run(list[i], "run_all: request " .. i, 3) end
   local concurrency = opts.concurrency or 8
   if type(concurrency) ~= "number" or concurrency < 1 or concurrency % 1 ~= 0 then
     error("run_all: concurrency must be a whole number >= 1", 2)
@@ -369,16 +405,14 @@ function NgxClient:run_all(list, opts)
   local function item(i, seen)
     local req, w = {}, {}
     for k, v in pairs(list[i]) do req[k] = v end
-    if type(req.wait) == "table" then for k, v in pairs(req.wait) do w[k] = v end end
-    if req.wait == nil or type(req.wait) == "table" then
-      local inner = w.on_update
-      w.on_update = function(info)
-        if type(info) == "table" then seen[i] = info.taskId end
-        if inner then inner(info) end
-        if on_update then on_update(i, info) end
-      end
-      req.wait = w
+    for k, v in pairs(req.wait or {}) do w[k] = v end
+    local inner = w.on_update
+    w.on_update = function(info)
+      seen[i] = info.taskId
+      if inner then inner(info) end
+      if on_update then on_update(i, info) end
     end
+    req.wait = w
     return self:run(req)
   end
   local function worker()

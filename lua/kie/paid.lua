@@ -15,16 +15,38 @@
 local errors = require "kie.errors"
 local fingerprint = require "kie.fingerprint"
 
-local tostring = tostring
+local tostring, setmetatable = tostring, setmetatable
 
 local M = {}
 
---- A paid call's state for request `req` (validated): `{req =, model =,
--- fingerprint =, intent =}`.
+-- the request table sent (the call's own validated copy) -> its paid call, for
+-- the hooks kie.lifecycle calls with the request (a create canceled after it was
+-- sent). The call never refers to its request: Lua 5.1 and LuaJIT would never
+-- collect a weak key its own value refers to.
+local by_req = setmetatable({}, { __mode = "k" })
+
+--- A paid call's state for request `req` (validated): `{model =, fingerprint =,
+-- intent =}`.
 function M.new(self, req)
-  local ctx = { req = req, model = req.model }
+  local ctx = { model = req.model }
   if self._journal then ctx.fingerprint = fingerprint(self._mod, req) end
+  by_req[req] = ctx
   return ctx
+end
+
+--- The paid call of request table `req` (nil if none).
+function M.of(req)
+  return by_req[req]
+end
+
+--- Gives `err` (an `unknown_outcome` made outside the call: a cancel or close
+-- after sending, see kie.lifecycle) the call's fingerprint, model and intent.
+function M.unknown(self, req, err)
+  local ctx = by_req[req]
+  err.fingerprint = ctx and ctx.fingerprint or fingerprint(self._mod, req)
+  err.model = req.model
+  err.intent = ctx and ctx.intent
+  return err
 end
 
 -- Writes the intent before the first request goes out: nil, err when it cannot.
@@ -41,11 +63,12 @@ function M.intend(self, ctx)
   return true
 end
 
---- Ends the call: `res` (the create's answer) or `err`. Journals the task id (or
--- the sure failure) and gives an `unknown_outcome` its fingerprint, model and
--- intent. Returns `res` or `nil, err`. Also the hook for an answer read after
--- the call itself ended (a create canceled after it was sent).
-function M.settle(self, ctx, res, err)
+--- Ends the call of request `req`: `res` (the create's answer) or `err`.
+-- Journals the task id (or the sure failure) and gives an `unknown_outcome` its
+-- fingerprint, model and intent. Returns `res` or `nil, err`. Also the hook for
+-- an answer read after the call itself ended (a create canceled after it was
+-- sent, or closed with its answer read but not handed over).
+function M.settle(self, ctx, req, res, err)
   local j = self._journal
   if res then
     if j then
@@ -60,7 +83,7 @@ function M.settle(self, ctx, res, err)
   end
   err = errors.wrap(err)
   if err.kind == "unknown_outcome" then
-    err.fingerprint = ctx.fingerprint or fingerprint(self._mod, ctx.req)
+    err.fingerprint = ctx.fingerprint or fingerprint(self._mod, req)
     err.model = ctx.model
     err.intent = ctx.intent
   elseif j and ctx.intent then

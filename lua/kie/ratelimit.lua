@@ -135,13 +135,6 @@ function Limiter:claim(now)
   return now
 end
 
---- Records a request that went out and was answered at `now` (acquire and release
--- in one; what a limiter that counts at sending does).
-function Limiter:take(now)
-  local n = self.n + 1
-  self.taken[n], self.ended[n], self.n = now, now, n
-end
-
 --- Ends the hold of `slot` (what `acquire` returned): it counts from `now` for
 -- window + margin. `rejected` (the server answered 429: over its limit) marks the
 -- whole budget as used (`fill`). A slot already forgotten is ignored.
@@ -162,7 +155,7 @@ end
 -- to wait (at least) when the slot would come too late (nothing held).
 -- @tparam table env `{ now = fn, sleep = fn }`
 -- @tparam[opt] number deadline by `env.now()`
--- @return the slot, for `release`
+-- @return the slot (the time it was taken, by `env.now()`), for `release`
 function Limiter:acquire(env, deadline)
   if type(env) ~= "table" or type(env.now) ~= "function" or type(env.sleep) ~= "function" then
     error("kie.ratelimit: acquire needs env with now and sleep functions", 2)

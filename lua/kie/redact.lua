@@ -4,11 +4,10 @@
 local type, tostring = type, tostring
 local concat = table.concat
 
--- A redactor for server text the core hands over unredacted (a task's failMsg,
--- failCode): the key stays in the core; only its length and a salted HMAC of it
--- are kept, and every window of that length is compared by HMAC. nil when the
--- core cannot HMAC (a minimal fake core).
-local function _redactor(core, key)
+-- The slow redactor: only the key's length and a salted HMAC of it are kept, and
+-- every window of that length is compared by HMAC (one HMAC per byte). nil when
+-- the core cannot HMAC (a minimal fake core).
+local function _hmac_redactor(core, key)
   local hmac = core.hmac_sha256_base64
   if type(hmac) ~= "function" or type(key) ~= "string" or key == "" then return nil end
   local salt = tostring({}) .. tostring(math.random()) .. tostring(os.time())
@@ -29,6 +28,23 @@ local function _redactor(core, key)
     if from == 1 then return s end
     out[#out + 1] = s:sub(from)
     return concat(out)
+  end
+end
+
+-- A redactor for server text the core hands over unredacted (a task's failMsg,
+-- failCode); the key stays in the core. handle:redact (kie.core's client) is one
+-- linear pass in C; without it (an injected fake core), or once the handle is
+-- closed and answers nil, the HMAC redactor does it. nil when neither can.
+local function _redactor(core, key, handle)
+  local slow = _hmac_redactor(core, key)
+  local fast = type(handle) == "table" or type(handle) == "userdata"
+  fast = fast and handle.redact
+  if not fast or type(key) ~= "string" or key == "" then return slow end
+  return function(s)
+    if type(s) ~= "string" then return s end
+    local r = fast(handle, s)
+    if r == nil then return slow and slow(s) or s end
+    return r
   end
 end
 

@@ -22,6 +22,10 @@ M.bands = {
 
 M.min_delay = 0.1        -- no delay is ever shorter
 M.default_timeout = 900  -- seconds
+--- Seconds a status read of `Client:wait` is given at least to be answered: its
+-- last poll goes out `min(min_read, timeout / 2)` before the deadline (wait's
+-- `reserve`), so no poll is sent that could not come back in time.
+M.min_read = 1
 
 local function positive(v)
   return type(v) == "number" and v > 0
@@ -61,7 +65,8 @@ function M.delay(elapsed, opts, random)
   return d
 end
 
-local WAIT_OPTS = { timeout = true, interval = true, max_interval = true, on_update = true }
+local WAIT_OPTS = { timeout = true, interval = true, max_interval = true, on_update = true,
+  reserve = true }
 
 local function check_wait_args(get_task, opts, env)
   if type(get_task) ~= "function" then error("kie.schedule.wait: get_task must be a function", 3) end
@@ -80,6 +85,10 @@ local function check_wait_args(get_task, opts, env)
   end
   if opts.max_interval ~= nil and not positive(opts.max_interval) then
     error("kie.schedule.wait: max_interval must be a number > 0, got " .. tostring(opts.max_interval), 3)
+  end
+  local reserve = opts.reserve
+  if reserve ~= nil and (type(reserve) ~= "number" or reserve ~= reserve or reserve < 0) then
+    error("kie.schedule.wait: reserve must be a number >= 0, got " .. tostring(reserve), 3)
   end
   if opts.on_update ~= nil and type(opts.on_update) ~= "function" then
     error("kie.schedule.wait: on_update must be a function", 3)
@@ -106,11 +115,13 @@ local NOTHING = {} -- "no state observed yet" (distinct from a nil state)
 -- The first poll is immediate; later ones follow `schedule.delay`. Retryable errors
 -- from `get_task` are tolerated (a larger `err.retry_after` is honoured); any other
 -- error ends the wait at once and is returned as is. No sleep crosses the deadline:
--- the last one is shortened so that a final poll happens at the deadline.
+-- the last one is shortened so that a final poll happens `reserve` seconds before
+-- the deadline (default 0: at the deadline), the time its answer needs.
 -- @tparam function get_task `(task_id) -> info | nil, err`
 -- @param task_id
 -- @tparam[opt] table opts `timeout` (s, default 900), `interval`, `max_interval`,
---   `on_update(info)` called once per observed state change (first and final included)
+--   `on_update(info)` called once per observed state change (first and final included),
+--   `reserve` (s, default 0: no poll starts later than this before the deadline)
 -- @tparam table env `{ now = fn, sleep = fn, random = fn }`
 -- @return `info` on success; or `nil, err`: kind `task_failed` (`task_id`, `failCode`,
 --   `failMsg`, `state = "fail"`, `task` = the info), kind `deadline` (`task_id`, `state` =
@@ -121,6 +132,7 @@ function M.wait(get_task, task_id, opts, env)
   local timeout
   opts, timeout = check_wait_args(get_task, opts, env)
   local on_update = opts.on_update
+  local reserve = opts.reserve or 0
   local start = env.now()
   local deadline = start + timeout
   local last_state = NOTHING
@@ -162,7 +174,7 @@ function M.wait(get_task, task_id, opts, env)
       extra = retry_after_of(err) or 0
     end
 
-    local remaining = deadline - now
+    local remaining = deadline - reserve - now -- until the last moment a poll may start
     if final or remaining <= 0 then
       local state = last_state ~= NOTHING and last_state or nil
       return nil, errors.new("deadline",

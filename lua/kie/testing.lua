@@ -279,27 +279,30 @@ end
 
 -- Records one request and answers it: a scripted fault, or serve(). Blocking, the
 -- clock moves by the latency and the answer is returned; async, a transfer id.
--- `timeout`: this request's own (shorter) timeout, as the real core's get_task takes.
-function Handle:_run(async, op, core_op, rec, serve, timeout)
+-- `limit`: this request's timeout when it has its own (get_task's shorter one, a
+-- download's or an upload's), else the client's. An answer slower than that
+-- never comes: the request times out at `limit`, as with the real core.
+function Handle:_run(async, op, core_op, rec, serve, limit)
   local fake = self._fake
   rec.op, rec.at, rec.async = op, fake._t, async
   fake._log[#fake._log + 1] = rec
+  limit = limit or self._timeout
   local fault = fake:_fault(op)
   local delay, results = fake._latency, nil
   if fault then
     rec.fault = fault
-    if fault.kind == "timeout" then
-      delay = self._timeout
-      if timeout and timeout < delay then delay = timeout end
-    else
-      delay = fault.delay or delay
-    end
+    if fault.kind == "timeout" then delay = limit else delay = fault.delay or delay end
     if fault.kind or fault.code or fault.status then
       if fault.created and op == "create_task" then serve() end -- made, but the answer was lost
       results = _pack(nil, _fault_error(fault, core_op, rec.task_id))
     end
   end
   results = results or _pack(serve())
+  if delay > limit then -- the work was done, the answer came too late
+    delay = limit
+    results = _pack(nil, _fault_error({ kind = "timeout", msg = "fake: the answer was slower than the timeout" },
+      core_op, rec.task_id))
+  end
   if not async then
     fake._t = fake._t + delay
     return unpack(results, 1, results.n)
@@ -310,6 +313,14 @@ function Handle:_run(async, op, core_op, rec, serve, timeout)
 end
 
 local IMPL = {}
+
+-- A request's own timeout argument (nil: the client's): checked like the core does.
+local function _own_timeout(t, what)
+  if t ~= nil and (type(t) ~= "number" or t ~= t or t <= 0) then
+    error(what .. ": timeout must be a number > 0, got " .. tostring(t), 4)
+  end
+  return t
+end
 
 -- A request body as sent: its JSON text and that text decoded; or nil, err as the
 -- real core answers a body it cannot encode.
@@ -337,9 +348,7 @@ end
 
 function IMPL.get_task(h, async, id, timeout)
   _check(id, "string", "get_task: task_id")
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout <= 0) then
-    error("get_task: timeout must be a number > 0, got " .. tostring(timeout), 3)
-  end
+  timeout = _own_timeout(timeout, "get_task")
   if id == "" then
     return nil, { kind = "validation", message = "get_task: task_id is empty", retryable = false, op = "get_task" }
   end
@@ -349,7 +358,7 @@ function IMPL.get_task(h, async, id, timeout)
     local task = fake._tasks[id]
     if not task then return nil, _fault_error({ code = 404, msg = "Task not found" }, "get_task", id) end
     return fake:_view(task)
-  end, timeout)
+  end, timeout and timeout < h._timeout and timeout or nil)
 end
 
 -- An upload's answer: the file is kept and served at its downloadUrl.
@@ -424,9 +433,10 @@ function IMPL.call(h, async, method, path, body)
   end)
 end
 
-function IMPL.fetch(h, async, url, path, cap)
+function IMPL.fetch(h, async, url, path, cap, timeout)
   _check(url, "string", "fetch: url")
   _check(path, "string", "fetch: path")
+  timeout = _own_timeout(timeout, "fetch")
   if not url:find("^https?://") then error("fetch: url must be an http(s) URL", 3) end
   local f, err = open(path, "wb") -- created (or truncated) at once, as the real core does
   if not f then
@@ -445,11 +455,12 @@ function IMPL.fetch(h, async, url, path, cap)
     end
     out:close()
     return true, #bytes
-  end)
+  end, timeout)
 end
 
-function IMPL.upload(h, async, path, upload_path, file_name, mime)
+function IMPL.upload(h, async, path, upload_path, file_name, mime, timeout)
   _check(path, "string", "upload: path")
+  timeout = _own_timeout(timeout, "upload")
   _check(upload_path, "string", "upload: upload_path")
   local function fail(kind, message)
     return nil, { kind = kind, message = message, retryable = false, op = "upload" }
@@ -463,7 +474,7 @@ function IMPL.upload(h, async, path, upload_path, file_name, mime)
   return h:_run(async, "upload", "upload", { method = "POST", url = h._upload .. "/api/file-stream-upload",
     path = path, body = { uploadPath = upload_path, fileName = file_name } }, function()
     return _stored(fake, bytes, upload_path, file_name or path:match("[^/]*$"), mime)
-  end)
+  end, timeout)
 end
 
 for name, impl in pairs(IMPL) do
@@ -678,14 +689,15 @@ end
 -- * `{kind = "http", status = 502}` (or just `status`): a page without JSON
 -- * `{kind = "network"}`: the connection failed, nothing was sent; `sent = true`:
 --   it broke after sending (a create then gets `unknown_outcome`)
--- * `{kind = "timeout"}`: no answer within the client's `timeout` (the clock moves
---   by it, or by a read's shorter one: `wait` cuts each poll's to the time left); a
---   create gets `unknown_outcome`
+-- * `{kind = "timeout"}`: no answer within the request's timeout: the client's
+--   `timeout`, a read's shorter one (`wait` cuts each poll's to the time left), a
+--   download's or upload's own (the clock moves by it); a create gets `unknown_outcome`
 -- * `{kind = "protocol"}`, `{kind = "too_large"}`: an answer that cannot be read
 -- * any other kind (`io`, `validation`, ...): an error of that kind, as is
 --
 -- Every fault may add `retry_after` (seconds, the Retry-After header), `delay`
--- (virtual seconds before the answer; alone, a slow success) and, for a create,
+-- (virtual seconds before the answer; alone, a slow success; longer than the
+-- request's timeout, a `timeout` at that time) and, for a create,
 -- `created = true` (the task was made although its answer was lost).
 -- @tparam string op
 -- @tparam table fault

@@ -21,6 +21,9 @@
 --   wrong_shape      HTTP 200 {"code":200,"msg":"success","data":"not-an-object"} on
 --                    createTask, {"code":200,"msg":"success"} (no data) elsewhere; `data` overrides
 --   raw              HTTP `status` (200) with `body`, `content_type`
+--   echo_headers     HTTP `status` (400) HTML error page printing the request's headers
+--                    (`names`: only these, in this order; default all, sorted), after
+--                    `pad` filler bytes, as a misconfigured proxy does
 -- Every kind also accepts `headers` (extra response headers) and `latency` (seconds
 -- before the request counts as arrived: mock/account.lua).
 
@@ -33,7 +36,7 @@ M.KINDS = {
   delay = true, drop_before_body = true, drop_after_body = true, html_502 = true,
   code_in_200 = true, status = true, bad_json = true, truncated_json = true,
   partial_body = true, huge = true, rate_limit = true, maintenance = true,
-  wrong_shape = true, raw = true, close_after_read = true,
+  wrong_shape = true, raw = true, close_after_read = true, echo_headers = true,
 }
 
 -- kinds that replace the normal answer (nothing is done for the request)
@@ -41,6 +44,7 @@ M.REPLACES = {
   html_502 = true, code_in_200 = true, status = true, bad_json = true,
   truncated_json = true, partial_body = true, huge = true, rate_limit = true,
   maintenance = true, wrong_shape = true, raw = true, close_after_read = true,
+  echo_headers = true,
 }
 
 function M.add(spec)
@@ -128,6 +132,26 @@ local function stream_huge(f)
   return ngx.exit(ngx.HTTP_OK)
 end
 
+local function echo_headers(f)
+  local headers = ngx.req.get_headers(200) -- case-insensitive lookups
+  local names = f.names
+  if type(names) ~= "table" then
+    names = {}
+    for k in pairs(headers) do names[#names + 1] = k end
+    table.sort(names)
+  end
+  local lines = {}
+  for _, name in ipairs(names) do
+    local v = headers[name]
+    if type(v) == "table" then v = table.concat(v, ", ") end
+    if v ~= nil then lines[#lines + 1] = name .. ": " .. tostring(v) end
+  end
+  local status = tonumber(f.status) or 400
+  return respond.text(status, "<html><body><h1>" .. status .. " Bad Request</h1>"
+    .. string.rep(" ", tonumber(f.pad) or 0) .. "<pre>" .. table.concat(lines, "\n")
+    .. "</pre></body></html>\n", "text/html")
+end
+
 local function partial()
   local full = '{"code":200,"msg":"success","data":{"taskId":"task_partial_0000","state":"waiting"}}'
   local sent = full:sub(1, math.floor(#full / 2))
@@ -173,6 +197,8 @@ function M.respond(f, uri)
     local data = f.data
     if data == nil and uri == "/api/v1/jobs/createTask" then data = "not-an-object" end
     res = respond.json(200, respond.envelope(200, "success", data))
+  elseif kind == "echo_headers" then
+    res = echo_headers(f)
   elseif kind == "close_after_read" then
     return respond.drop()
   elseif kind == "raw" then
