@@ -4,9 +4,10 @@
 -- Exit codes: 0 ok, 1 callback verification failed, 2 usage error (also bad
 -- input and a missing key), 3 API or network error, 4 the task failed, 5 local
 -- I/O, 130 interrupted (Ctrl-C: at once, except that a create in flight has its
--- answer read first). Errors are one line on stderr; with `--json` stdout gets `{"error": {...}}` (usage errors and Ctrl-C too). The
--- key comes from `KIE_API_KEY` only (never from argv, where `ps` would show it);
--- `KIE_BASE_URL` and `KIE_UPLOAD_URL` pick the hosts.
+-- answer read first). Errors are one line on stderr; with `--json` stdout gets
+-- `{"error": {...}}` (usage errors and Ctrl-C too). The key comes from
+-- `KIE_API_KEY` only (never from argv, where `ps` would show it); `KIE_BASE_URL`
+-- and `KIE_UPLOAD_URL` pick the hosts.
 -- @module kie.cli
 
 local kie = require "kie"
