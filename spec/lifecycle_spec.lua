@@ -350,6 +350,33 @@ describe("lifecycle of a call", function()
       end
     end)
 
+    it("a raising callback of another call on the client: the batch ends, then its error is raised"
+      .. " with the results", function()
+      local reqs = {}
+      for i = 1, 3 do reqs[i] = { model = REQ.model, input = REQ.input, wait = FAST_WAIT } end
+      local ran = 0
+      -- an unrelated call whose answer (not_found) comes while run_all steps the client
+      c:get_task_async("task_nope", function()
+        ran = ran + 1
+        error("the unrelated callback raised")
+      end)
+      local ok, err = pcall(c.run_all, c, reqs, { concurrency = 1 })
+      assert.is_false(ok)
+      assert.equals(1, ran)
+      assert.equals("callback", err.kind)
+      assert.equals(1, #err.errors)
+      assert.matches("the unrelated callback raised", tostring(err.errors[1]), 1, true)
+      assert.matches("the unrelated callback raised", tostring(err), 1, true)
+      -- no item was dropped: every task made is in the results
+      assert.equals(3, m:count(CREATE))
+      assert.is_nil(err.errs)
+      for i = 1, 3 do
+        assert.equals("success", err.results[i].state)
+        assert.is_string(err.results[i].taskId)
+      end
+      assert.equals(0, c:step(0))
+    end)
+
     it("an item with a bad option: run_all raises before any request, inside kie.spawn too", function()
       -- everything is checked before anything is paid (checked_before_paid_spec)
       local reqs = {}

@@ -379,16 +379,25 @@ local function due_timers(c, now)
   end
 end
 
--- The value step raises: every callback error of the step, printable.
-local function raise(errs)
+--- The error of kind `callback` for `errs`, a list of `{value raised,
+-- traceback}`: printable with every value and traceback; `fields` (optional)
+-- are added to it.
+function M.callback_error(errs, fields)
   local list, tbs, lines = {}, {}, {}
   for i, e in ipairs(errs) do
     list[i], tbs[i] = e[1], e[2]
     lines[#lines + 1] = i .. ") " .. tostring(e[1]) .. (e[2] and e[2] ~= "" and ("\n" .. e[2]) or "")
   end
   local head = #errs == 1 and "a callback raised: " or (#errs .. " callbacks raised:\n")
-  error(errors.new("callback", head .. concat(lines, "\n"), { errors = list, tracebacks = tbs,
-    traceback = tbs[1] }), 0)
+  local err = errors.new("callback", head .. concat(lines, "\n"), { errors = list, tracebacks = tbs,
+    traceback = tbs[1] })
+  for k, v in pairs(fields or {}) do err[k] = v end
+  return err
+end
+
+-- The value step raises: every callback error of the step, printable.
+local function raise(errs)
+  error(M.callback_error(errs), 0)
 end
 
 -- Hands finished transfer `id` of client c to whoever waits for it. Returns
