@@ -406,6 +406,51 @@ describe("lifecycle of a call", function()
     end)
   end)
 
+  describe("a spawned run_all ended while its creates are in flight", function()
+    -- the job ends canceled, and its error still tells of every item (results,
+    -- errs indexed like the input): a create in flight is an unknown_outcome with
+    -- its fingerprint, whose task_id is set when the answer comes (cancel)
+    local function in_flight(cl, n)
+      local reqs = {}
+      for i = 1, n do reqs[i] = { model = REQ.model, input = REQ.input, wait = FAST_WAIT } end
+      m:fault{ path = CREATE, fault = "delay", seconds = 0.3, times = -1 }
+      local h = kie.spawn(function() return cl:run_all(reqs, { concurrency = 2 }) end)
+      pump(cl, function() return m:count(CREATE) == 2 end)
+      return h
+    end
+
+    local function check(h, cause)
+      local r, err = h:result()
+      assert.is_nil(r)
+      assert.equals("canceled", err.kind)
+      assert.equals(cause, err.cause)
+      assert.is_table(err.results)
+      assert.is_table(err.errs)
+      for i = 1, 2 do
+        assert.equals("unknown_outcome", err.errs[i].kind)
+        assert.is_string(err.errs[i].fingerprint)
+      end
+      assert.is_nil(err.errs[3] and err.errs[3].fingerprint) -- never started: nothing paid
+      return err
+    end
+
+    it("cancel: the job's error carries the items' errors; their task ids come", function()
+      local h = in_flight(c, 3)
+      assert.is_true(h:cancel())
+      local err = check(h, nil)
+      pump(c, function() return err.errs[1].task_id ~= nil and err.errs[2].task_id ~= nil end)
+      for i = 1, 2 do assert.equals(err.errs[i].task_id, m:task(err.errs[i].task_id).task.taskId) end
+      assert.equals(2, m:count(CREATE))
+    end)
+
+    it("close: the job's error carries the items' errors", function()
+      local h = in_flight(c, 3)
+      c:close()
+      check(h, "closed")
+      assert.equals(2, m:count(CREATE))
+    end)
+  end)
+
   describe("a create canceled", function()
     it("before it was sent (waiting for the rate limiter): canceled, nothing sent", function()
       local cl = new_client{ rate_limits = { create = { limit = 1, window = 60 }, poll = false } }

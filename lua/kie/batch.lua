@@ -40,7 +40,9 @@ end
 -- `on_update` that raises) ends with kind `raised` (`task_id` set when its task
 -- was created). Blocking, or yielding inside
 -- `kie.spawn`: canceling that job starts no further item and cancels the running
--- ones. Closing the client ends the items still pending (`canceled`). Blocking,
+-- ones. Closing the client ends the items still pending (`canceled`). A job
+-- ended so has `results` and `errs` on its error (an item whose create was in
+-- flight: `unknown_outcome`, `fingerprint`, `task_id` once answered). Blocking,
 -- run_all steps the client: a callback of another call on it that raises does
 -- not stop the batch; once every item ended, run_all raises what they raised
 -- (kind `callback`, as `step` does) with `results` and `errs` on the error.
@@ -109,7 +111,8 @@ function Client:run_all(requests, opts)
   launch()
   local raised -- what callbacks of other calls on this client raised in the steps below
   if parent then
-    if active > 0 then lifecycle.join(self, parent) end
+    -- canceled or closed meanwhile, the job's error has what each item became
+    if active > 0 then lifecycle.join(self, parent, { results = results, errs = errs }) end
   else
     while active > 0 do
       local ms = self:poll_timeout()

@@ -114,6 +114,10 @@ local function _end_error(c, t, cause, paid)
     err = errors.new("canceled", "canceled by the caller")
   end
   if t.task_id then err.task_id = t.task_id end
+  local more = t._end_fields -- what t's error tells of the work it waits for (run_all's)
+  if more then
+    for k, v in pairs(more) do err[k] = v end
+  end
   return err
 end
 
@@ -272,13 +276,17 @@ function M.sleep(c, t, seconds)
   return yield(PARK)
 end
 
---- Parks task `t` until `wake(t)`; a close of `c` ends it.
-function M.join(c, t)
+--- Parks task `t` until `wake(t)`; a close of `c` ends it. `fields` (optional)
+-- go on the error t ends with if it is canceled or closed meanwhile (run_all:
+-- its `results` and `errs`, which its children fill as they end).
+function M.join(c, t, fields)
   if t._ended then return yield(PARK) end
   if c._closed then return end
   t._wait, t._client = "join", c
   c._joined[t] = true
-  return yield(PARK)
+  t._end_fields = fields -- until t runs again (queued by wake, it may still be canceled)
+  yield(PARK)
+  t._end_fields = nil
 end
 
 --- Queues a task parked by `join` to be resumed by its client's step.
