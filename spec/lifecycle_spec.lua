@@ -156,6 +156,29 @@ describe("lifecycle of a call", function()
     end)
   end)
 
+  describe("a step cut short after the core reported finished transfers (Ctrl-C)", function()
+    it("requeue queues them again: the next step hands them over", function()
+      local lifecycle = require "kie.lifecycle"
+      local got
+      c:get_task_async("task_nope", function(_, e) got = e end)
+      -- the core reports the transfer finished to a step that never queues it: the
+      -- interpreter's "interrupted!" is raised as core:step returns
+      local ids
+      for _ = 1, 500 do
+        local _, r = c._core:step(10)
+        if r then ids = r break end
+      end
+      assert.equals(1, #ids)
+      for _ = 1, 3 do c:step(0) end
+      assert.is_nil(got)
+      assert.equals(1, lifecycle.requeue(c))
+      assert.equals(0, lifecycle.requeue(c)) -- queued once
+      c:step(0)
+      assert.equals("not_found", got.kind)
+      assert.equals(0, c:step(0))
+    end)
+  end)
+
   describe("close", function()
     it("inside a callback: the other callbacks fire once, later steps return 0", function()
       local task = assert(c:create_task(REQ))

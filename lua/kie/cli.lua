@@ -14,6 +14,7 @@ local kie = require "kie"
 local core = require "kie.core"
 local errors = require "kie.errors"
 local files = require "kie.files"
+local lifecycle = require "kie.lifecycle"
 
 local type, tostring, tonumber, pairs, ipairs, pcall, error, setmetatable =
   type, tostring, tonumber, pairs, ipairs, pcall, error, setmetatable
@@ -256,6 +257,8 @@ local function _settle_create(client, h, stderr)
       " (Ctrl-C again to quit at once)\n")
     stderr:flush()
   end
+  -- answers the interrupted step was given but never queued are handed over too
+  lifecycle.requeue(client)
   local deadline = core.now() + client._opts.timeout
   while not h.task_id and core.now() < deadline do
     if client:step(100) == 0 then break end

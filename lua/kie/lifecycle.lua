@@ -522,6 +522,27 @@ function M.step(c, timeout_ms, budget_ms, watch)
   return c._core:pending() + #c._timers + c._qtasks
 end
 
+--- Queues again the finished transfers of client `c` that its core reported
+-- to a step that never queued them: a step cut short right as `core:step`
+-- returned (the standalone interpreter raises Ctrl-C's "interrupted!" there).
+-- Their answers (a paid create's too) are handed over by the next step. Returns
+-- how many were queued.
+function M.requeue(c)
+  if c._closed then return 0 end
+  local q, queued = c._runq, {}
+  for i = q.head, q.tail do
+    if type(q[i]) == "number" then queued[q[i]] = true end
+  end
+  local core, n = c._core, 0
+  for id in pairs(c._parked) do
+    if not queued[id] and core:progress(id) then -- done (a second report is skipped by hand_over)
+      push(c, id)
+      n = n + 1
+    end
+  end
+  return n
+end
+
 --- Milliseconds a host loop may sleep before client `c`'s next step (see
 -- `Client:poll_timeout`).
 function M.poll_timeout(c)
