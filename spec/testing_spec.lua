@@ -594,6 +594,34 @@ describe("kie.testing's fake core checks arguments as the real core does #unit",
     assert(#wrong == 0, table.concat(wrong, "\n"))
   end)
 
+  it("core.new refuses the same options", function()
+    local fake = testing.new()
+    local wrong = {}
+    for _, o in ipairs{
+      { api_key = "k" }, {}, { api_key = "" }, { api_key = 5 }, { api_key = "k\nX-Evil: 1" },
+      { api_key = "k", bogus = 1 }, { api_key = "k", base_url = URL, upload_url = URL },
+      { api_key = "k", timeout = 5 }, { api_key = "k", timeout = 0 }, { api_key = "k", timeout = -1 },
+      { api_key = "k", timeout = nan }, { api_key = "k", timeout = math.huge }, { api_key = "k", timeout = 86401 },
+      { api_key = "k", connect_timeout = 0.5 }, { api_key = "k", connect_timeout = "5" },
+      { api_key = "k", max_response_bytes = 1024 }, { api_key = "k", max_response_bytes = 0.5 },
+      { api_key = "k", max_response_bytes = 2 ^ 53 }, { api_key = "k", max_response_bytes = 2 ^ 54 },
+      { api_key = "k", proxy = "" }, { api_key = "k", user_agent = "ua" },
+    } do
+      o.base_url = o.base_url or URL -- (the fake alone has a default: kie.new always gives one)
+      local ok_real, r = pcall(core.new, o)
+      local ok_fake, f = pcall(fake.core.new, o)
+      if ok_real then r:close() end
+      if ok_fake then f:close() end
+      if ok_real ~= ok_fake then
+        local keys = {}
+        for k, v in pairs(o) do keys[#keys + 1] = k .. "=" .. tostring(v) end
+        wrong[#wrong + 1] = table.concat(keys, " ") .. ": real " .. tostring(ok_real) .. " (" .. tostring(r) ..
+          "), fake " .. tostring(ok_fake) .. " (" .. tostring(f) .. ")"
+      end
+    end
+    assert(#wrong == 0, table.concat(wrong, "\n"))
+  end)
+
   it("a GET with a body raises in the fake as in the real core, blocking or not", function()
     local fake = testing.new()
     local h = fake.core.new{ api_key = "k" }

@@ -611,6 +611,33 @@ end
 local OPTIONS = { pace = "table", outcome = "string", latency = "number", credits = "number",
   cost = "number", epoch = "number", image = "string" }
 
+-- core.new's options as the real core checks them: "string" (non-empty, one
+-- line), "seconds" (0 < s <= 86400), "bytes" (a whole number from 1 to 2^53).
+local CORE_NEW = { api_key = "string", base_url = "string", upload_url = "string",
+  ca_file = "string", ca_path = "string", proxy = "string", user_agent = "string",
+  timeout = "seconds", connect_timeout = "seconds", max_response_bytes = "bytes" }
+
+local function _check_new(o)
+  if type(o) ~= "table" then error("kie.core.new: opts must be a table, got " .. type(o), 3) end
+  for k in pairs(o) do
+    if not CORE_NEW[k] then error("kie.core.new: unknown option '" .. tostring(k) .. "'", 3) end
+  end
+  if o.api_key == nil then error("kie.core.new: option 'api_key' is required", 3) end
+  for k, v in pairs(o) do
+    local want = CORE_NEW[k]
+    if want == "string" then
+      if type(v) ~= "string" then error("kie.core.new: option '" .. k .. "' must be a string", 3) end
+      if v == "" or v:find("\0", 1, true) or v:find("[\r\n]") then
+        error("kie.core.new: option '" .. k .. "' must be a non-empty single-line string", 3)
+      end
+    elseif type(v) ~= "number" or not (v > 0) or (want == "seconds" and v > 86400)
+      or (want == "bytes" and (v > 2 ^ 53 or v % 1 ~= 0)) then
+      error("kie.core.new: option '" .. k .. "' must be " .. (want == "seconds"
+        and "a positive number of seconds up to 86400" or "a whole number from 1 to 2^53"), 3)
+    end
+  end
+end
+
 --- Makes a fake kie.ai with its own virtual clock (starting at 0). Every option is
 -- optional:
 --
@@ -650,9 +677,7 @@ function M.new(opts)
   local core = {}
   for k, v in pairs(base) do core[k] = v end
   function core.new(o)
-    if type(o) ~= "table" or type(o.api_key) ~= "string" or o.api_key == "" then
-      error("kie.core.new: option 'api_key' is required", 2)
-    end
+    _check_new(o)
     local function trim(u) return u and (u:gsub("/+$", "")) end
     return setmetatable({ _fake = self, _base = trim(o.base_url or "https://api.kie.ai"),
       _upload = trim(o.upload_url), _timeout = o.timeout or 30, _live = {}, _next = 0 }, Handle)
