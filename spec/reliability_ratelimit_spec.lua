@@ -272,3 +272,30 @@ describe("reliability: pacing counts where kie.ai counts (real clock, latency) #
     assert.equals(0, over_limit())
   end)
 end)
+
+-- A create canceled after it was sent is still in flight (kie.lifecycle reads its
+-- answer in the background): its slot counts from that answer, like any other,
+-- not from the limiter's `hold` bound. Virtual time (kie.testing).
+describe("reliability: pacing of a canceled create #unit", function()
+  local testing = require "kie.testing"
+  local REQ = request("canceled")
+
+  it("its slot counts from the answer read in the background", function()
+    local fake = testing.new{ latency = 2 }
+    local c = fake:client{ timeout = 30, rate_limits = { create = { limit = 1, window = 1 } } }
+    local h = c:create_task_async(REQ)
+    assert.equals(1, #fake:requests("create_task"))
+    h:cancel()                                   -- sent: the answer comes at t = 2
+    local done = false
+    c:create_task_async(request("next"), function() done = true end)
+    for _ = 1, 1000 do
+      if done then break end
+      c:step(c:poll_timeout() or 100)
+    end
+    assert.is_true(done)
+    local sent = fake:requests("create_task")
+    assert.equals(2, #sent)
+    -- window + margin after the canceled create's answer (2 s), not after 30 s
+    assert.is_true(sent[2].at >= 3 and sent[2].at < 4, "second create sent at " .. sent[2].at)
+  end)
+end)

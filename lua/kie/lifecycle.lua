@@ -367,6 +367,7 @@ function M.close(c)
     end
   end
   c._core:close()
+  if c._fleet then c._fleet:close() end -- its Redis connection (kie.fleet)
   -- the callbacks of the calls ended here: now, unless this client's step is
   -- running (it calls them); what they raise is raised after all ran, as by step
   if stepping ~= c then M.step(c, 0, nil) end

@@ -2,10 +2,11 @@
 -- (nginx, real sockets, real time) and kie.testing (a fake core, virtual time).
 -- Each gives the same small interface to harness.lua:
 --
---   b.name, b.FAULTS (list of fault specs), b.WAIT (wait options)
+--   b.name, b.FAULTS (list of fault specs), b.WAIT (wait options), b.STEP_SCALE
 --   b:start() / b:stop() / b:reset()   once per spec / once per run
 --   b:client(opts)      a kie client (opts: journal, max_retries, step_budget_ms)
---   b:fault(i, target)  queue fault FAULTS[i] for "create", "get" or "any" request
+--   b:fault(i, target)  queue fault FAULTS[i] for a "create", "get", "file" (download) or
+--                       "any" API request
 --   b:fault_index(name) the index in FAULTS of the fault named `name` (replays)
 --   b:creates()         every create the server saw: {nonce =, made =, rejected =, fault =}
 --   b:nonce_of(id)      the nonce in the prompt of the task the server made as `id`
@@ -30,7 +31,8 @@ end
 
 -- the mock ---------------------------------------------------------------------------
 
-local Mock = { name = "mock", WAIT = { interval = 0.05, max_interval = 0.1, timeout = 3 } }
+-- STEP_SCALE: an op step(ms) waits ms * STEP_SCALE (virtual time moves in bigger strides)
+local Mock = { name = "mock", WAIT = { interval = 0.05, max_interval = 0.1, timeout = 3 }, STEP_SCALE = 1 }
 Mock.__index = Mock
 
 Mock.FAULTS = { -- name: as DISABLED_FAULTS of the spec names them (default: the kind)
@@ -101,7 +103,8 @@ end
 function Mock:fault(i, target)
   local spec = {}
   for k, v in pairs(self.FAULTS[i]) do if k ~= "name" then spec[k] = v end end
-  spec.path = (target == "create" and CREATE) or (target == "get" and RECORD) or "/api/*"
+  spec.path = (target == "create" and CREATE) or (target == "get" and RECORD) or
+    (target == "file" and "/files/*") or "/api/*"
   self.m:fault(spec)
 end
 
@@ -143,7 +146,7 @@ function Mock.now() return require("kie.core").now() end
 
 -- kie.testing --------------------------------------------------------------------------
 
-local Fake = { name = "testing", WAIT = { timeout = 120 } }
+local Fake = { name = "testing", WAIT = { timeout = 120 }, STEP_SCALE = 100 }
 Fake.__index = Fake
 
 Fake.FAULTS = { -- name: as DISABLED_FAULTS of the spec names them
@@ -170,7 +173,7 @@ function Fake.start() end
 function Fake.stop() end
 
 function Fake:reset()
-  self.fake = require("kie.testing").new{ pace = 2, latency = 0.05 }
+  self.fake = require("kie.testing").new{ pace = 0.3, latency = 0.05 }
 end
 
 function Fake:client(o)
@@ -179,7 +182,8 @@ function Fake:client(o)
 end
 
 function Fake:fault(i, target)
-  local op = (target == "create" and "create_task") or (target == "get" and "get_task") or "*"
+  local op = (target == "create" and "create_task") or (target == "get" and "get_task") or
+    (target == "file" and "download") or "*"
   local f = {}
   for k, v in pairs(self.FAULTS[i]) do if k ~= "name" then f[k] = v end end
   self.fake:fail_next(op, f)

@@ -16,6 +16,9 @@
 --   typed       every error handed to a callback is a typed table with a kind
 --   handle      a handle is done() when its callback fires
 --   run_all_cancel  a canceled run_all starts no further item
+--   batch       an item whose on_update raises never sinks its run_all
+--   poll        poll_timeout() is never nil while a call is pending
+--   files       downloads leave their file, complete, and no partial file
 --
 -- H.run returns nil when every invariant held, else a failure {class =, msg =, at =}
 -- (`at`: the index of the op after which it was seen; 0: at the end).
@@ -55,9 +58,12 @@ local CANCEL_KINDS = { canceled = true, unknown_outcome = true }
 
 function H.run(backend, cfg, ops, opts)
   opts = opts or {}
+  local stats = opts.stats or {} -- counters, for STATEFUL_STATS
+  local function count(k, n) stats[k] = (stats[k] or 0) + (n or 1) end
   local st = {
     calls = {}, jobs = {}, gen = 0, seq = 0,
     learned = {}, learned_list = {}, -- task ids the program was told
+    succeeded = {}, succeeded_list = {}, -- ... and of those, seen in state success
     unknown = {},                    -- nonce -> true: an unknown_outcome with a fingerprint
     fps = {},                        -- fingerprints of unknown_outcome errors
     req_of = {},                     -- nonce -> the create request
@@ -66,6 +72,16 @@ function H.run(backend, cfg, ops, opts)
   }
   local journal = cfg.journal and os.tmpname() or nil
   if journal then os.remove(journal) end
+  local util = require "spec.support.util"
+  local files_dir -- made by the first spawn_download
+  local function download_dir()
+    if not files_dir then
+      files_dir = os.tmpname()
+      os.remove(files_dir)
+      assert(util.run("mkdir -p " .. util.quote(files_dir)))
+    end
+    return files_dir
+  end
   backend:reset()
 
   local function violate(class, msg)
@@ -113,7 +129,13 @@ function H.run(backend, cfg, ops, opts)
 
   -- what a call, a job or code inside a job was told
   local function learn(res, err, nonce, c)
-    if type(res) == "table" then learn_id(res.taskId) end
+    if type(res) == "table" then
+      learn_id(res.taskId)
+      if res.state == "success" and type(res.taskId) == "string" and not st.succeeded[res.taskId] then
+        st.succeeded[res.taskId] = true
+        st.succeeded_list[#st.succeeded_list + 1] = res.taskId
+      end
+    end
     if err ~= nil then
       if type(err) ~= "table" or type(err.kind) ~= "string" then
         violate("typed", "an error is not a typed table: " .. tostring(err))
@@ -152,6 +174,7 @@ function H.run(backend, cfg, ops, opts)
     st.calls[rec.n] = rec
     rec.cb = function(res, err)
       rec.fired = rec.fired + 1
+      count("callbacks")
       local what = "call #" .. rec.n .. " (" .. rec.kind .. ")"
       if rec.fired > 1 then violate("once", "the callback of " .. what .. " fired twice") end
       if not st.in_step then violate("once", "the callback of " .. what .. " fired outside step and close") end
@@ -185,8 +208,8 @@ function H.run(backend, cfg, ops, opts)
     return j
   end
 
-  local function pick_id(op)
-    local list = st.learned_list
+  local function pick_id(op, list)
+    list = list or st.learned_list
     if op.unknown or #list == 0 then return "task_stateful_unknown_" .. cfg.seed end
     return list[floor(op.pick * #list) + 1]
   end
@@ -197,6 +220,10 @@ function H.run(backend, cfg, ops, opts)
       if not j.seen and j.handle:done() then
         j.seen = true
         local res, err = j.handle:result()
+        if j.kind == "spawn_run_all" and type(err) == "table" and err.kind == "raised" then
+          violate("batch", "job #" .. j.n .. ": run_all raised (one item must never sink the batch): " ..
+            tostring(err))
+        end
         -- run_all's job returns results, errs (a list): its items were learned inside it
         if err ~= nil and not (j.kind == "spawn_run_all" and res ~= nil) then
           learn(nil, err, #j.nonces == 1 and j.nonces[1] or nil, j.client)
@@ -216,6 +243,7 @@ function H.run(backend, cfg, ops, opts)
   -- callbacks of the calls it ended before it returns): it raises only when a
   -- callback raised, and then carries every error a callback raised in it.
   local function guarded(c, method, ...)
+    count(method == "step" and "steps" or "closes")
     st.in_step = true
     local ok, n = pcall(c[method], c, ...)
     st.in_step = false
@@ -443,9 +471,13 @@ function H.run(backend, cfg, ops, opts)
       reqs[i], nonces[i] = run_req(req), nonce
     end
     local c = st.c
+    local on_update = op.raise_item and function(i)
+      if i == op.raise_item then error("STATEFUL-ITEM-RAISE") end
+    end
     local j = new_job("spawn_run_all", nonces, function()
-      local results, errs = c:run_all(reqs, { concurrency = op.conc })
+      local results, errs = c:run_all(reqs, { concurrency = op.conc, on_update = on_update })
       for i = 1, op.n do
+        if errs and type(errs[i]) == "table" and errs[i].kind == "raised" then count("items_raised") end
         learn(results[i], errs and errs[i], nonces[i], c)
         if results[i] == nil and (errs == nil or errs[i] == nil) then
           violate("once", "run_all item " .. i .. " has neither a result nor an error")
@@ -454,6 +486,46 @@ function H.run(backend, cfg, ops, opts)
       return results, errs
     end)
     j.conc = op.conc
+  end
+
+  -- get a task and download its first image (a partial file must never stay behind)
+  function EXEC.spawn_download(op)
+    start(op)
+    local c = st.c
+    local id = pick_id(op, #st.succeeded_list > 0 and st.succeeded_list or nil)
+    local path = download_dir() .. "/d" .. (#st.jobs + 1) .. ".png"
+    local j = new_job("spawn_download", {}, function()
+      local info, err = c:get_task(id)
+      learn(info, err, nil, c)
+      if not info then return nil, err end
+      local url = type(info.resultUrls) == "table" and info.resultUrls[1]
+      if type(url) ~= "string" then return "no image" end
+      return c:download(url, path)
+    end)
+    j.path = path
+  end
+
+  -- a host loop asking how long it may sleep: never nil while a call is pending
+  function EXEC.poll()
+    local c = st.c
+    local ok, ms = pcall(c.poll_timeout, c)
+    if not ok then fail("poll", "poll_timeout() raised: " .. tostring(ms)) end
+    if ms ~= nil and (type(ms) ~= "number" or ms < 0 or ms ~= ms) then
+      fail("poll", "poll_timeout() returned " .. tostring(ms))
+    end
+    if ms == nil then
+      for _, rec in ipairs(st.calls) do
+        if rec.client == c and rec.fired == 0 then
+          fail("poll", "call #" .. rec.n .. " (" .. rec.kind .. ") is pending but poll_timeout() is nil: " ..
+            "a host loop sleeping on it never wakes")
+        end
+      end
+      for _, j in ipairs(st.jobs) do
+        if j.client == c and not j.handle:done() then
+          fail("poll", "job #" .. j.n .. " (" .. j.kind .. ") is pending but poll_timeout() is nil")
+        end
+      end
+    end
   end
 
   function EXEC.spawn_raise()
@@ -467,6 +539,7 @@ function H.run(backend, cfg, ops, opts)
     local ok, ret = pcall(rec.handle.cancel, rec.handle)
     if not ok then fail("cancel", "cancel() raised: " .. tostring(ret)) end
     rec.cancel_ret = ret
+    if ret then count("cancels") end
     if ret and rec.kind == "spawn_run_all" then
       -- "canceling a run_all starts no further item": the items whose creates the
       -- server has seen now are all it may ever see, but for those started and still
@@ -484,7 +557,7 @@ function H.run(backend, cfg, ops, opts)
   end
 
   function EXEC.step(op)
-    step(st.c, op.timeout, budget_value(op.budget))
+    step(st.c, op.timeout * backend.STEP_SCALE, budget_value(op.budget))
   end
 
   function EXEC.gc(op)
@@ -521,7 +594,8 @@ function H.run(backend, cfg, ops, opts)
   local function account()
     local made, sent = {}, {}
     for _, cr in ipairs(backend:creates()) do
-      if cr.made then made[cr.nonce] = true end
+      count("creates_seen")
+      if cr.made then made[cr.nonce] = true count("tasks_made") end
       if not cr.rejected then sent[cr.nonce] = (sent[cr.nonce] or 0) + 1 end
     end
     -- a handle's task_id (set once a create's answer came, even after a cancel)
@@ -587,11 +661,33 @@ function H.run(backend, cfg, ops, opts)
     end
   end
 
+  -- the download directory holds the files of the downloads that returned a path,
+  -- complete, and nothing else (no partial file of a canceled or failed one)
+  local function check_files()
+    if not files_dir then return end
+    local want = {}
+    for _, j in ipairs(st.jobs) do
+      if j.path and j.handle:result() == j.path then
+        want[j.path:match("[^/]+$")] = true
+        count("downloads")
+      end
+    end
+    if opts.no_files_check then return end
+    local _, out = util.run("ls -A " .. util.quote(files_dir))
+    for name in out:gmatch("[^\n]+") do
+      if not want[name] then fail("files", "the download directory holds " .. name ..
+        " (a partial file, or a download that did not return its path)") end
+      want[name] = nil
+    end
+    for name in pairs(want) do fail("files", "a download returned its path but " .. name .. " is missing") end
+  end
+
   open()
   local at = 0
   local ok, err = xpcall(function()
     for i, op in ipairs(ops) do
       at = i
+      count("ops")
       EXEC[op.k](op)
       collect_jobs()
       check_violation()
@@ -599,6 +695,7 @@ function H.run(backend, cfg, ops, opts)
     at = 0
     drain()
     account() -- everything has ended: nothing can still be learned
+    check_files()
     if not opts.no_close then
       local c = st.c
       st.closed_clients[c] = true
@@ -617,6 +714,7 @@ function H.run(backend, cfg, ops, opts)
   pcall(function() st.c:close() end)
   for _, rec in ipairs(st.calls) do pcall(function() rec.client:close() end) end
   if journal then os.remove(journal) end
+  if files_dir then util.run("rm -rf " .. util.quote(files_dir)) end
   if ok then return nil end
   err.at = at
   return err

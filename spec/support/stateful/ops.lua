@@ -24,15 +24,16 @@ M.WEIGHTS = {
   create = 12, get = 7, wait = 5, run = 5,
   spawn_run = 4, spawn_seq = 3, spawn_run_all = 3, spawn_raise = 1,
   cancel = 8, close = 2, close_cb = 1, raise_cb = 2, chain_cb = 3, cancel_cb = 2,
-  step = 32, gc = 5,
+  step = 32, gc = 5, poll = 4, spawn_download = 3,
 }
 M.ORDER = { "create", "get", "wait", "run", "spawn_run", "spawn_seq", "spawn_run_all",
-  "spawn_raise", "cancel", "close", "close_cb", "raise_cb", "chain_cb", "cancel_cb", "step", "gc" }
+  "spawn_raise", "cancel", "close", "close_cb", "raise_cb", "chain_cb", "cancel_cb", "step", "gc",
+  "poll", "spawn_download" }
 
 -- kinds that start a call and may carry a fault for the server
 local STARTS = { create = true, get = true, wait = true, run = true, spawn_run = true,
   spawn_seq = true, spawn_run_all = true, close_cb = true, raise_cb = true, chain_cb = true,
-  cancel_cb = true }
+  cancel_cb = true, spawn_download = true }
 
 M.TIMEOUTS = { 0, 0, 0, 1, 5, 20 }
 M.BUDGETS = { "default", 0, 0.05, "huge" }
@@ -65,7 +66,7 @@ function M.generate(seed, n, nfaults, disabled)
     local op = { k = k, pick = math.floor(r.float() * 1000) / 1000 }
     if STARTS[k] and nfaults > 0 and r.float() < 0.3 then
       op.fault = r.int(1, nfaults)
-      op.target = r.pick({ "create", "create", "get", "any" })
+      op.target = k == "spawn_download" and "file" or r.pick({ "create", "create", "get", "any" })
     end
     if k == "step" then
       op.timeout = r.pick(M.TIMEOUTS)
@@ -75,7 +76,8 @@ function M.generate(seed, n, nfaults, disabled)
     elseif k == "spawn_run_all" then
       op.n = r.int(1, 6)
       op.conc = r.int(1, 4)
-    elseif k == "get" or k == "wait" then
+      if r.float() < 0.5 then op.raise_item = r.int(1, op.n) end -- its on_update raises
+    elseif k == "get" or k == "wait" or k == "spawn_download" then
       op.unknown = r.float() < 0.15 -- a task id the server never made
     end
     ops[i] = op
@@ -84,9 +86,12 @@ function M.generate(seed, n, nfaults, disabled)
 end
 
 -- One line per op, and the whole list as a Lua table literal (for STATEFUL_REPLAY).
+local FIELDS = { "pick", "fault_name", "target", "timeout", "budget", "full", "n", "conc", "raise_item",
+  "unknown" }
+
 function M.line(i, op)
   local parts = { string.format("%3d %s", i, op.k) }
-  for _, f in ipairs({ "pick", "fault_name", "target", "timeout", "budget", "full", "n", "conc", "unknown" }) do
+  for _, f in ipairs(FIELDS) do
     if op[f] ~= nil then parts[#parts + 1] = f .. "=" .. tostring(op[f]) end
   end
   return table.concat(parts, " ")
@@ -105,7 +110,7 @@ function M.literal(cfg, ops)
   out[#out + 1] = "}, ops = {\n"
   for _, op in ipairs(ops) do
     local f = {}
-    for _, k in ipairs({ "k", "pick", "fault_name", "target", "timeout", "budget", "full", "n", "conc", "unknown" }) do
+    for _, k in ipairs({ "k", (table.unpack or unpack)(FIELDS) }) do
       if op[k] ~= nil then f[#f + 1] = k .. " = " .. lit(op[k]) end
     end
     out[#out + 1] = "  { " .. table.concat(f, ", ") .. " },\n"
