@@ -320,6 +320,34 @@ describe("kie.testing #unit", function()
       os.remove(path)
     end)
 
+    it("a download canceled or closed in flight leaves no partial file (as the real core)", function()
+      local info = assert(client:run(REQ))
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir " .. dir))
+      local function parts()
+        local p = io.popen("ls -A " .. dir)
+        local s = p:read("*a")
+        p:close()
+        return s
+      end
+      for _, how in ipairs{ "cancel", "close" } do
+        local c = fake:client()
+        fake:fail_next("download", { delay = 5 })
+        local h = kie.spawn(function() return c:download(info.resultUrls[1], dir .. "/out.png") end)
+        c:step(0)
+        assert.is_false(h:done())
+        assert.matches("out%.png%.part", parts()) -- the fetch made its file at once
+        if how == "cancel" then h:cancel() else c:close() end
+        c:step(0)
+        assert.is_true(h:done())
+        assert.equals("", parts(), how .. " left a file")
+        c:close()
+      end
+      os.execute("rm -rf " .. dir)
+    end)
+
+
     it("an expired link is refreshed through download_url and tried once more", function()
       local info = assert(client:run(REQ))
       fake:fail_next("download", { status = 410 })

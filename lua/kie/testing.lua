@@ -332,7 +332,10 @@ function Handle:_run(async, op, core_op, rec, serve, limit)
     return unpack(results, 1, results.n)
   end
   self._next = self._next + 1
-  self._live[self._next] = { due = fake._t + delay, results = results }
+  -- a download's file, removed when the transfer ends with its result untaken
+  -- (cancel, close), as the real core removes its sink
+  local sink = core_op == "download" and rec.path or nil
+  self._live[self._next] = { due = fake._t + delay, results = results, sink = sink }
   return self._next
 end
 
@@ -575,9 +578,10 @@ end
 function Handle:cancel(id)
   _open(self)
   id = _number(id, "cancel: id", 2)
-  local live = self._live[id] ~= nil
+  local x = self._live[id]
   self._live[id] = nil
-  return live
+  if x and x.sink then os.remove(x.sink) end
+  return x ~= nil
 end
 
 function Handle:pending()
@@ -603,6 +607,9 @@ function Handle:wakeup()
 end
 
 function Handle:close()
+  for _, x in pairs(self._live or {}) do
+    if x.sink then os.remove(x.sink) end
+  end
   self._closed, self._live = true, {}
 end
 
