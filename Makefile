@@ -33,7 +33,7 @@ HDRS        = $(wildcard src/*.h)
 SO          = $(BUILD)/kie/core.so
 LUA_SRC     = $(wildcard lua/kie/*.lua)
 
-.PHONY: all build install test test-unit test-asan test-valgrind test-versions demo deps \
+.PHONY: all build build-fleet install-fleet install test test-unit test-asan test-valgrind test-versions demo deps \
         clean lint rock-check nginx-check docs
 
 all: build
@@ -46,6 +46,29 @@ $(BUILD)/obj/%.o: src/%.c $(HDRS)
 $(SO): $(OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LIBFLAG) $(SAN) -o $@ $(OBJS) $(LIBS) $(LDFLAGS)
+
+# Fleet mode's Redis client (kie.redis on hiredis, Debian libhiredis-dev): its own
+# target and rock (kie-fleet-scm-1.rockspec); kie.core never links hiredis.
+FLEET_SRCS  = $(wildcard src/fleet/*.c)
+FLEET_OBJS  = $(patsubst src/fleet/%.c,$(BUILD)/obj/fleet/%.o,$(FLEET_SRCS))
+FLEET_SO    = $(BUILD)/kie/redis.so
+HIREDIS_CFLAGS ?= $(shell pkg-config --cflags hiredis 2>/dev/null)
+HIREDIS_LIBS   ?= $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis)
+
+build-fleet: $(FLEET_SO)
+
+$(BUILD)/obj/fleet/%.o: src/fleet/%.c src/fleet/redis.h src/compat.h
+	@mkdir -p $(dir $@)
+	$(CC) $(REAL_CFLAGS) $(HIREDIS_CFLAGS) -c $< -o $@
+
+$(FLEET_SO): $(FLEET_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LIBFLAG) $(SAN) -o $@ $(FLEET_OBJS) $(HIREDIS_LIBS) $(LDFLAGS)
+
+install-fleet: $(FLEET_SO)
+	install -d $(DESTDIR)$(INST_LIBDIR)/kie $(DESTDIR)$(INST_LUADIR)/kie
+	install -m 0755 $(FLEET_SO) $(DESTDIR)$(INST_LIBDIR)/kie/redis.so
+	install -m 0644 lua/kie/fleet.lua $(DESTDIR)$(INST_LUADIR)/kie/
 
 install: $(SO)
 	install -d $(DESTDIR)$(INST_LIBDIR)/kie $(DESTDIR)$(INST_LUADIR)/kie
@@ -68,7 +91,7 @@ test:
 	@sh scripts/test.sh
 
 # Pieces of `make test`, runnable alone.
-test-unit: build
+test-unit: build build-fleet
 	busted --lua=$(LUA) --cpath='./$(BUILD)/?.so' spec
 
 test-asan:
@@ -103,10 +126,15 @@ GC_GEN   = 'collectgarbage("generational", 1, 10)'
 GC_INC   = 'collectgarbage("incremental"); collectgarbage("setpause", 50); collectgarbage("setstepmul", 200)'
 GC_MODES ?= $(GC_GEN) $(GC_INC)
 
-.PHONY: bench fuzz soak soak-stateful test-threads test-gc
+.PHONY: bench bench-fleet fuzz soak soak-stateful test-threads test-gc
 
 bench:
 	@sh bench/run.sh
+
+# fleet pacing across processes (bench/fleet.lua; FLEET_PROCS, FLEET_SECONDS, FLEET_MODE ...)
+bench-fleet:
+	@$(MAKE) --no-print-directory build build-fleet LUA=lua5.4 >/dev/null
+	@LUA_PATH='./lua/?.lua;./lua/?/init.lua;./?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/fleet.lua
 
 fuzz:
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) sh fuzz/run.sh

@@ -15,7 +15,7 @@ libcurl4-openssl-dev libssl-dev lua-socket lua-argparse nginx libnginx-mod-http-
 # love comes after it so that apt keeps libluajit2 for LÖVE too.
 test="$runtime lua-busted luarocks valgrind strace lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev \
 lua5.3 liblua5.3-dev luajit2 libluajit2-5.1-dev lua-check curl lua-ldoc \
-love xvfb xauth libgl1-mesa-dri clang libclang-rt-14-dev"
+love xvfb xauth libgl1-mesa-dri clang libclang-rt-14-dev redis-server libhiredis-dev"
 
 case "$group" in
   runtime) want=$runtime ;;
@@ -49,4 +49,5 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq >/dev/null
 # shellcheck disable=SC2086
 $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
-# nginx's package may start a system nginx on port 80; the tests run their own.
+# nginx's package may start a system nginx on port 80, redis-server's a system Redis on
+# 6379; the tests run their own on free ports.

@@ -50,8 +50,8 @@ check() { # name command...
   fi
 }
 
-build() { # lua [SAN flags]
-  make -s build LUA="$1" ${2:+SAN="$2"} WERROR=1 >"$out/build-$1${2:+-san}.log" 2>&1
+build() { # lua [SAN flags]: kie.core, and kie.redis (fleet mode, hiredis) for the fleet specs
+  make -s build build-fleet LUA="$1" ${2:+SAN="$2"} WERROR=1 >"$out/build-$1${2:+-san}.log" 2>&1
 }
 
 run_busted() { # name lua cpath-dir [busted args...]

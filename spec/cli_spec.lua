@@ -319,8 +319,32 @@ describe("bin/kie #core", function()
     if rc == 0 then assert.matches("^" .. out:gsub("%p", "%%%0") .. "/task%-%w+_1%.png\n$", stdout) end
   end)
 
-  it("Ctrl-C during status, credits or upload ends at once with 130 and a short message", function()
+  -- Runs `kie ARGS` in the background, sends it SIGINT once its request to `path`
+  -- reached the mock (and a little later, inside the transfer), and returns its
+  -- exit code (nil if it did not end within 20 s), stdout and stderr.
+  local function interrupted(args, path, base)
     local core = require("kie.core")
+    os.execute("(" .. env_prefix(env) .. " " .. LUA .. " bin/kie " .. args .. " >" .. q(base .. ".out") ..
+      " 2>" .. q(base .. ".err") .. " </dev/null & echo $! >" .. q(base .. ".pid") .. "; wait $!; echo $? >" ..
+      q(base .. ".rc") .. ") >/dev/null 2>&1 &")
+    local arrived = false
+    for _ = 1, 400 do
+      if m:count(path) > 0 then arrived = true break end
+      core.sleep(0.05)
+    end
+    assert.is_true(arrived, args .. ": the request never reached the mock")
+    core.sleep(0.2) -- inside the transfer now
+    os.execute("kill -INT " .. assert(tonumber(read(base .. ".pid")), "no pid"))
+    local rc
+    for _ = 1, 400 do -- 20 s at most
+      rc = tonumber(read(base .. ".rc") or "")
+      if rc then break end
+      core.sleep(0.05)
+    end
+    return rc, read(base .. ".out"), read(base .. ".err")
+  end
+
+  it("Ctrl-C during status, credits or upload ends at once with 130 and a short message", function()
     local cases = {
       { "credits", "/api/v1/chat/credit" },
       { "status task_whatever", "/api/v1/jobs/recordInfo" },
@@ -329,32 +353,54 @@ describe("bin/kie #core", function()
     }
     for n, case in ipairs(cases) do
       m:reset()
-      -- the answer would take 60 s: an exit now did not wait for it
+      -- the answer would take 60 s: an exit within 20 s did not wait for it
       m:fault{ path = case[2], fault = "delay", seconds = 60 }
-      local base = DIR .. "/int" .. n
-      os.execute("(" .. env_prefix(env) .. " " .. LUA .. " bin/kie " .. case[1] .. " >" .. q(base .. ".out") ..
-        " 2>" .. q(base .. ".err") .. " </dev/null & echo $! >" .. q(base .. ".pid") .. "; wait $!; echo $? >" ..
-        q(base .. ".rc") .. ") >/dev/null 2>&1 &")
-      local arrived = false
-      for _ = 1, 400 do
-        if m:count(case[2]) > 0 then arrived = true break end
-        core.sleep(0.05)
-      end
-      assert.is_true(arrived, case[1] .. ": the request never reached the mock")
-      core.sleep(0.2) -- inside the transfer now
-      os.execute("kill -INT " .. assert(tonumber(read(base .. ".pid")), "no pid"))
-      local rc
-      for _ = 1, 400 do -- 20 s at most, far below the 60 s of the answer
-        rc = tonumber(read(base .. ".rc") or "")
-        if rc then break end
-        core.sleep(0.05)
-      end
-      assert.equals(130, rc, case[1] .. ": " .. tostring(read(base .. ".err")))
-      assert.equals("kie: interrupted\n", read(base .. ".err"))
+      local rc, out, err = interrupted(case[1], case[2], DIR .. "/int" .. n)
+      assert.equals(130, rc, case[1] .. ": " .. tostring(err))
+      assert.equals("kie: interrupted\n", err)
       if case[1]:find("--json", 1, true) then
-        assert.equals("interrupted", json_decode(read(base .. ".out")).error.kind)
+        assert.equals("interrupted", json_decode(out).error.kind)
       else
-        assert.equals("", read(base .. ".out"))
+        assert.equals("", out)
+      end
+    end
+  end)
+
+  it("Ctrl-C while a create is in flight reads its answer first and names the task (kie wait ID)", function()
+    for n, args in ipairs{ "generate --prompt x --ref https://example.com/r.png -o " .. q(DIR .. "/intc"),
+      "--json generate --prompt x --ref https://example.com/r.png -o " ..
+      q(DIR .. "/intc") } do
+      m:reset()
+      m:fault{ path = "/api/v1/jobs/createTask", fault = "delay", seconds = 1 }
+      local rc, out, err = interrupted(args, "/api/v1/jobs/createTask", DIR .. "/intc" .. n)
+      assert.equals(130, rc, args .. ": " .. tostring(err))
+      assert.equals(1, m:count("/api/v1/jobs/createTask"))
+      local id = err:match("kie wait (task_[%w_]+)")
+      assert.is_string(id, err)
+      assert.equals(id, m:task(id).task.taskId)
+      if args:find("--json", 1, true) then
+        local e = json_decode(out).error
+        assert.equals("interrupted", e.kind)
+        assert.equals(id, e.task_id)
+      end
+    end
+  end)
+
+  it("Ctrl-C while a create is in flight whose answer never comes prints its fingerprint", function()
+    for n, args in ipairs{ "generate --prompt x --ref https://example.com/r.png -o " .. q(DIR .. "/intu"),
+      "--json generate --prompt x --ref https://example.com/r.png -o " .. q(DIR .. "/intu") } do
+      m:reset()
+      -- the create is read, then its connection closes after 1 s with no answer
+      m:fault{ path = "/api/v1/jobs/createTask", fault = "close_after_read", delay = 1 }
+      local rc, out, err = interrupted(args, "/api/v1/jobs/createTask", DIR .. "/intu" .. n)
+      assert.equals(130, rc, args .. ": " .. tostring(err))
+      local fp = err:match("unknown_outcome, fingerprint ([^%s%)]+)%)")
+      assert.is_string(fp, err)
+      if args:find("--json", 1, true) then
+        local e = json_decode(out).error
+        assert.equals("interrupted", e.kind)
+        assert.equals("unknown_outcome", e.outcome)
+        assert.equals(fp, e.fingerprint)
       end
     end
   end)

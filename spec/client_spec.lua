@@ -54,7 +54,7 @@ describe("kie.new #smoke", function()
     for _, kind in ipairs{ "validation", "auth", "credits", "not_found", "invalid", "rate_limited",
       "key_limit", "maintenance", "server", "generation_failed", "disabled", "http", "network",
       "timeout", "protocol", "too_large", "task_failed", "deadline", "unknown_outcome",
-      "canceled", "io", "signature" } do
+      "canceled", "io", "signature", "fleet" } do
       local k = errors.kinds[kind]
       assert.is_table(k, kind)
       assert.is_boolean(k.retryable)

@@ -156,6 +156,29 @@ describe("lifecycle of a call", function()
     end)
   end)
 
+  describe("a step cut short after the core reported finished transfers (Ctrl-C)", function()
+    it("requeue queues them again: the next step hands them over", function()
+      local lifecycle = require "kie.lifecycle"
+      local got
+      c:get_task_async("task_nope", function(_, e) got = e end)
+      -- the core reports the transfer finished to a step that never queues it: the
+      -- interpreter's "interrupted!" is raised as core:step returns
+      local ids
+      for _ = 1, 500 do
+        local _, r = c._core:step(10)
+        if r then ids = r break end
+      end
+      assert.equals(1, #ids)
+      for _ = 1, 3 do c:step(0) end
+      assert.is_nil(got)
+      assert.equals(1, lifecycle.requeue(c))
+      assert.equals(0, lifecycle.requeue(c)) -- queued once
+      c:step(0)
+      assert.equals("not_found", got.kind)
+      assert.equals(0, c:step(0))
+    end)
+  end)
+
   describe("close", function()
     it("inside a callback: the other callbacks fire once, later steps return 0", function()
       local task = assert(c:create_task(REQ))
@@ -222,6 +245,8 @@ describe("lifecycle of a call", function()
     end)
 
     it("a spawned job that closes its client and then sleeps (rate limiter) ends, never spins", function()
+      -- LuaJIT keeps one hook for all coroutines: never leave it to later specs
+      finally(function() debug.sethook() end)
       local fake = testing.new{}
       local fc = fake:client{ rate_limits = { create = { limit = 1, window = 60 }, poll = false } }
       local h = kie.spawn(function()
@@ -350,6 +375,33 @@ describe("lifecycle of a call", function()
       end
     end)
 
+    it("a raising callback of another call on the client: the batch ends, then its error is raised"
+      .. " with the results", function()
+      local reqs = {}
+      for i = 1, 3 do reqs[i] = { model = REQ.model, input = REQ.input, wait = FAST_WAIT } end
+      local ran = 0
+      -- an unrelated call whose answer (not_found) comes while run_all steps the client
+      c:get_task_async("task_nope", function()
+        ran = ran + 1
+        error("the unrelated callback raised")
+      end)
+      local ok, err = pcall(c.run_all, c, reqs, { concurrency = 1 })
+      assert.is_false(ok)
+      assert.equals(1, ran)
+      assert.equals("callback", err.kind)
+      assert.equals(1, #err.errors)
+      assert.matches("the unrelated callback raised", tostring(err.errors[1]), 1, true)
+      assert.matches("the unrelated callback raised", tostring(err), 1, true)
+      -- no item was dropped: every task made is in the results
+      assert.equals(3, m:count(CREATE))
+      assert.is_nil(err.errs)
+      for i = 1, 3 do
+        assert.equals("success", err.results[i].state)
+        assert.is_string(err.results[i].taskId)
+      end
+      assert.equals(0, c:step(0))
+    end)
+
     it("an item with a bad option: run_all raises before any request, inside kie.spawn too", function()
       -- everything is checked before anything is paid (checked_before_paid_spec)
       local reqs = {}
@@ -376,6 +428,51 @@ describe("lifecycle of a call", function()
       assert.equals(2, m:count(CREATE))
       assert.equals(0, c:step(0))
       m:config{ pace = 0.02 }
+    end)
+  end)
+
+  describe("a spawned run_all ended while its creates are in flight", function()
+    -- the job ends canceled, and its error still tells of every item (results,
+    -- errs indexed like the input): a create in flight is an unknown_outcome with
+    -- its fingerprint, whose task_id is set when the answer comes (cancel)
+    local function in_flight(cl, n)
+      local reqs = {}
+      for i = 1, n do reqs[i] = { model = REQ.model, input = REQ.input, wait = FAST_WAIT } end
+      m:fault{ path = CREATE, fault = "delay", seconds = 0.3, times = -1 }
+      local h = kie.spawn(function() return cl:run_all(reqs, { concurrency = 2 }) end)
+      pump(cl, function() return m:count(CREATE) == 2 end)
+      return h
+    end
+
+    local function check(h, cause)
+      local r, err = h:result()
+      assert.is_nil(r)
+      assert.equals("canceled", err.kind)
+      assert.equals(cause, err.cause)
+      assert.is_table(err.results)
+      assert.is_table(err.errs)
+      for i = 1, 2 do
+        assert.equals("unknown_outcome", err.errs[i].kind)
+        assert.is_string(err.errs[i].fingerprint)
+      end
+      assert.is_nil(err.errs[3] and err.errs[3].fingerprint) -- never started: nothing paid
+      return err
+    end
+
+    it("cancel: the job's error carries the items' errors; their task ids come", function()
+      local h = in_flight(c, 3)
+      assert.is_true(h:cancel())
+      local err = check(h, nil)
+      pump(c, function() return err.errs[1].task_id ~= nil and err.errs[2].task_id ~= nil end)
+      for i = 1, 2 do assert.equals(err.errs[i].task_id, m:task(err.errs[i].task_id).task.taskId) end
+      assert.equals(2, m:count(CREATE))
+    end)
+
+    it("close: the job's error carries the items' errors", function()
+      local h = in_flight(c, 3)
+      c:close()
+      check(h, "closed")
+      assert.equals(2, m:count(CREATE))
     end)
   end)
 

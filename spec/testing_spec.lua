@@ -3,6 +3,7 @@
 -- about fake:now() and the recorded requests, never about the wall clock.
 local kie = require "kie"
 local testing = require "kie.testing"
+local unpack = table.unpack or unpack
 
 local REQ = {
   model = "ideogram/character",
@@ -319,6 +320,34 @@ describe("kie.testing #unit", function()
       os.remove(path)
     end)
 
+    it("a download canceled or closed in flight leaves no partial file (as the real core)", function()
+      local info = assert(client:run(REQ))
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir " .. dir))
+      local function parts()
+        local p = io.popen("ls -A " .. dir)
+        local s = p:read("*a")
+        p:close()
+        return s
+      end
+      for _, how in ipairs{ "cancel", "close" } do
+        local c = fake:client()
+        fake:fail_next("download", { delay = 5 })
+        local h = kie.spawn(function() return c:download(info.resultUrls[1], dir .. "/out.png") end)
+        c:step(0)
+        assert.is_false(h:done())
+        assert.matches("out%.png%.part", parts()) -- the fetch made its file at once
+        if how == "cancel" then h:cancel() else c:close() end
+        c:step(0)
+        assert.is_true(h:done())
+        assert.equals("", parts(), how .. " left a file")
+        c:close()
+      end
+      os.execute("rm -rf " .. dir)
+    end)
+
+
     it("an expired link is refreshed through download_url and tried once more", function()
       local info = assert(client:run(REQ))
       fake:fail_next("download", { status = 410 })
@@ -483,5 +512,151 @@ describe("kie.testing #unit", function()
       assert.has_error(function() testing.new{ pace = { waiting = 1 } } end)
       assert.has_error(function() fake:advance(-1) end)
     end)
+  end)
+end)
+
+-- A user's tests against kie.testing must meet the same programmer errors as
+-- against the real core: every argument the real core's methods refuse (they
+-- raise), the fake refuses; every one it takes, the fake takes. The real core
+-- here only ever talks to a closed port on 127.0.0.1.
+describe("kie.testing's fake core checks arguments as the real core does #unit", function()
+  local core = require "kie.core"
+  local dir = os.tmpname()
+  local png = dir .. ".png"
+  local out = dir .. ".out"
+  lazy_setup(function()
+    local f = assert(io.open(png, "wb"))
+    f:write(testing.PNG)
+    f:close()
+  end)
+  lazy_teardown(function()
+    os.remove(dir)
+    os.remove(png)
+    os.remove(out)
+  end)
+
+  local URL = "http://127.0.0.1:1"
+  local nan = 0 / 0
+  -- {method, arguments...}: each is called on both cores, by pcall
+  -- a case: method name and arguments (n counts trailing nils)
+  local function C(...) return { n = select("#", ...), ... } end
+  local CASES = {
+    C("call_start", "GET", "/api/v1/chat/credit"),
+    C("call_start", "GET", "/api/v1/chat/credit", {}),
+    C("call_start", "GET", "/api/v1/chat/credit", { a = 1 }),
+    C("call_start", "POST", "/api/v1/common/download-url", { url = "x" }),
+    C("call_start", "POST", "/api/v1/common/download-url", "body"),
+    C("call_start", "PUT", "/api/v1/chat/credit"),
+    C("call_start", "GET", "https://evil.example/x"),
+    C("get_task_start", "task_1"),
+    C("get_task_start", "task_1", 5),
+    C("get_task_start", "task_1", 0),
+    C("get_task_start", "task_1", 0.0001),
+    C("get_task_start", "task_1", math.huge),
+    C("get_task_start", "task_1", -1),
+    C("get_task_start", "task_1", nan),
+    C("get_task_start", 7),
+    C("fetch_start", URL .. "/f.png", out),
+    C("fetch_start", URL .. "/f.png", out, 0),
+    C("fetch_start", URL .. "/f.png", out, 10),
+    C("fetch_start", URL .. "/f.png", out, math.huge),
+    C("fetch_start", URL .. "/f.png", out, -1),
+    C("fetch_start", URL .. "/f.png", out, nan),
+    C("fetch_start", URL .. "/f.png", out, nil, 0),
+    C("fetch_start", URL .. "/f.png", out, nil, 3),
+    C("fetch_start", URL .. "/f.png", out, nil, math.huge),
+    C("fetch_start", URL .. "/f.png", out, nil, -1),
+    C("fetch_start", URL .. "/f.png", out, nil, nan),
+    C("fetch_start", "ftp://127.0.0.1/f.png", out),
+    C("upload_start", png, "refs"),
+    C("upload_start", png, "refs", "a.png", "image/png", 0),
+    C("upload_start", png, "refs", nil, nil, 5),
+    C("upload_start", png, "refs", nil, nil, -1),
+    C("upload_start", png, "refs", nil, nil, nan),
+    C("upload_start", png, nil),
+    C("upload_start", png, "refs", {}),
+    C("upload_start", png, "refs", nil, {}),
+    C("step"),
+    C("step", 0),
+    C("step", 10, 5),
+    C("step", 0, 0),
+    C("step", -1),
+    C("step", nan),
+    C("step", 0, -1),
+    C("step", 0, nan),
+    C("progress", 999),
+    C("progress", 999, -1),
+    C("progress", "x"),
+    C("result", 999),
+    C("result", "x"),
+    C("cancel", 999),
+    C("cancel", "x"),
+    C("cancel", -1),
+    C("progress", -1),
+    C("result", -1),
+  }
+
+  local function show(case)
+    local parts = {}
+    for i = 1, case.n do parts[i] = tostring(case[i]) end
+    return table.concat(parts, ", ")
+  end
+
+  it("raises for the same arguments", function()
+    local fake = testing.new()
+    local opts = { api_key = "k", base_url = URL, upload_url = URL }
+    local real, faked = core.new(opts), fake.core.new(opts)
+    local wrong = {}
+    for _, case in ipairs(CASES) do
+      local n = case.n
+      local ok_real, e_real = pcall(real[case[1]], real, unpack(case, 2, n))
+      local ok_fake, e_fake = pcall(faked[case[1]], faked, unpack(case, 2, n))
+      if ok_real ~= ok_fake then wrong[#wrong + 1] = show(case) .. ": the real core " .. (ok_real and "takes it" or
+        ("raises (" .. tostring(e_real) .. ")")) .. ", the fake " .. (ok_fake and "takes it" or
+        ("raises (" .. tostring(e_fake) .. ")")) end
+      if ok_real and type(e_real) == "number" then real:cancel(e_real) end
+      if ok_fake and type(e_fake) == "number" then faked:cancel(e_fake) end
+    end
+    real:close()
+    faked:close()
+    assert(#wrong == 0, table.concat(wrong, "\n"))
+  end)
+
+  it("core.new refuses the same options", function()
+    local fake = testing.new()
+    local wrong = {}
+    for _, o in ipairs{
+      { api_key = "k" }, {}, { api_key = "" }, { api_key = 5 }, { api_key = "k\nX-Evil: 1" },
+      { api_key = "k", bogus = 1 }, { api_key = "k", base_url = URL, upload_url = URL },
+      { api_key = "k", timeout = 5 }, { api_key = "k", timeout = 0 }, { api_key = "k", timeout = -1 },
+      { api_key = "k", timeout = nan }, { api_key = "k", timeout = math.huge }, { api_key = "k", timeout = 86401 },
+      { api_key = "k", connect_timeout = 0.5 }, { api_key = "k", connect_timeout = "5" },
+      { api_key = "k", max_response_bytes = 1024 }, { api_key = "k", max_response_bytes = 0.5 },
+      { api_key = "k", max_response_bytes = 2 ^ 53 }, { api_key = "k", max_response_bytes = 2 ^ 54 },
+      { api_key = "k", proxy = "" }, { api_key = "k", user_agent = "ua" },
+    } do
+      o.base_url = o.base_url or URL -- (the fake alone has a default: kie.new always gives one)
+      local ok_real, r = pcall(core.new, o)
+      local ok_fake, f = pcall(fake.core.new, o)
+      if ok_real then r:close() end
+      if ok_fake then f:close() end
+      if ok_real ~= ok_fake then
+        local keys = {}
+        for k, v in pairs(o) do keys[#keys + 1] = k .. "=" .. tostring(v) end
+        wrong[#wrong + 1] = table.concat(keys, " ") .. ": real " .. tostring(ok_real) .. " (" .. tostring(r) ..
+          "), fake " .. tostring(ok_fake) .. " (" .. tostring(f) .. ")"
+      end
+    end
+    assert(#wrong == 0, table.concat(wrong, "\n"))
+  end)
+
+  it("a GET with a body raises in the fake as in the real core, blocking or not", function()
+    local fake = testing.new()
+    local h = fake.core.new{ api_key = "k" }
+    local ok, err = pcall(h.call, h, "GET", "/api/v1/chat/credit", {})
+    assert.is_false(ok)
+    assert.matches("a GET carries no body", tostring(err))
+    assert.has_error(function() h:call_start("GET", "/api/v1/chat/credit", {}) end)
+    assert.equals(0, #fake:requests())
   end)
 end)

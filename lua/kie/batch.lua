@@ -4,7 +4,7 @@
 local lifecycle = require "kie.lifecycle"
 local options = require "kie.options"
 
-local type, pairs, error, tostring = type, pairs, error, tostring
+local type, pairs, ipairs, pcall, error, tostring = type, pairs, ipairs, pcall, error, tostring
 local _check = options.check
 
 local Client = {}
@@ -40,7 +40,12 @@ end
 -- `on_update` that raises) ends with kind `raised` (`task_id` set when its task
 -- was created). Blocking, or yielding inside
 -- `kie.spawn`: canceling that job starts no further item and cancels the running
--- ones. Closing the client ends the items still pending (`canceled`).
+-- ones. Closing the client ends the items still pending (`canceled`). A job
+-- ended so has `results` and `errs` on its error (an item whose create was in
+-- flight: `unknown_outcome`, `fingerprint`, `task_id` once answered). Blocking,
+-- run_all steps the client: a callback of another call on it that raises does
+-- not stop the batch; once every item ended, run_all raises what they raised
+-- (kind `callback`, as `step` does) with `results` and `errs` on the error.
 -- @tparam table requests a list of `run` requests
 -- @tparam[opt] table opts `concurrency` (default 8), `on_update(i, info)` on each
 -- state change of item i
@@ -104,8 +109,10 @@ function Client:run_all(requests, opts)
   end
 
   launch()
+  local raised -- what callbacks of other calls on this client raised in the steps below
   if parent then
-    if active > 0 then lifecycle.join(self, parent) end
+    -- canceled or closed meanwhile, the job's error has what each item became
+    if active > 0 then lifecycle.join(self, parent, { results = results, errs = errs }) end
   else
     while active > 0 do
       local ms = self:poll_timeout()
@@ -114,8 +121,18 @@ function Client:run_all(requests, opts)
         self._blocking_sleep(ms / 1000)
         ms = 0
       end
-      self:step(ms and (ms < 100 and ms or 100) or 100)
+      local ok, e = pcall(self.step, self, ms and (ms < 100 and ms or 100) or 100)
+      if not ok then
+        if not (type(e) == "table" and e.kind == "callback") then error(e, 0) end
+        raised = raised or {}
+        for i, v in ipairs(e.errors or { e }) do raised[#raised + 1] = { v, (e.tracebacks or {})[i] } end
+      end
     end
+  end
+  if raised then
+    -- the batch is not sunk by another call's callback: it ran to its end, and
+    -- its results (paid tasks) go with the error
+    error(lifecycle.callback_error(raised, { results = results, errs = failed and errs or nil }), 0)
   end
   return results, failed and errs or nil
 end

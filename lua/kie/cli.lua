@@ -3,16 +3,18 @@
 --
 -- Exit codes: 0 ok, 1 callback verification failed, 2 usage error (also bad
 -- input and a missing key), 3 API or network error, 4 the task failed, 5 local
--- I/O, 130 interrupted (Ctrl-C, at once). Errors are one line on stderr; with
--- `--json` stdout also gets `{"error": {...}}` (usage errors and Ctrl-C too). The
--- key comes from `KIE_API_KEY` only (never from argv, where `ps` would show it);
--- `KIE_BASE_URL` and `KIE_UPLOAD_URL` pick the hosts.
+-- I/O, 130 interrupted (Ctrl-C: at once, except that a create in flight has its
+-- answer read first). Errors are one line on stderr; with `--json` stdout gets
+-- `{"error": {...}}` (usage errors and Ctrl-C too). The key comes from
+-- `KIE_API_KEY` only (never from argv, where `ps` would show it); `KIE_BASE_URL`
+-- and `KIE_UPLOAD_URL` pick the hosts.
 -- @module kie.cli
 
 local kie = require "kie"
 local core = require "kie.core"
 local errors = require "kie.errors"
 local files = require "kie.files"
+local lifecycle = require "kie.lifecycle"
 
 local type, tostring, tonumber, pairs, ipairs, pcall, error, setmetatable =
   type, tostring, tonumber, pairs, ipairs, pcall, error, setmetatable
@@ -187,11 +189,23 @@ function Ctx:usage(msg)
   return M.EXIT.usage
 end
 
--- Ctrl-C: one short line (and a JSON error with --json); returns 130.
-function Ctx:interrupted(detail, task_id)
-  self.stderr:write("kie: interrupted", detail or "", "\n")
+-- Ctrl-C: one short line (and a JSON error with --json); returns 130. `paid`
+-- (see _drive) names the task of a create that was sent: its id with the
+-- command that picks it up, or the fingerprint when its answer never came.
+function Ctx:interrupted(paid)
+  local detail, id = "", paid and paid.task_id
+  if id then
+    -- the id is server text: shown quoted for the shell unless it is a plain name
+    local shown = files.safe_name(id) == id and id or _shell_quote(id)
+    detail = "; task " .. shown .. " goes on: `kie wait " .. shown .. " --out DIR` picks it up"
+  elseif paid and paid.fingerprint then
+    detail = "; a create was sent and its answer never came (unknown_outcome, fingerprint " ..
+      paid.fingerprint .. "): it may have made a task; check before creating it again"
+  end
+  self.stderr:write("kie: interrupted", detail, "\n")
   if self.want_json then
-    self:json({ error = { kind = "interrupted", message = "interrupted", task_id = task_id } })
+    self:json({ error = { kind = "interrupted", message = "interrupted" .. detail, task_id = id,
+      fingerprint = paid and paid.fingerprint, outcome = paid and paid.fingerprint and "unknown_outcome" or nil } })
   end
   return M.EXIT.interrupted
 end
@@ -224,12 +238,41 @@ local function _is_interrupt(err)
   return tostring(err):find("interrupted!", 1, true) ~= nil
 end
 
+-- After a Ctrl-C that canceled job h: a create it had in flight is not dropped.
+-- Its cancel left it unknown_outcome (its answer still read by later steps):
+-- steps on until that answer came (h.task_id), nothing is pending any more, or
+-- the client's request timeout passed (the create's own transfer ends by then).
+-- A second Ctrl-C ends the process at once (the interpreter's default action is
+-- back after the first). Returns `{task_id =, fingerprint =}` or nil when no
+-- create was in flight.
+local function _settle_create(client, h, stderr)
+  local _, err = h:result()
+  if h.task_id or type(err) ~= "table" then
+    return h.task_id and { task_id = h.task_id } or nil
+  end
+  if err.task_id then return { task_id = err.task_id } end
+  if err.kind ~= "unknown_outcome" then return nil end
+  if stderr then
+    stderr:write("kie: interrupted; reading the answer of the create already sent",
+      " (Ctrl-C again to quit at once)\n")
+    stderr:flush()
+  end
+  -- answers the interrupted step was given but never queued are handed over too
+  lifecycle.requeue(client)
+  local deadline = core.now() + client._opts.timeout
+  while not h.task_id and core.now() < deadline do
+    if client:step(100) == 0 then break end
+  end
+  if h.task_id then return { task_id = h.task_id } end
+  return { fingerprint = err.fingerprint }
+end
+
 -- Runs fn in kie.spawn, stepping the client and redrawing the progress line
 -- until it ends: the interpreter's Ctrl-C hook runs between steps (at most
 -- 100 ms apart), never only after a whole transfer. Ctrl-C (Lua's
 -- "interrupted!", raised in this loop or, on LuaJIT, inside the job) returns
--- nil, "interrupted".
-local function _drive(client, prog, fn)
+-- nil, "interrupted", and what became of a create in flight (see _settle_create).
+local function _drive(client, prog, fn, stderr)
   local h = kie.spawn(fn)
   local ok, err = pcall(function()
     while not h:done() do
@@ -240,13 +283,13 @@ local function _drive(client, prog, fn)
   prog.clear()
   if not ok then
     h:cancel()
-    if _is_interrupt(err) then return nil, "interrupted" end
+    if _is_interrupt(err) then return nil, "interrupted", _settle_create(client, h, stderr) end
     error(err, 0)
   end
   local function check(res, ...)
     local e = ...
     if res == nil and type(e) == "table" and e.kind == "raised" and _is_interrupt(e) then
-      return nil, "interrupted"
+      return nil, "interrupted", e.task_id and { task_id = e.task_id } or nil
     end
     return res, ...
   end
@@ -319,7 +362,7 @@ function commands.generate(ctx)
   if a.no_expand then input.expand_prompt = false end
   local prog = ctx:progress()
   local task_id
-  local info, err = _drive(client, prog, function()
+  local info, err, paid = _drive(client, prog, function()
     -- local files first: each is checked and uploaded, then used by its URL
     local function resolve(v)
       if v == nil or files.is_url(v) then return v end
@@ -358,12 +401,9 @@ function commands.generate(ctx)
     end
     done.files = paths
     return done
-  end)
+  end, ctx.stderr)
   if err == "interrupted" then
-    -- the id is server text: shown quoted for the shell unless it is a plain name
-    local shown = task_id and (files.safe_name(task_id) == task_id and task_id or _shell_quote(task_id))
-    return ctx:interrupted(shown and ("; task " .. shown .. " goes on: `kie wait " .. shown ..
-      " --out DIR` picks it up"), task_id)
+    return ctx:interrupted(paid or (task_id and { task_id = task_id }))
   end
   if not info then
     if type(err) == "table" and task_id then err.task_id = err.task_id or task_id end

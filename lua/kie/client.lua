@@ -58,6 +58,7 @@ function Client.new(user)
   o.api_key = nil -- kept only inside the core
   o.core = nil
   local limits = o.rate_limits or {}
+  local fleet = options.fleet(o.fleet) -- pacing shared through Redis (kie.fleet)
   local self = setmetatable({
     _core = handle,
     _mod = core,
@@ -65,8 +66,9 @@ function Client.new(user)
     _opts = o,
     _create_policy = _policy(o, false),
     _read_policy = _policy(o, true),
-    _create_lim = _limiter(limits.create, RATE_LIMITS.create, o.timeout),
-    _poll_lim = _limiter(limits.poll, RATE_LIMITS.poll, o.timeout),
+    _fleet = fleet,
+    _create_lim = options.shared(fleet, "create", _limiter(limits.create, RATE_LIMITS.create, o.timeout)),
+    _poll_lim = options.shared(fleet, "poll", _limiter(limits.poll, RATE_LIMITS.poll, o.timeout)),
     _journal = o.journal and journal.open(o.journal, core) or nil,
     _retry_loggers = {}, -- op -> on_retry function
   }, Client)
@@ -96,7 +98,11 @@ end
 -- goes to the journal right before the first request is sent.
 local function _create_attempt(self, ctx, req)
   local env, lim = self._env, self._create_lim
-  local slot = lim and lim:acquire(env) -- held until the answer (kie.ratelimit)
+  local slot, ferr
+  if lim then
+    slot, ferr = lim:acquire(env) -- held until the answer (kie.ratelimit)
+    if not slot then return nil, ferr end -- a fleet's Redis failed: nothing sent
+  end
   if self._journal and not ctx.intent then
     local ok, jerr = paid.intend(self, ctx)
     if not ok then
@@ -204,6 +210,7 @@ local function _read_attempt(self, op, by, name, n, args)
   local slot, wait
   if lim then
     slot, wait = lim:acquire(env, by and by.send_by)
+    if not slot and type(wait) == "table" then return nil, wait end -- kind fleet
     if not slot then
       return nil, errors.new("rate_limited", op .. ": the client-side read limit would delay "
         .. "this request past the deadline; not sent", { op = op, client_side = true,

@@ -54,6 +54,8 @@ M.kinds = {
          action = "check the path and permissions" },
   signature = { retryable = false, what = "callback signature missing, wrong or stale",
                 action = "check the HMAC key and clock" },
+  fleet = { retryable = true, what = "fleet mode's Redis failed or could not be reached; nothing was sent",
+            action = "check Redis (option fleet.redis); retried with backoff" },
 }
 
 local Error = {}

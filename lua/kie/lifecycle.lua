@@ -114,6 +114,10 @@ local function _end_error(c, t, cause, paid)
     err = errors.new("canceled", "canceled by the caller")
   end
   if t.task_id then err.task_id = t.task_id end
+  local more = t._end_fields -- what t's error tells of the work it waits for (run_all's)
+  if more then
+    for k, v in pairs(more) do err[k] = v end
+  end
   return err
 end
 
@@ -272,13 +276,17 @@ function M.sleep(c, t, seconds)
   return yield(PARK)
 end
 
---- Parks task `t` until `wake(t)`; a close of `c` ends it.
-function M.join(c, t)
+--- Parks task `t` until `wake(t)`; a close of `c` ends it. `fields` (optional)
+-- go on the error t ends with if it is canceled or closed meanwhile (run_all:
+-- its `results` and `errs`, which its children fill as they end).
+function M.join(c, t, fields)
   if t._ended then return yield(PARK) end
   if c._closed then return end
   t._wait, t._client = "join", c
   c._joined[t] = true
-  return yield(PARK)
+  t._end_fields = fields -- until t runs again (queued by wake, it may still be canceled)
+  yield(PARK)
+  t._end_fields = nil
 end
 
 --- Queues a task parked by `join` to be resumed by its client's step.
@@ -359,6 +367,7 @@ function M.close(c)
     end
   end
   c._core:close()
+  if c._fleet then c._fleet:close() end -- its Redis connection (kie.fleet)
   -- the callbacks of the calls ended here: now, unless this client's step is
   -- running (it calls them); what they raise is raised after all ran, as by step
   if stepping ~= c then M.step(c, 0, nil) end
@@ -379,16 +388,25 @@ local function due_timers(c, now)
   end
 end
 
--- The value step raises: every callback error of the step, printable.
-local function raise(errs)
+--- The error of kind `callback` for `errs`, a list of `{value raised,
+-- traceback}`: printable with every value and traceback; `fields` (optional)
+-- are added to it.
+function M.callback_error(errs, fields)
   local list, tbs, lines = {}, {}, {}
   for i, e in ipairs(errs) do
     list[i], tbs[i] = e[1], e[2]
     lines[#lines + 1] = i .. ") " .. tostring(e[1]) .. (e[2] and e[2] ~= "" and ("\n" .. e[2]) or "")
   end
   local head = #errs == 1 and "a callback raised: " or (#errs .. " callbacks raised:\n")
-  error(errors.new("callback", head .. concat(lines, "\n"), { errors = list, tracebacks = tbs,
-    traceback = tbs[1] }), 0)
+  local err = errors.new("callback", head .. concat(lines, "\n"), { errors = list, tracebacks = tbs,
+    traceback = tbs[1] })
+  for k, v in pairs(fields or {}) do err[k] = v end
+  return err
+end
+
+-- The value step raises: every callback error of the step, printable.
+local function raise(errs)
+  error(M.callback_error(errs), 0)
 end
 
 -- Hands finished transfer `id` of client c to whoever waits for it. Returns
@@ -503,6 +521,27 @@ function M.step(c, timeout_ms, budget_ms, watch)
   -- count again: the tasks resumed above may have started transfers (pending
   -- counts the finished transfers still queued too: they are not handed over yet)
   return c._core:pending() + #c._timers + c._qtasks
+end
+
+--- Queues again the finished transfers of client `c` that its core reported
+-- to a step that never queued them: a step cut short right as `core:step`
+-- returned (the standalone interpreter raises Ctrl-C's "interrupted!" there).
+-- Their answers (a paid create's too) are handed over by the next step. Returns
+-- how many were queued.
+function M.requeue(c)
+  if c._closed then return 0 end
+  local q, queued = c._runq, {}
+  for i = q.head, q.tail do
+    if type(q[i]) == "number" then queued[q[i]] = true end
+  end
+  local core, n = c._core, 0
+  for id in pairs(c._parked) do
+    if not queued[id] and core:progress(id) then -- done (a second report is skipped by hand_over)
+      push(c, id)
+      n = n + 1
+    end
+  end
+  return n
 end
 
 --- Milliseconds a host loop may sleep before client `c`'s next step (see

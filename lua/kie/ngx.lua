@@ -456,6 +456,9 @@ function M.new(opts)
         error("kie.ngx.new: option 'thread_pool' must be a non-empty string", 2)
       end
       pool = v
+    elseif k == "fleet" then
+      error("kie.ngx.new: option 'fleet' is not supported yet (its Redis calls would block "
+        .. "the nginx worker)", 2)
     elseif k == "core" or k == "sleep" then
       error("kie.ngx.new: option '" .. k .. "' is not supported (kie.ngx runs HTTP on worker "
         .. "threads and waits with ngx.sleep)", 2)

@@ -33,6 +33,7 @@ local OPTION_TYPES = {
   journal = "string", strict = "boolean", rate_limits = "table", retry = "table",
   now = "function", sleep = "function", random = "function",
   step_budget_ms = "number",
+  fleet = "table", -- {redis = URL, name = NAME}: pacing shared through Redis (kie.fleet)
   core = "table", -- an injected core module (tests' fakes)
 }
 
@@ -44,6 +45,15 @@ local function _env(name)
   local v = getenv(name)
   if v == "" then return nil end
   return v
+end
+
+-- kie.fleet (pure Lua, shipped with the kie-fleet rock), loaded only for `fleet`
+local function _fleet_module()
+  local ok, fleet = pcall(require, "kie.fleet")
+  if not ok then
+    error("kie.new: option 'fleet' needs the kie-fleet rock (kie.fleet, kie.redis): " .. tostring(fleet), 4)
+  end
+  return fleet
 end
 
 local function _options(user)
@@ -79,6 +89,7 @@ local function _options(user)
       error("kie.new: option 'rate_limits': unknown entry '" .. tostring(k) .. "' (create, poll)", 3)
     end
   end
+  if o.fleet then _fleet_module().check(o.fleet, 3) end
   if o.step_budget_ms ~= o.step_budget_ms or o.step_budget_ms < 0 then
     error("kie.new: option 'step_budget_ms' must be a number >= 0", 3)
   end
@@ -94,6 +105,19 @@ local function _limiter(spec, default, timeout)
     { limit = default.limit, window = default.window, hold = (timeout or 30) + 1 })
   if not ok then error("kie.new: option 'rate_limits': " .. tostring(lim), 4) end
   return lim
+end
+
+-- The fleet of option `fleet` (nil without it): Redis is reached on first use.
+local function _fleet(spec)
+  if not spec then return nil end
+  return _fleet_module().open(spec)
+end
+
+-- `lim` shared through `fleet` (budget "create" or "poll"), or `lim` itself
+-- without a fleet or a limiter.
+local function _shared(fleet, budget, lim)
+  if not fleet or not lim then return lim end
+  return fleet:limiter(budget, lim)
 end
 
 local function _policy(o, idempotent)
@@ -121,6 +145,8 @@ M.RATE_LIMITS = RATE_LIMITS
 M.CORE_OPTIONS = CORE_OPTIONS
 M.parse = _options
 M.limiter = _limiter
+M.fleet = _fleet
+M.shared = _shared
 M.policy = _policy
 M.check = _check
 return M

@@ -35,7 +35,9 @@ M.defaults = {
 }
 
 --- Kinds a non-idempotent policy may retry (still only when `err.retryable == true`).
-M.non_idempotent_kinds = { rate_limited = true, maintenance = true, network = true, timeout = true }
+-- (`fleet`: the fleet's Redis failed before the request was sent)
+M.non_idempotent_kinds = { rate_limited = true, maintenance = true, network = true, timeout = true,
+  fleet = true }
 
 local Policy = {}
 Policy.__index = Policy

@@ -154,6 +154,30 @@ local function _check(v, want, what)
   if type(v) ~= want then error(what .. " must be a " .. want .. ", got " .. type(v), 3) end
 end
 
+-- The real core's argument checks, raising at `level` (as seen from here):
+-- a string argument takes a number as its text (luaL_checkstring; `opt`: nil is
+-- nil, as luaL_optstring) ...
+local function _str(v, what, opt, level)
+  if type(v) == "string" or (opt and v == nil) then return v end
+  if type(v) == "number" then return tostring(v) end
+  error(what .. " must be a string, got " .. type(v), level + 1)
+end
+
+-- ... a number argument a numeric string (luaL_checknumber) ...
+local function _number(v, what, level)
+  local n = (type(v) == "number" or type(v) == "string") and tonumber(v) or nil
+  if n == nil then error(what .. " must be a number, got " .. type(v), level + 1) end
+  return n
+end
+
+-- ... and counts, timeouts and caps must be >= 0 (NaN is refused); nil is `default`.
+local function _num(v, what, default, level)
+  if v == nil then return default end
+  local n = _number(v, what, level + 1)
+  if not (n >= 0) then error(what .. " must be a number >= 0, got " .. tostring(v), level + 1) end
+  return n
+end
+
 -- "#fail", "#fail=<code>" and "#stuck" anywhere in the strings of v
 local function _markers(v, found, depth)
   if type(v) == "string" then
@@ -308,18 +332,21 @@ function Handle:_run(async, op, core_op, rec, serve, limit)
     return unpack(results, 1, results.n)
   end
   self._next = self._next + 1
-  self._live[self._next] = { due = fake._t + delay, results = results }
+  -- a download's file, removed when the transfer ends with its result untaken
+  -- (cancel, close), as the real core removes its sink
+  local sink = core_op == "download" and rec.path or nil
+  self._live[self._next] = { due = fake._t + delay, results = results, sink = sink }
   return self._next
 end
 
 local IMPL = {}
 
--- A request's own timeout argument (nil: the client's): checked like the core does.
+-- A request's own timeout argument (nil or 0: the client's): checked like the
+-- core does (a number >= 0).
 local function _own_timeout(t, what)
-  if t ~= nil and (type(t) ~= "number" or t ~= t or t <= 0) then
-    error(what .. ": timeout must be a number > 0, got " .. tostring(t), 4)
-  end
-  return t
+  t = _num(t, what .. ": timeout", 0, 4)
+  if t > 0 then return t end
+  return nil
 end
 
 -- A request body as sent: its JSON text and that text decoded; or nil, err as the
@@ -347,7 +374,7 @@ function IMPL.create_task(h, async, req)
 end
 
 function IMPL.get_task(h, async, id, timeout)
-  _check(id, "string", "get_task: task_id")
+  id = _str(id, "get_task: task_id", false, 3)
   timeout = _own_timeout(timeout, "get_task")
   if id == "" then
     return nil, { kind = "validation", message = "get_task: task_id is empty", retryable = false, op = "get_task" }
@@ -405,7 +432,7 @@ end
 
 function IMPL.call(h, async, method, path, body)
   if method ~= "GET" and method ~= "POST" then error("call: method must be \"GET\" or \"POST\"", 3) end
-  _check(path, "string", "call: path")
+  path = _str(path, "call: path", false, 3)
   local url, rel
   if path:sub(1, 1) == "/" then
     url, rel = h._base .. path, path
@@ -420,6 +447,7 @@ function IMPL.call(h, async, method, path, body)
   local sent
   if body ~= nil then
     _check(body, "table", "call: body")
+    if method == "GET" then error("call: a GET carries no body", 3) end -- it would go out as a POST
     local json
     json, sent = _body("call", body)
     if not json then return nil, sent end
@@ -434,8 +462,9 @@ function IMPL.call(h, async, method, path, body)
 end
 
 function IMPL.fetch(h, async, url, path, cap, timeout)
-  _check(url, "string", "fetch: url")
-  _check(path, "string", "fetch: path")
+  url = _str(url, "fetch: url", false, 3)
+  path = _str(path, "fetch: path", false, 3)
+  cap = _num(cap, "fetch: max_bytes", nil, 3)
   timeout = _own_timeout(timeout, "fetch")
   if not url:find("^https?://") then error("fetch: url must be an http(s) URL", 3) end
   local f, err = open(path, "wb") -- created (or truncated) at once, as the real core does
@@ -459,9 +488,11 @@ function IMPL.fetch(h, async, url, path, cap, timeout)
 end
 
 function IMPL.upload(h, async, path, upload_path, file_name, mime, timeout)
-  _check(path, "string", "upload: path")
+  path = _str(path, "upload: path", false, 3)
+  upload_path = _str(upload_path, "upload: upload_path", false, 3)
+  file_name = _str(file_name, "upload: file_name", true, 3)
+  mime = _str(mime, "upload: mime_type", true, 3)
   timeout = _own_timeout(timeout, "upload")
-  _check(upload_path, "string", "upload: upload_path")
   local function fail(kind, message)
     return nil, { kind = kind, message = message, retryable = false, op = "upload" }
   end
@@ -491,10 +522,10 @@ local function _ids(h)
 end
 
 -- step(timeout_ms, budget_ms) -> in_flight, {done ids} | nil
-function Handle:step(ms)
+function Handle:step(ms, budget)
   _open(self)
-  ms = ms or 0
-  if type(ms) ~= "number" or ms < 0 then error("step: timeout_ms must be a number >= 0", 2) end
+  ms = _num(ms, "step: timeout_ms", 0, 2)
+  _num(budget, "step: budget_ms", nil, 2) -- (the fake's work takes no time)
   local fake, ids = self._fake, _ids(self)
   local now, first = fake._t, nil
   for _, id in ipairs(ids) do
@@ -521,6 +552,7 @@ end
 
 function Handle:result(id)
   _open(self)
+  id = _number(id, "result: id", 2)
   local x = self._live[id]
   if not x then error("result: no such transfer (finished, canceled or unknown)", 2) end
   if x.due > self._fake._t then error("result: transfer has not finished (see step)", 2) end
@@ -530,6 +562,8 @@ end
 
 function Handle:progress(id, wait_ms)
   _open(self)
+  id = _number(id, "progress: id", 2)
+  wait_ms = _num(wait_ms, "progress: wait_ms", 0, 2)
   local x, fake = self._live[id], self._fake
   if not x then return nil end
   if wait_ms and wait_ms > 0 and x.due > fake._t then
@@ -543,9 +577,11 @@ end
 
 function Handle:cancel(id)
   _open(self)
-  local live = self._live[id] ~= nil
+  id = _number(id, "cancel: id", 2)
+  local x = self._live[id]
   self._live[id] = nil
-  return live
+  if x and x.sink then os.remove(x.sink) end
+  return x ~= nil
 end
 
 function Handle:pending()
@@ -571,6 +607,9 @@ function Handle:wakeup()
 end
 
 function Handle:close()
+  for _, x in pairs(self._live or {}) do
+    if x.sink then os.remove(x.sink) end
+  end
   self._closed, self._live = true, {}
 end
 
@@ -578,6 +617,33 @@ end
 
 local OPTIONS = { pace = "table", outcome = "string", latency = "number", credits = "number",
   cost = "number", epoch = "number", image = "string" }
+
+-- core.new's options as the real core checks them: "string" (non-empty, one
+-- line), "seconds" (0 < s <= 86400), "bytes" (a whole number from 1 to 2^53).
+local CORE_NEW = { api_key = "string", base_url = "string", upload_url = "string",
+  ca_file = "string", ca_path = "string", proxy = "string", user_agent = "string",
+  timeout = "seconds", connect_timeout = "seconds", max_response_bytes = "bytes" }
+
+local function _check_new(o)
+  if type(o) ~= "table" then error("kie.core.new: opts must be a table, got " .. type(o), 3) end
+  for k in pairs(o) do
+    if not CORE_NEW[k] then error("kie.core.new: unknown option '" .. tostring(k) .. "'", 3) end
+  end
+  if o.api_key == nil then error("kie.core.new: option 'api_key' is required", 3) end
+  for k, v in pairs(o) do
+    local want = CORE_NEW[k]
+    if want == "string" then
+      if type(v) ~= "string" then error("kie.core.new: option '" .. k .. "' must be a string", 3) end
+      if v == "" or v:find("\0", 1, true) or v:find("[\r\n]") then
+        error("kie.core.new: option '" .. k .. "' must be a non-empty single-line string", 3)
+      end
+    elseif type(v) ~= "number" or not (v > 0) or (want == "seconds" and v > 86400)
+      or (want == "bytes" and (v > 2 ^ 53 or v % 1 ~= 0)) then
+      error("kie.core.new: option '" .. k .. "' must be " .. (want == "seconds"
+        and "a positive number of seconds up to 86400" or "a whole number from 1 to 2^53"), 3)
+    end
+  end
+end
 
 --- Makes a fake kie.ai with its own virtual clock (starting at 0). Every option is
 -- optional:
@@ -618,9 +684,7 @@ function M.new(opts)
   local core = {}
   for k, v in pairs(base) do core[k] = v end
   function core.new(o)
-    if type(o) ~= "table" or type(o.api_key) ~= "string" or o.api_key == "" then
-      error("kie.core.new: option 'api_key' is required", 2)
-    end
+    _check_new(o)
     local function trim(u) return u and (u:gsub("/+$", "")) end
     return setmetatable({ _fake = self, _base = trim(o.base_url or "https://api.kie.ai"),
       _upload = trim(o.upload_url), _timeout = o.timeout or 30, _live = {}, _next = 0 }, Handle)
