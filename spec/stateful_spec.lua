@@ -47,13 +47,6 @@ local DISABLED_CHECKS = {
   -- of the tasks those creates made. With a journal their intents and task ids are
   -- recorded, and the check runs. Minimal: spawn_run_all n=3 conc=1; cancel.
   excuse_run_all = "run_all cancel without journal",
-  -- kie.testing only: a download canceled (or closed) while its fetch is in flight
-  -- leaves its partial file "<path>.part-..." behind. The real core removes the
-  -- sink file of a transfer freed without its result taken (src/transfer.c
-  -- kie_transfer_free); the fake core's Handle:cancel and Handle:close
-  -- (lua/kie/testing.lua:544, :573) drop the transfer but not the file that
-  -- IMPL.fetch created at once. Minimal: create; step; spawn_download; step; close.
-  ["no_files_check@testing"] = "kie.testing leaves a canceled fetch's file",
 }
 -- Fault kinds (backends.lua's names) left out of the fixed seeds, the same way.
 local DISABLED_FAULTS = {
