@@ -98,8 +98,9 @@ local function report(backend, cfg, ops, failure, shrunk, runs)
   end
   local out = {}
   local function add(s) out[#out + 1] = s end
-  add(("stateful %s: seed %d (journal=%s max_retries=%d budget=%s): [%s] %s"):format(backend.name,
-    cfg.seed, tostring(cfg.journal), cfg.max_retries, tostring(cfg.budget), failure.class, failure.msg))
+  add(("stateful %s: seed %d (journal=%s max_retries=%d budget=%s paced=%s): [%s] %s"):format(backend.name,
+    cfg.seed, tostring(cfg.journal), cfg.max_retries, tostring(cfg.budget), tostring(cfg.paced),
+    failure.class, failure.msg))
   add(("after op %d of %d (0: at the end)"):format(failure.at, #ops))
   if failure.traceback then add(failure.traceback) end
   if shrunk then

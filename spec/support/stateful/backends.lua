@@ -4,7 +4,7 @@
 --
 --   b.name, b.FAULTS (list of fault specs), b.WAIT (wait options), b.STEP_SCALE
 --   b:start() / b:stop() / b:reset()   once per spec / once per run
---   b:client(opts)      a kie client (opts: journal, max_retries, step_budget_ms)
+--   b:client(opts)      a kie client (opts: journal, max_retries, step_budget_ms, paced)
 --   b:fault(i, target)  queue fault FAULTS[i] for a "create", "get", "file" (download) or
 --                       "any" API request
 --   b:fault_index(name) the index in FAULTS of the fault named `name` (replays)
@@ -97,7 +97,8 @@ function Mock:client(o)
   return kie.new{ api_key = KEY, base_url = self.m.url, timeout = 1, connect_timeout = 1,
     max_retries = o.max_retries, journal = o.journal, step_budget_ms = o.step_budget_ms,
     retry = { base = 0.01, cap = 0.05, rate_limit_floor = 0.01, max_retry_after = 2 },
-    rate_limits = { create = false, poll = false } }
+    rate_limits = o.paced and { create = { limit = 4, window = 0.2 }, poll = { limit = 8, window = 0.1 } }
+      or { create = false, poll = false } }
 end
 
 function Mock:fault(i, target)
@@ -178,7 +179,8 @@ end
 
 function Fake:client(o)
   return self.fake:client{ max_retries = o.max_retries, journal = o.journal,
-    step_budget_ms = o.step_budget_ms, timeout = 30 }
+    step_budget_ms = o.step_budget_ms, timeout = 30,
+    rate_limits = not o.paced and { create = false, poll = false } or nil } -- paced: kie.ai's own
 end
 
 function Fake:fault(i, target)

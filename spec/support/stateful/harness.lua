@@ -91,7 +91,7 @@ function H.run(backend, cfg, ops, opts)
   local function open()
     st.gen = st.gen + 1
     st.c = backend:client{ journal = journal, max_retries = cfg.max_retries,
-      step_budget_ms = budget_value(cfg.budget) }
+      step_budget_ms = budget_value(cfg.budget), paced = cfg.paced }
   end
 
   -- the fingerprint of nonce's request as client c computes it (kie.fingerprint, or

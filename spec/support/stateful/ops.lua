@@ -47,6 +47,7 @@ function M.generate(seed, n, nfaults, disabled)
     journal = r.float() < 0.5,
     max_retries = r.int(0, 2),
     budget = r.pick(M.BUDGETS),
+    paced = r.float() < 0.5, -- client-side rate limits on (the backend's, small windows)
   }
   local total, kinds = 0, {}
   for _, k in ipairs(M.ORDER) do
@@ -104,7 +105,7 @@ end
 
 function M.literal(cfg, ops)
   local out = { "return { cfg = {" }
-  for _, k in ipairs({ "seed", "journal", "max_retries", "budget" }) do
+  for _, k in ipairs({ "seed", "journal", "max_retries", "budget", "paced" }) do
     out[#out + 1] = k .. " = " .. lit(cfg[k]) .. ","
   end
   out[#out + 1] = "}, ops = {\n"
