@@ -39,14 +39,8 @@ local DISABLED = {
 }
 -- Checks left out of the fixed seeds, the same way (harness.lua's options).
 local DISABLED_CHECKS = {
-  -- Canceling (or closing under) a spawned run_all whose items' creates are in flight:
-  -- the items end unknown_outcome inside run_all, but the job itself ends `canceled`
-  -- (lifecycle.lua:153 M.cancel: the job ends with unpark's `canceled`, which carries
-  -- neither the items' fingerprints nor their task ids; the items' own errors go to
-  -- batch.lua's errs, never returned), so without a journal the program cannot learn
-  -- of the tasks those creates made. With a journal their intents and task ids are
-  -- recorded, and the check runs. Minimal: spawn_run_all n=3 conc=1; cancel.
-  excuse_run_all = "run_all cancel without journal",
+  -- (excuse_run_all is gone: a canceled or closed spawned run_all's error now carries
+  -- its items' results and errs, fingerprints and late task ids included.)
 }
 -- Fault kinds (backends.lua's names) left out of the fixed seeds, the same way.
 local DISABLED_FAULTS = {

@@ -232,6 +232,11 @@ function H.run(backend, cfg, ops, opts)
         if err ~= nil and not (j.kind == "spawn_run_all" and res ~= nil) then
           learn(nil, err, #j.nonces == 1 and j.nonces[1] or nil, j.client)
         end
+        if j.kind == "spawn_run_all" and type(err) == "table" and type(err.errs) == "table" then
+          for i, nonce in ipairs(j.nonces) do
+            learn(err.results and err.results[i], err.errs[i], nonce, j.client)
+          end
+        end
         check_cancel_result("job #" .. j.n .. " (" .. j.kind .. ")", j, res, err)
       end
     end
