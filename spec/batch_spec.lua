@@ -61,8 +61,7 @@ describe("client:run_all #core", function()
     assert.is_nil(errs)
     assert.equals(9, #results)
     -- at most 3 creates were ever open at once: each is answered 0.1 s after it
-    -- arrived, so no 0.09 s span of arrivals may hold more than 3 (creates go out
-    -- on fresh connections, so counting connections no longer tells)
+    -- arrived, so no 0.09 s span of arrivals may hold more than 3
     local times = {}
     for _, e in ipairs(m:requests("/api/v1/jobs/createTask")) do times[#times + 1] = e.time end
     table.sort(times)

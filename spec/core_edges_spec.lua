@@ -353,13 +353,36 @@ describe("kie.core edges #core", function()
       assert.equals(1, m:count(CREATE))
     end)
 
-    it("goes out on a fresh connection while reads keep reusing theirs", function()
+    it("reuses the kept-alive connection like every other call", function()
       c:get_task("warm")
       assert(c:create_task(REQ))
       c:get_task("again")
-      c:get_task("and again")
+      assert(c:create_task(REQ))
       assert.equals(4, m:count())
+      assert.equals(1, m:connections())
+    end)
+
+    it("is sent once on the second of two kept-alive connections (async, 2 in flight)", function()
+      -- steps until every id is handed out; their results, by id
+      local function settle_all(ids)
+        local left, out = #ids, {}
+        for _ = 1, 2000 do
+          local _, done = c:step(10)
+          for _, d in ipairs(done or {}) do out[d] = { c:result(d) }; left = left - 1 end
+          if left == 0 then return out end
+        end
+        error("transfers never finished")
+      end
+      settle_all{ c:get_task_start("warm 1"), c:get_task_start("warm 2") }
       assert.equals(2, m:connections())
+      m:fault{ path = CREATE, fault = "close_after_read", times = 2 }
+      local x, y = c:create_task_start(REQ), c:create_task_start(REQ)
+      local out = settle_all{ x, y }
+      for _, id in ipairs{ x, y } do
+        assert.is_nil(out[id][1])
+        assert.equals("unknown_outcome", out[id][2].kind)
+      end
+      assert.equals(2, m:count(CREATE))
     end)
   end)
 end)

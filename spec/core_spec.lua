@@ -402,7 +402,7 @@ describe("kie.core against the mock #core", function()
     for _ = 1, 100 do assert(c:get_task(task.taskId)) end
     assert.equals(100, m:count("/api/v1/jobs/recordInfo"))
     assert.equals(1, m:connections("/api/v1/jobs/recordInfo"))
-    assert.equals(1, m:connections()) -- the reads reused the (fresh) connection of the create
+    assert.equals(1, m:connections()) -- the create and the reads shared one kept-alive connection
   end)
 
   it("verifies TLS: works with the test CA, fails without it", function()

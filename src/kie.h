@@ -68,6 +68,8 @@ typedef struct kie_xfer {
   int too_large;            /* the cap was hit */
   int done;                 /* curl reported completion */
   int detached;             /* off the live list (being finished): unknown to find/cancel */
+  int attempts;             /* times libcurl was about to send it (on_prereq) */
+  int resend_refused;       /* a create's resend by libcurl was aborted (on_prereq) */
   CURLcode result;
   long status;
   char retry_after[64];     /* raw Retry-After header value, "" if none */

@@ -12,11 +12,13 @@
  *    next. Sequential calls reuse one TCP connection and one TLS session.
  *  - No Accept-Encoding: the API's answers are small JSON and downloads are images
  *    (already compressed); decoding cost more CPU than it saved on the wire.
- *  - A create (KIE_OP_CREATE) always opens a fresh connection (CURLOPT_FRESH_CONNECT):
- *    libcurl resends a request, unasked, when a reused connection dies before the
- *    answer starts, and a resent create is paid twice. On a fresh connection that
- *    retry never happens; the connection is kept for later reads. Creates are paced
- *    (2/s), so the handshake costs nothing that matters.
+ *  - libcurl resends a request, unasked, when a reused connection dies before the
+ *    answer starts, and a resent create is paid twice. Every request of a create
+ *    passes on_prereq (CURLOPT_PREREQFUNCTION, libcurl >= 7.80), which lets its first
+ *    attempt go and aborts any later one (x->resend_refused), so a create reuses
+ *    kept-alive connections like every other call and is still sent at most once.
+ *    Older libcurl: a create opens a fresh connection (CURLOPT_FRESH_CONNECT), on
+ *    which that retry never happens.
  *  - TLS verification is always on; redirects are never followed (the key would
  *    travel with them); only http and https are allowed.
  *  - The key's copies in C are the client's api_key, the three header lists and the
@@ -53,6 +55,11 @@ int kie_transfer_global_init(void) {
   return global_rc == CURLE_OK;
 }
 
+/* CURLOPT_PREREQFUNCTION came with 7.80 (KIE_NO_PREREQ builds the fallback) */
+#if LIBCURL_VERSION_NUM >= 0x075000 && !defined(KIE_NO_PREREQ)
+#define KIE_HAVE_PREREQ 1
+#endif
+
 /* libcurl write callback: append to the response buffer, refuse past the cap. */
 static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
   kie_xfer *x = ud;
@@ -69,6 +76,19 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
   }
   return kie_buf_append(&x->resp, ptr, n) ? n : 0;
 }
+
+#ifdef KIE_HAVE_PREREQ
+/* libcurl pre-request callback: a create's second attempt is libcurl resending it
+ * on a new connection after a reused one died; refuse it (the first may have been
+ * received). Other calls go as often as libcurl likes. */
+static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_port) {
+  kie_xfer *x = ud;
+  (void)ip; (void)local_ip; (void)port; (void)local_port;
+  if (x->op != KIE_OP_CREATE || x->attempts++ == 0) return CURL_PREREQFUNC_OK;
+  x->resend_refused = 1;
+  return CURL_PREREQFUNC_ABORT;
+}
+#endif
 
 /* libcurl header callback: keep Retry-After (of the last response) only. */
 static size_t on_header(char *ptr, size_t size, size_t nitems, void *ud) {
@@ -199,6 +219,9 @@ static int set_fixed(kie_client *c, CURL *e) {
   bad |= curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header) != CURLE_OK;
+#ifdef KIE_HAVE_PREREQ
+  bad |= curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq) != CURLE_OK;
+#endif
   return !bad;
 }
 
@@ -246,8 +269,13 @@ static int set_request(kie_client *c, kie_xfer *x, const char *url, long timeout
                               ? timeout_ms : c->timeout_ms) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->cap) != CURLE_OK;
   /* libcurl silently resends a request whose reused connection died before any
-   * answer byte: a create must never go out on a connection it could resend on */
+   * answer byte: a create is never let through twice (on_prereq), or, without
+   * that callback, never goes out on a connection it could resend on */
+#ifdef KIE_HAVE_PREREQ
+  bad |= curl_easy_setopt(e, CURLOPT_PREREQDATA, x) != CURLE_OK;
+#else
   bad |= curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, x->op == KIE_OP_CREATE ? 1L : 0L) != CURLE_OK;
+#endif
   bad |= curl_easy_setopt(e, CURLOPT_WRITEDATA, x) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_HEADERDATA, x) != CURLE_OK;
   bad |= curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf) != CURLE_OK;
@@ -385,6 +413,7 @@ kie_xfer *kie_transfer_find(kie_client *c, unsigned long id) {
 int kie_transfer_reached_server(const kie_xfer *x) {
   curl_off_t pre = 0;
   long req = 0;
+  if (x->resend_refused) return 1; /* its first attempt went out on a reused connection */
   switch (x->result) {
   case CURLE_COULDNT_RESOLVE_HOST:
   case CURLE_COULDNT_RESOLVE_PROXY:
