@@ -76,7 +76,7 @@ end
 -- them over the workers), then reads every answer. Returns the decoded answers.
 local function burst(port, paths, seconds)
   local list = {}
-  for i, path in ipairs(paths) do
+  for i = 1, #paths do
     local c = assert(socket.tcp())
     c:settimeout(5)
     assert(c:connect("127.0.0.1", port))
