@@ -30,10 +30,11 @@ local M = {}
 local clients = {}
 
 local function client(a)
-  local id = a.mode .. "|" .. tostring(a.name) .. "|" .. tostring(a.redis)
+  local id = a.mode .. "|" .. tostring(a.name) .. "|" .. tostring(a.redis) .. "|" .. tostring(a.limit)
   if clients[id] then return clients[id] end
   local o = { api_key = @KEY@, base_url = a.mock, timeout = 5, max_retries = 0,
-    rate_limits = { create = { limit = @LIMIT@, window = @WINDOW@ }, poll = false } }
+    rate_limits = { create = { limit = tonumber(a.limit) or @LIMIT@, window = tonumber(a.window) or @WINDOW@ },
+      poll = false } }
   if a.mode == "dict" then o.shared_dict = "kie_pacing" end
   if a.mode == "fleet" then o.fleet = { redis = a.redis, name = a.name, timeout = 1 } end
   clients[id] = kie.new(o)
@@ -73,8 +74,9 @@ local function urlencode(s)
 end
 
 -- Sends every request of `paths` at once (one connection each; the kernel spreads
--- them over the workers), then reads every answer. Returns the decoded answers.
-local function burst(port, paths, seconds)
+-- them over the workers), or `gap` seconds apart, then reads every answer.
+-- Returns the decoded answers.
+local function burst(port, paths, seconds, gap)
   local list = {}
   for i = 1, #paths do
     local c = assert(socket.tcp())
@@ -83,6 +85,7 @@ local function burst(port, paths, seconds)
     list[i] = { sock = c, buf = {} }
   end
   for i, r in ipairs(list) do
+    if gap and i > 1 then socket.sleep(gap) end
     assert(r.sock:send("GET " .. paths[i] .. " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"))
     r.sock:settimeout(0)
   end
@@ -148,15 +151,28 @@ describe("kie.ngx pacing shared by nginx's workers (4 workers) #ngx #fleet #inte
     return "ngx" .. names .. "-" .. math.random(1, 1e9)
   end
 
-  -- n creates at once in `mode`; returns the answers and what the mock saw
-  local function load(n, mode, name, redis_url)
+  -- n creates at once in `mode` (or `gap` s apart, with their own limit `extra`):
+  -- returns the answers
+  local function load(n, mode, name, redis_url, gap, extra)
     local paths = {}
     for i = 1, n do
       paths[i] = "/t/create?mode=" .. mode .. "&i=" .. i .. "&mock=" .. urlencode(m.url)
         .. (name and ("&name=" .. urlencode(name)) or "")
-        .. (redis_url and ("&redis=" .. urlencode(redis_url)) or "")
+        .. (redis_url and ("&redis=" .. urlencode(redis_url)) or "") .. (extra or "")
     end
-    return burst(a.port, paths, 30)
+    return burst(a.port, paths, 30, gap)
+  end
+
+  -- the i of each create the mock counted, in the order they arrived
+  local function arrival_order()
+    local list = {}
+    for _, r in ipairs(m:requests(CREATE)) do
+      list[#list + 1] = { at = r.arrived, i = tonumber(json.decode(r.body).input.prompt:match("(%d+)$")) }
+    end
+    table.sort(list, function(x, y) return x.at < y.at end)
+    local order = {}
+    for k, v in ipairs(list) do order[k] = v.i end
+    return order
   end
 
   local function tally(docs)
@@ -249,6 +265,24 @@ describe("kie.ngx pacing shared by nginx's workers (4 workers) #ngx #fleet #inte
     assert.equals(24, #times)
     assert.is_true(max_in_window(times, LIMIT.window) <= LIMIT.limit)
   end)
+
+  for _, mode in ipairs{ "dict", "fleet" } do
+    it(mode .. ": waiters in several workers are served in arrival order", function()
+      m:config{ latency = false }
+      if mode == "dict" then
+        local _, status = http.request(a.url .. "/t/flush")
+        assert.equals(200, status)
+      end
+      local n = 8
+      local docs = load(n, mode, fresh_name(), srv.url, 0.03, "&limit=1&window=0.2")
+      local t = tally(docs)
+      assert.same({}, t.kinds)
+      assert.is_true(t.nworkers >= 2, "the requests reached one worker only")
+      local want = {}
+      for i = 1, n do want[i] = i end
+      assert.same(want, arrival_order())
+    end)
+  end
 
   it("fleet, Redis unreachable: kind fleet (retryable) and nothing sent", function()
     local closed = "redis://127.0.0.1:" .. util.free_port() .. "/0"
