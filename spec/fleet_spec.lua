@@ -43,13 +43,7 @@ describe("fleet mode: option and pacing shared through Redis #fleet #integration
     return kie.new(o)
   end
 
-  local function over_limit()
-    local n = 0
-    for _, r in ipairs(m:requests(CREATE)) do
-      if r.fault == "account_limit" then n = n + 1 end
-    end
-    return n
-  end
+  local function over_limit() return m:over_limit(CREATE) end
 
   it("checks the option: redis and name required, unknown fields raise (kie.ngx alike)", function()
     assert.has_error(function() kie.new{ api_key = KEY, fleet = { redis = srv.url } } end,
