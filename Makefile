@@ -120,7 +120,7 @@ FUZZ_SECONDS ?= 60
 SOAK_CALLS   ?= 100000
 # specs that run their code in other processes (nginx, CLI children, the examples)
 # gain nothing from this process's GC settings
-GC_SPECS = $(filter-out spec/cli_spec.lua spec/ngx_spec.lua spec/mock_spec.lua spec/demo_spec.lua \
+GC_SPECS = $(filter-out spec/cli_spec.lua spec/ngx_spec.lua spec/ngx_fleet_spec.lua spec/mock_spec.lua spec/demo_spec.lua \
            spec/host_spec.lua spec/love_spec.lua,$(wildcard spec/*_spec.lua))
 GC_GEN   = 'collectgarbage("generational", 1, 10)'
 GC_INC   = 'collectgarbage("incremental"); collectgarbage("setpause", 50); collectgarbage("setstepmul", 200)'

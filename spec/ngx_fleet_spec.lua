@@ -19,6 +19,7 @@ local KEY = "sk-fleet-spec" -- spec/support/fleet_child.lua's
 local CREATE = "/api/v1/jobs/createTask"
 local LIMIT = { limit = 5, window = 1 }
 local CHILD = "spec/support/fleet_child.lua"
+local N = 16 -- creates at once per run (the account: 5 per s)
 
 -- The handlers (a module in the app's Lua path). GET /t/create?mode=&name=&redis=
 -- makes one create through a client of that mode (one per worker and mode):
@@ -116,12 +117,37 @@ local function burst(port, paths, seconds, gap)
   return docs
 end
 
+describe("kie.redis_ngx outside nginx #ngx #fleet", function()
+  local rn = require "kie.redis_ngx"
+
+  it("parses redis:// URLs as kie.redis does", function()
+    local function parse(url) return { rn.parse_url(url) } end
+    assert.same({ "127.0.0.1", 6379, 0 }, parse("redis://127.0.0.1"))
+    assert.same({ "127.0.0.1", 6380, 2 }, parse("redis://127.0.0.1:6380/2"))
+    assert.same({ "10.0.0.5", 6379, 0, "s3cr:et" }, parse("redis://:s3cr:et@10.0.0.5/"))
+    assert.same({ "h", 1, 0, "pw" }, parse("redis://user:pw@h:1"))
+    assert.same({ "h", 6379, 0 }, parse("redis://user@h"))
+    assert.same({ nil, "bad port" }, parse("redis://h:0"))
+    assert.same({ nil, "bad port" }, parse("redis://h:x"))
+    assert.same({ nil, "no host" }, parse("redis://:6379"))
+    assert.same({ nil, "bad database number" }, parse("redis://h/x"))
+    assert.same({ nil, "the URL must start with redis://" }, parse("http://h"))
+  end)
+
+  it("a bad URL is kind fleet, not retryable; connect does no I/O", function()
+    local c, err = rn.connect("redis://h:99999", {})
+    assert.is_nil(c)
+    assert.equals("fleet", err.kind)
+    assert.is_false(err.retryable)
+  end)
+end)
+
 describe("kie.ngx pacing shared by nginx's workers (4 workers) #ngx #fleet #integration", function()
   local m, a, srv, dir
   local names = 0
 
   lazy_setup(function()
-    local ok, out = util.run("make -s build LUA=luajit && make -s build build-fleet LUA=lua5.4")
+    local ok, out = util.run("make -s build LUA=luajit")
     assert(ok, out)
     srv = server.start()
     m = mock.start{ api_key = KEY, pace = 0, account_limit = { create = LIMIT } }
@@ -202,10 +228,10 @@ describe("kie.ngx pacing shared by nginx's workers (4 workers) #ngx #fleet #inte
   end
 
   it("control: per-worker pacing (no shared_dict, no fleet) overshoots the account", function()
-    local docs = load(24, "worker")
+    local docs = load(N, "worker")
     local t = tally(docs)
     local times, over = arrivals()
-    report("control, per worker", 24, t, over, times)
+    report("control, per worker", N, t, over, times)
     assert.is_true(t.nworkers >= 2, "the requests reached one worker only")
     assert.is_true(over > 0, "the harness saw no overshoot")
     assert.equals(over, t.kinds.rate_limited)
@@ -214,25 +240,25 @@ describe("kie.ngx pacing shared by nginx's workers (4 workers) #ngx #fleet #inte
   it("shared_dict: every worker shares the account's window: 0 429s, all created", function()
     local _, status = http.request(a.url .. "/t/flush")
     assert.equals(200, status)
-    local docs = load(24, "dict")
+    local docs = load(N, "dict")
     local t = tally(docs)
     local times, over = arrivals()
-    report("shared_dict", 24, t, over, times)
+    report("shared_dict", N, t, over, times)
     assert.is_true(t.nworkers >= 2, "the requests reached one worker only")
     assert.same({}, t.kinds)
-    assert.equals(24, t.ok)
+    assert.equals(N, t.ok)
     assert.equals(0, over)
     assert.equals(LIMIT.limit, max_in_window(times, LIMIT.window))
   end)
 
   it("fleet: the workers share the account through Redis: 0 429s, all created", function()
-    local docs = load(24, "fleet", fresh_name(), srv.url)
+    local docs = load(N, "fleet", fresh_name(), srv.url)
     local t = tally(docs)
     local times, over = arrivals()
-    report("fleet", 24, t, over, times)
+    report("fleet", N, t, over, times)
     assert.is_true(t.nworkers >= 2, "the requests reached one worker only")
     assert.same({}, t.kinds)
-    assert.equals(24, t.ok)
+    assert.equals(N, t.ok)
     assert.equals(0, over)
     assert.equals(LIMIT.limit, max_in_window(times, LIMIT.window))
   end)
@@ -242,10 +268,10 @@ describe("kie.ngx pacing shared by nginx's workers (4 workers) #ngx #fleet #inte
     local out = dir .. "/child"
     local start = socket.gettime() + 0.3
     local cmd = procs.lua_command(CHILD, { m.url, "fleet", srv.url, name, LIMIT.limit, LIMIT.window,
-      ("%.3f"):format(start), 8, ("%.3f"):format(start + 20), "plain" })
+      ("%.3f"):format(start), 6, ("%.3f"):format(start + 20), "plain" })
     local pid = procs.spawn(cmd, out .. ".out", out .. ".err")
     socket.sleep(math.max(0, start - socket.gettime()))
-    local docs = load(16, "fleet", name, srv.url)
+    local docs = load(10, "fleet", name, srv.url)
     local deadline = socket.gettime() + 20
     while procs.alive(pid) and socket.gettime() < deadline do socket.sleep(0.05) end
     assert.is_false(procs.alive(pid), "the plain process did not end")
@@ -257,12 +283,12 @@ describe("kie.ngx pacing shared by nginx's workers (4 workers) #ngx #fleet #inte
     end
     local t = tally(docs)
     local times, over = arrivals()
-    report("fleet, 16 from nginx + 8 from a plain process", 24, t, over, times)
-    assert.equals(8, plain)
+    report("fleet, 10 from nginx + 6 from a plain process", 16, t, over, times)
+    assert.equals(6, plain)
     assert.same({}, t.kinds)
-    assert.equals(16, t.ok)
+    assert.equals(10, t.ok)
     assert.equals(0, over)
-    assert.equals(24, #times)
+    assert.equals(16, #times)
     assert.is_true(max_in_window(times, LIMIT.window) <= LIMIT.limit)
   end)
 
@@ -283,6 +309,25 @@ describe("kie.ngx pacing shared by nginx's workers (4 workers) #ngx #fleet #inte
       assert.same(want, arrival_order())
     end)
   end
+
+  it("fleet, Redis restarted empty: the workers go on (new sockets), the first window counts as full", function()
+    local name = fresh_name()
+    local docs = load(6, "fleet", name, srv.url)
+    assert.same({}, tally(docs).kinds)
+    srv:restart()
+    m:reset()
+    local restarted = socket.gettime()
+    docs = load(6, "fleet", name, srv.url)
+    local t = tally(docs)
+    local times, over = arrivals()
+    assert.same({}, t.kinds)
+    assert.equals(6, t.ok)
+    assert.equals(0, over)
+    for _, r in ipairs(m:requests(CREATE)) do
+      assert.is_true(r.time >= restarted + LIMIT.window, "a create went in the window after the restart")
+    end
+    assert.is_true(max_in_window(times, LIMIT.window) <= LIMIT.limit)
+  end)
 
   it("fleet, Redis unreachable: kind fleet (retryable) and nothing sent", function()
     local closed = "redis://127.0.0.1:" .. util.free_port() .. "/0"
