@@ -29,6 +29,12 @@
 -- they raise a clear error instead of blocking. `kie.ngx.new` itself does no
 -- I/O and works in any phase (init_worker_by_lua is a good place).
 --
+-- Rate limits: kie.ai counts per account. `shared_dict = NAME` (a
+-- `lua_shared_dict`) shares them among this nginx's workers (kie.ngx_shared);
+-- `fleet = {redis =, name =}` shares them through Redis with every client of the
+-- fleet, nginx or not, with kie.fleet's scripts over lua-resty-redis cosockets
+-- (kie.redis_ngx: a worker never blocks). Without either, each worker paces alone.
+--
 -- Not available here (they drive the core's own event loop): `step`,
 -- `poll_timeout`, `wakeup`, the `*_async` calls and `kie.spawn`; use
 -- `ngx.thread.spawn` (and `client:run_all`) for concurrency.
