@@ -51,6 +51,24 @@ function M.create()
     worker = ngx.worker.id() })
 end
 
+-- kie.redis_ngx's calls in a request: GET /t/redis?redis=URL
+function M.redis()
+  local rn = require "kie.redis_ngx"
+  local conn = assert(rn.connect(ngx.req.get_uri_args().redis, { timeout = 1 }))
+  local out = {}
+  out.set = conn:call("SET", "kie:ngx:spec", "v1")
+  out.get = conn:call("GET", "kie:ngx:spec")
+  out.missing_is_null = conn:call("GET", "kie:ngx:absent") == ngx.null
+  local _, e = conn:call("INCR", "kie:ngx:spec")
+  out.err = { kind = e.kind, code = e.code, retryable = e.retryable }
+  out.eval = conn:eval("return {KEYS[1], ARGV[1], 7}", 1, "k", "a")
+  local t0 = ngx.now()
+  out.xread_null = conn:call("XREAD", "BLOCK", "200", "STREAMS", "kie:ngx:stream", "$") == ngx.null
+  ngx.update_time()
+  out.xread_waited = ngx.now() - t0
+  ngx.say(cjson.encode(out))
+end
+
 function M.flush()
   ngx.shared.kie_pacing:flush_all()
   ngx.say('{"ok":true}')
@@ -158,6 +176,7 @@ describe("kie.ngx pacing shared by nginx's workers (4 workers) #ngx #fleet #inte
       main_conf = "thread_pool kie threads=8;",
       http_conf = "  lua_shared_dict kie_pacing 1m;\n  lua_worker_thread_vm_pool_size 16;",
       server_conf = '    location = /t/create { content_by_lua_block { require("ngx_fleet_handlers").create() } }\n'
+        .. '    location = /t/redis { content_by_lua_block { require("ngx_fleet_handlers").redis() } }\n'
         .. '    location = /t/flush { content_by_lua_block { require("ngx_fleet_handlers").flush() } }',
     }
   end)
@@ -327,6 +346,19 @@ describe("kie.ngx pacing shared by nginx's workers (4 workers) #ngx #fleet #inte
       assert.is_true(r.time >= restarted + LIMIT.window, "a create went in the window after the restart")
     end
     assert.is_true(max_in_window(times, LIMIT.window) <= LIMIT.limit)
+  end)
+
+  it("kie.redis_ngx in a request: commands, nil replies as ngx.null, error replies, eval, a blocking XREAD", function()
+    local body, status = http.request(a.url .. "/t/redis?redis=" .. urlencode(srv.url))
+    assert.equals(200, status, a:log_tail(10))
+    local doc = json.decode(body)
+    assert.equals("OK", doc.set)
+    assert.equals("v1", doc.get)
+    assert.is_true(doc.missing_is_null)
+    assert.same({ kind = "fleet", code = "ERR", retryable = false }, doc.err)
+    assert.same({ "k", "a", 7 }, doc.eval)
+    assert.is_true(doc.xread_null)
+    assert.is_true(doc.xread_waited >= 0.15, "XREAD BLOCK 200 returned after " .. doc.xread_waited .. " s")
   end)
 
   it("fleet, Redis unreachable: kind fleet (retryable) and nothing sent", function()

@@ -16,8 +16,9 @@
 -- * Host names need nginx's `resolver`; give Redis's IP address otherwise.
 -- @module kie.redis_ngx
 
-local type, tostring, tonumber, ipairs, pcall, require, setmetatable, rawget =
-  type, tostring, tonumber, ipairs, pcall, require, setmetatable, rawget
+local type, tostring, tonumber, ipairs, pcall, require, setmetatable, rawget, select =
+  type, tostring, tonumber, ipairs, pcall, require, setmetatable, rawget, select
+local unpack = table.unpack or unpack
 local format, byte = string.format, string.byte
 
 local M = {}
@@ -136,20 +137,11 @@ local function reply_error(r, e)
   return fail("Redis: " .. tostring(e), nil, true)
 end
 
---- Runs `script` with `nkeys` keys then the arguments (EVALSHA, else EVAL): the
--- script's reply, or nil, err (kind fleet).
-function Conn:eval(script, nkeys, ...)
+-- Runs send(red) on a pooled client: its reply, or nil, err (kind fleet).
+local function run(self, send)
   local red, err = open(self)
   if not red then return nil, err end
-  local sha = self._shas[script]
-  if not sha then
-    sha = hex(rawget(_G, "ngx").sha1_bin(script))
-    self._shas[script] = sha
-  end
-  local r, e = red:evalsha(sha, nkeys, ...)
-  if r == false and tostring(e):match("^NOSCRIPT") then
-    r, e = red:eval(script, nkeys, ...)
-  end
+  local r, e = send(red)
   if r == nil then
     red:close() -- I/O failed: the socket's state is unknown
     return reply_error(r, e)
@@ -157,6 +149,34 @@ function Conn:eval(script, nkeys, ...)
   red:set_keepalive(IDLE_MS, POOL_SIZE)
   if r == false then return reply_error(r, e) end
   return r
+end
+
+--- Runs `script` with `nkeys` keys then the arguments (EVALSHA, else EVAL): the
+-- script's reply, or nil, err (kind fleet).
+function Conn:eval(script, nkeys, ...)
+  local sha = self._shas[script]
+  if not sha then
+    sha = hex(rawget(_G, "ngx").sha1_bin(script))
+    self._shas[script] = sha
+  end
+  local n, args = select("#", ...), { ... }
+  return run(self, function(red)
+    local r, e = red:evalsha(sha, nkeys, unpack(args, 1, n))
+    if r == false and tostring(e):match("^NOSCRIPT") then
+      r, e = red:eval(script, nkeys, unpack(args, 1, n))
+    end
+    return r, e
+  end)
+end
+
+--- Runs one command (`conn:call("XREAD", ...)`, as kie.redis): its reply (a nil
+-- reply is ngx.null), or nil, err (kind fleet). A blocking command (XREAD BLOCK)
+-- must end within `timeout`.
+function Conn:call(command, ...)
+  local n, args = select("#", ...), { ... }
+  return run(self, function(red)
+    return red[command:lower()](red, unpack(args, 1, n))
+  end)
 end
 
 --- Nothing to close: every call returns its socket to the pool.
