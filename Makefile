@@ -126,7 +126,7 @@ GC_GEN   = 'collectgarbage("generational", 1, 10)'
 GC_INC   = 'collectgarbage("incremental"); collectgarbage("setpause", 50); collectgarbage("setstepmul", 200)'
 GC_MODES ?= $(GC_GEN) $(GC_INC)
 
-.PHONY: bench bench-fleet fuzz soak soak-stateful test-threads test-gc
+.PHONY: bench bench-fleet bench-fleet-callbacks fuzz soak soak-stateful test-threads test-gc
 
 bench:
 	@sh bench/run.sh
@@ -135,6 +135,12 @@ bench:
 bench-fleet:
 	@$(MAKE) --no-print-directory build build-fleet LUA=lua5.4 >/dev/null
 	@LUA_PATH='./lua/?.lua;./lua/?/init.lua;./?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/fleet.lua
+
+# waits woken by callbacks across processes (bench/fleet_callbacks.lua; LAT_TASKS,
+# LOAD_TASKS, LOAD_DROP, BENCH_PARTS ...): about 2 minutes
+bench-fleet-callbacks:
+	@$(MAKE) --no-print-directory build build-fleet LUA=lua5.4 >/dev/null
+	@LUA_PATH='./lua/?.lua;./lua/?/init.lua;./?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/fleet_callbacks.lua
 
 fuzz:
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) sh fuzz/run.sh

@@ -183,11 +183,12 @@ function Fleet:_next_id()
   return self._id .. ":" .. self._n
 end
 
--- Runs `script` on Redis (connecting first when needed): the reply, or nil, err.
--- A connection that broke since its last use (Redis restarted) is tried once more
--- on a new one: every script here may run twice (a slot or a waiter is a set member).
+-- Runs conn:METHOD(...) on Redis (connecting first when needed): the reply, or
+-- nil, err. A connection that broke since its last use (Redis restarted) is tried
+-- once more on a new one: every command sent through here may run twice (a slot or
+-- a waiter is a set member; an event read or written twice wakes a wait twice).
 -- A pooled transport (kie.redis_ngx) may hand out an old socket at any call.
-function Fleet:_eval(script, keys, ...)
+function Fleet:_run(method, ...)
   local conn, fresh = self._conn, false
   if not conn then
     local spec = self._spec
@@ -197,11 +198,16 @@ function Fleet:_eval(script, keys, ...)
     if not conn then return nil, err end
     self._conn, fresh = conn, true
   end
-  local r, err = conn:eval(script, 5, keys[1], keys[2], keys[3], keys[4], keys[5], ...)
+  local r, err = conn[method](conn, ...)
   if r == nil and (not fresh or conn.pooled) and err.retryable and not err.code then
-    r, err = conn:eval(script, 5, keys[1], keys[2], keys[3], keys[4], keys[5], ...)
+    r, err = conn[method](conn, ...)
   end
   return r, err
+end
+
+-- Runs `script` with its 5 keys on Redis (see _run).
+function Fleet:_eval(script, keys, ...)
+  return self:_run("eval", script, 5, keys[1], keys[2], keys[3], keys[4], keys[5], ...)
 end
 
 local function fleet_error(err, what)
