@@ -470,10 +470,10 @@ local function start_example(base_url, cleanup, opts)
     sub("%$prefix/%.%./%.%.", (ROOT:gsub("%%", "%%%%")))
     sub("error_log logs/error%.log notice;", "error_log logs/error.log info;")
     sub("worker_processes auto;", "worker_processes " .. (opts.workers or 1) .. ";")
-    for _, edit in ipairs(opts.subs or {}) do sub(edit[1], edit[2]) end
     sub("access_log logs/access%.log;", "access_log off;")
     -- kie.ai's polling schedule starts at 2-3 s; the mock finishes in ~0.1 s
     sub("wait = { timeout = 600 }", "wait = { timeout = 600, interval = 0.05, max_interval = 0.1 }")
+    for _, edit in ipairs(opts.subs or {}) do sub(edit[1], edit[2]) end
     if sh("id -u"):match("^%s*0%s*$") then conf = "user root root;\n" .. conf end
     write_file(prefix .. "/nginx.conf", conf)
     local env = {}
