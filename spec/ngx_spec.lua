@@ -980,6 +980,33 @@ describe("kie.ngx in nginx #ngx", function()
       assert.equals(":1", srv:cli("EXISTS", "{kie:fleet:" .. name .. ":create}:done"))
     end)
 
+    it("with KIE_REDIS_URL a callback at /kie-callback (client:deliver) ends /generate's wait "
+      .. "in whichever worker waits", function()
+      local e = start_example(m.url, nil, { workers = 4,
+        env = { KIE_REDIS_URL = srv.url, KIE_FLEET_NAME = "example-cb-" .. math.random(1, 1e9) },
+        -- polls 20 s apart: only the callback can end the wait sooner
+        subs = { { "interval = 0%.05, max_interval = 0%.1", "interval = 20, max_interval = 20" },
+          { "timeout = 30,            %-%- per HTTP request", "timeout = 30, " .. LIMIT } } })
+      m:reset()
+      -- the task runs 1.5 s: the first poll finds it running, its callback comes later
+      m:config{ hmac_key = HMAC_KEY, pace = 0.5 }
+      local t0 = socket.gettime()
+      local ok, status, body = pcall(request, "POST", e.url .. "/generate", json.encode{
+        model = "ideogram/v3-reframe", callback = true,
+        input = { image_url = "https://example.com/a.png", image_size = "square_hd" } })
+      local took = socket.gettime() - t0
+      m:config{ hmac_key = false, pace = 0.02 }
+      local delivered = {}
+      for _, d in ipairs(m:deliveries()) do delivered[#delivered + 1] = d.status end
+      e.stop()
+      assert(ok, status)
+      assert.equals(200, status, body)
+      assert.equals("success", json.decode(body).state)
+      assert.same({ 200 }, delivered)
+      assert.is_true(took < 8, "/generate took " .. took .. " s: the callback did not end the wait")
+      assert.equals(2, m:count("/api/v1/jobs/recordInfo")) -- the first poll, then the one it woke
+    end)
+
     it("Redis unreachable: 503 kind fleet, nothing sent", function()
       local e = example{ KIE_REDIS_URL = "redis://127.0.0.1:" .. free_port() .. "/0" }
       m:reset()
