@@ -25,7 +25,7 @@ local HMAC = "bench-hmac-key"
 local INFO = "/api/v1/jobs/recordInfo"
 
 local srv = server.start()
-local m = mock.start{ api_key = "sk-wake-spec", pace = env("PACE", 1), hmac_key = HMAC,
+local m = mock.start{ api_key = "sk-wake-spec", pace = env("PACE", 1), hmac_key = HMAC, credits = 1e6,
   account_limit = { poll = { limit = 10, window = 1 } } }
 local dir = util.tmpdir("kie-fleet-cb-bench")
 local runs = 0
@@ -108,13 +108,15 @@ if parts:find("load") then
   m:config{ callback_drop_rate = drop }
   local tasks, nprocs = env("LOAD_TASKS", 1000), env("LOAD_PROCS", 4)
   local t0 = socket.gettime()
-  local done = run(tasks, nprocs, 0, 600)
+  local done, delivered = run(tasks, nprocs, 0, 600)
   local took = socket.gettime() - t0
   m:config{ callback_drop_rate = 0 }
-  local ok = 0
+  local ok, other = 0, {}
   for _, d in ipairs(done) do
-    if d.state == "success" then ok = ok + 1 end
+    if d.state == "success" then ok = ok + 1 else other[d.state] = (other[d.state] or 0) + 1 end
   end
+  for state, k in pairs(other) do print(("  %d tasks ended %s"):format(k, state)) end
+  if #done < tasks then print(("  %d tasks never reported (a worker died?)"):format(tasks - #done)) end
   local times, over = {}, 0
   for _, r in ipairs(m:requests(INFO)) do
     if r.fault == "account_limit" then over = over + 1 end
@@ -126,15 +128,15 @@ if parts:find("load") then
     while times[i] - times[j] >= 1 do j = j + 1 end
     if i - j + 1 > most then most = i - j + 1 end
   end
-  local lost = 0
-  for _, d in ipairs(m:deliveries()) do
-    if d.dropped then lost = lost + 1 end
-  end
-  print(("bench-fleet-callbacks load: %d tasks in flight over %d worker processes, %d of %d callbacks lost: "
-    .. "%d finished (success), %d status reads (%.2f per task), at most %d in any 1 s, %d responses 429, "
-    .. "%.0f s"):format(tasks, nprocs, lost, #m:deliveries(), ok, #times, #times / tasks, most, over, took))
+  -- (the mock's own delivery list may lose entries at this size: its shared dict evicts)
+  local arrived = 0
+  for _ in pairs(delivered) do arrived = arrived + 1 end
+  print(("bench-fleet-callbacks load: %d tasks in flight over %d worker processes, %d callbacks lost "
+    .. "(%d arrived at the receiver): %d finished (success), %d status reads (%.2f per task; 1 of them "
+    .. "the fleet's warm-up), at most %d in any 1 s, %d responses 429, %.0f s"):format(tasks, nprocs,
+    tasks - arrived, arrived, ok, #times, #times / tasks, most, over, took))
 end
 
 m:stop()
 srv:close()
-util.run("rm -rf " .. util.quote(dir))
+if os.getenv("BENCH_KEEP") then print("outputs kept in " .. dir) else util.run("rm -rf " .. util.quote(dir)) end

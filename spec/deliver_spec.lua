@@ -96,6 +96,34 @@ describe("client:deliver #integration", function()
     c:close()
   end)
 
+  it("a sleep that is not a kie task (a host whose sleep yields, as kie.ngx's) is woken too", function()
+    local pending -- the callback to deliver from inside the sleep, as another request would
+    local slept = 0 -- seconds of sleep asked for
+    local c
+    c = client{ sleep = function(sec)
+      slept = slept + sec
+      if pending then
+        local cb = pending
+        pending = nil
+        assert(c:deliver(cb.body, cb.headers, { hmac_key = HMAC }))
+      end
+      require("kie.core").sleep(sec)
+    end }
+    local other = "task_ideogram_17651799229110009" -- a callback of another task first
+    assert(c:deliver(body_of(other, "success"), callback.sign(HMAC, other, os.time()), { hmac_key = HMAC }))
+    local task = assert(c:create_task(request(m, "deliver sleep 2")))
+    pending = m:wait_callbacks(1, 5)[1]
+    -- no run time known with a callback: no poll before 30 s (cut to the deadline);
+    -- woken, it ends after the slice it was in
+    slept = 0
+    local info, err = c:wait(task.taskId, { timeout = 10 })
+    assert.is_nil(err)
+    assert.equal("success", info.state)
+    assert.equal(1, m:count(INFO))
+    assert.is_true(slept < 1, slept .. " s of sleep asked for")
+    c:close()
+  end)
+
   it("resolves the journal intent named by kie_intent in param.callBackUrl", function()
     local path = procs.tmpname(".jsonl")
     local c = client{ journal = path }

@@ -14,8 +14,11 @@
 --   loop keeps running) while any of its waits sleeps.
 -- * blocking, with `fleet`: XREAD BLOCK on the fleet's connection, bounded by the
 --   time to its next poll (and half the fleet's `timeout`).
--- * blocking without `fleet`: a plain sleep (nothing can deliver meanwhile in
---   this thread); a callback delivered before is seen when the sleep begins.
+-- * blocking without `fleet`: the client's sleep; once `deliver` was called on the
+--   client, in slices of `SLICE` s (a host whose sleep yields, as kie.ngx's, may
+--   deliver meanwhile). A host whose sleep yields sets `client._nap_slice` (s)
+--   so that a wait never blocks on Redis: it reads the stream without blocking
+--   between slices.
 --
 -- A callback delivered before the wait began is seen too: from Redis's per-task
 -- record (fleet), or this client's own table of delivered tasks.
@@ -39,6 +42,7 @@ local M = {}
 M.TICK = 0.01      -- seconds between two reads of the fleet's stream while a wait sleeps
 local CAP = 10000  -- tasks remembered per client (delivered ones, created ones)
 local KEEP = 100   -- run times kept per model without a fleet
+local SLICE = 0.05 -- a sleep outside kie.spawn, once deliver was called: it looks this often
 
 local events -- kie.fleet_events, loaded with the first fleet
 
@@ -201,20 +205,29 @@ function M.nap(c, w, seconds)
     if c._fleet then ensure_pump(c, s) end
     c._env.sleep(seconds)
     w.task = nil
-  elseif c._fleet and s.last then
+  else
     local now = c._env.now
     local stop = now() + seconds
-    local cap = (c._fleet._spec.timeout or 2) / 2
+    local slice = c._nap_slice -- (a host whose sleep yields sets it: it never blocks on Redis)
+    local block = c._fleet and s.last and not slice
+    if not slice and not c._fleet and s.delivered then slice = SLICE end
+    local cap = c._fleet and (c._fleet._spec.timeout or 2) / 2
     while not take(s, w) do
       local left = stop - now()
       if left <= 0 then break end
-      if not pump(c, s, min(left, cap)) then
-        c._blocking_sleep(stop - now()) -- Redis failed: the poll is the fallback
+      if block then
+        if not pump(c, s, min(left, cap)) then
+          c._env.sleep(stop - now()) -- Redis failed: the poll is the fallback
+          break
+        end
+      elseif slice then
+        if c._fleet and s.last then pump(c, s, nil) end
+        c._env.sleep(min(left, slice))
+      else
+        c._env.sleep(left)
         break
       end
     end
-  else
-    c._blocking_sleep(seconds)
   end
   list[w] = nil
   if next(list) == nil and s.waiters[id] == list then s.waiters[id] = nil end
@@ -246,6 +259,7 @@ end
 -- waits were woken all the same).
 function M.deliver(c, ev)
   local s = state(c)
+  s.delivered = true -- sleeps that are not kie tasks (kie.ngx's) look for deliveries from now on
   dispatch(s, ev.task_id)
   if not c._fleet then return true end
   local id, err = events.record(c._fleet, ev.task_id, ev.state or "")
