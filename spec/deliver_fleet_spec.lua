@@ -129,6 +129,35 @@ describe("client:deliver across a fleet #fleet #integration", function()
     c:close()
   end)
 
+  it("Redis unreachable: deliver answers kind fleet, a wait ends with a typed error (no raise, no hang)", function()
+    local callback = require "kie.callback"
+    local url = "redis://127.0.0.1:" .. procs.closed_port() .. "/0"
+    for _, spawned in ipairs{ false, true } do
+      local c = kie.new{ api_key = KEY, base_url = m.url, timeout = 5, max_retries = 1,
+        fleet = { redis = url, name = fresh_name(), timeout = 0.2, connect_timeout = 0.2 } }
+      local id = "task_ideogram_1765179922911000" .. (spawned and 1 or 2)
+      local body = '{"code":200,"msg":"ok","data":{"taskId":"' .. id .. '","state":"success"}}'
+      local ev, err = c:deliver(body, callback.sign(HMAC, id, os.time()), { hmac_key = HMAC })
+      assert.is_nil(ev)
+      assert.equal("fleet", err.kind)
+      assert.is_true(err.retryable)
+      local info, werr
+      if spawned then
+        local h = kie.spawn(function() return c:wait(id, { timeout = 1 }) end)
+        local stop = socket.gettime() + 10
+        while not h:done() and socket.gettime() < stop do c:step(10) end
+        assert.is_true(h:done())
+        info, werr = h:result()
+      else
+        info, werr = c:wait(id, { timeout = 1 })
+      end
+      assert.is_nil(info)
+      assert.is_truthy(werr.kind == "fleet" or (werr.kind == "deadline" and werr.last_error.kind == "fleet"),
+        tostring(werr))
+      c:close()
+    end
+  end)
+
   it("a wait that starts after its task's callback was delivered ends with one read", function()
     local name = fresh_name()
     local c = client(name)

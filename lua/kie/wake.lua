@@ -84,6 +84,7 @@ end
 -- Reads the fleet's stream from the last id seen (blocking up to `block` s when
 -- given) and dispatches its events. Returns true, or nil when Redis failed.
 local function pump(c, s, block)
+  if not s.last then return nil end -- no wait could reach Redis yet: they poll
   repeat
     local list = events.read(c._fleet, s.last, block)
     if not list then return nil end
@@ -202,7 +203,7 @@ function M.nap(c, w, seconds)
   local t = lifecycle.current()
   if t then
     w.task = t
-    if c._fleet then ensure_pump(c, s) end
+    if c._fleet and s.last then ensure_pump(c, s) end
     c._env.sleep(seconds)
     w.task = nil
   else
