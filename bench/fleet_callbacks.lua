@@ -52,11 +52,16 @@ local function run(tasks, nprocs, rate, timeout)
   local port = assert(procs.wait_for(rout, "port (%d+)", 10), "receiver did not start")
   local cb_url = "http://127.0.0.1:" .. port .. "/kie-callback"
   -- a fleet Redis has never seen counts its read window as full for one window:
-  -- open it first (one read) so that the figures are those of a running fleet
+  -- open it first (one read) so that the figures are those of a running fleet ...
   local kie = require "kie"
   local c = kie.new{ api_key = "sk-wake-spec", base_url = m.url, fleet = { redis = srv.url, name = name },
     rate_limits = { create = false, poll = { limit = 10, window = 1 } } }
   c:get_task("task_warm_up")
+  -- ... and one callback delivered: a fleet that takes callbacks (its waits poll
+  -- only once a task's callback is late)
+  local callback = require "kie.callback"
+  assert(c:deliver('{"code":200,"msg":"ok","data":{"taskId":"task_warm_up","state":"success"}}',
+    callback.sign(HMAC, "task_warm_up", os.time()), { hmac_key = HMAC }))
   c:close()
   socket.sleep(1.1)
   local pids, outs = {}, {}

@@ -92,6 +92,13 @@ describe("client:deliver across a fleet #fleet #integration", function()
     return per
   end
 
+  -- a callback of another task delivered: the fleet takes callbacks
+  local function taking_callbacks(c)
+    local id = "task_ideogram_17651799229110007"
+    local body = '{"code":200,"msg":"ok","data":{"taskId":"' .. id .. '","state":"success"}}'
+    assert(c:deliver(body, require("kie.callback").sign(HMAC, id, os.time()), { hmac_key = HMAC }))
+  end
+
   -- one task waited on and delivered here: the fleet learns the model's run time
   local function warm_up(c)
     local id = create(c, 1)[1]
@@ -108,6 +115,7 @@ describe("client:deliver across a fleet #fleet #integration", function()
     -- schedule.cold_callback (30 s), past the children's timeout (10 s)
     local name = fresh_name()
     local c = client(name)
+    taking_callbacks(c)
     local ids = create(c, 6)
     local a = child(name, "spawn", { ids[1], ids[2], ids[3] }, 10)
     local b = child(name, "block", { ids[4], ids[5], ids[6] }, 10)

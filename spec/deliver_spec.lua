@@ -64,8 +64,18 @@ describe("client:deliver #integration", function()
     c:close()
   end)
 
+  it("a callBackUrl alone does not delay the polls: callbacks reaching deliver do", function()
+    local c = client()
+    local task = assert(c:create_task(request(m, "no deliver")))
+    -- nothing delivered on this client: kie.ai's schedule (30 s would pass the deadline)
+    assert.equal("success", assert(c:wait(task.taskId, { timeout = 5 })).state)
+    c:close()
+  end)
+
   it("wakes the client's own spawned wait, which confirms with one get_task", function()
     local c = client()
+    local other = "task_ideogram_17651799229110008" -- this client does take callbacks
+    assert(c:deliver(body_of(other, "success"), callback.sign(HMAC, other, os.time()), { hmac_key = HMAC }))
     local task = assert(c:create_task(request(m, "deliver local")))
     local h = kie.spawn(function() return c:wait(task.taskId, { timeout = 60 }) end)
     local cbs = m:wait_callbacks(1, 5)

@@ -55,7 +55,8 @@ describe("examples #examples", function()
     for task in out:gmatch("wait woken: (task_[%w_]+) success http") do woken[#woken + 1] = task end
     assert.equals(2, #woken, out)
     for _, task in ipairs(woken) do assert.matches("callback delivered: " .. task .. " success\n", out) end
-    assert.matches("\nstatus reads: 2 for 2 tasks\n$", out)
+    local reads = tonumber(out:match("\nstatus reads: (%d+) for 2 tasks\n$"))
+    assert.truthy(reads and reads >= 2 and reads <= 4, out) -- a confirmation each (a poll, at most)
   end)
 
   it("testing.lua runs its checks against kie.testing's fake and passes them all", function()

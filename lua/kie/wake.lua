@@ -27,7 +27,8 @@
 -- from the run times of the model's recent tasks (learned at each wait's end, in
 -- Redis for the fleet) and the time since the task was created (recorded at its
 -- create, on Redis's clock for the fleet). A task whose create carried a
--- `callBackUrl` is polled only once its callback is late. A task the client (or
+-- `callBackUrl` is polled only once its callback is late, when callbacks do reach
+-- `deliver` (this client's, or the fleet's in the last day). A task the client (or
 -- fleet) knows nothing of is polled on kie.ai's published schedule.
 -- @module kie.wake
 
@@ -168,7 +169,9 @@ function M.start(c, task_id)
   if not rec then return w end
   sort(durations)
   w.model = rec.model
-  local cb = rec.cb
+  -- a callback is expected when the create had a callBackUrl and callbacks do
+  -- reach deliver (this client's, or the fleet's within a day)
+  local cb = rec.cb and (rec.delivering or s.delivered) or false
   if schedule.expected(durations, elapsed, 0, cb) == nil then return w end
   w.first = schedule.expected(durations, elapsed, 0, cb)
   w.delay = function(since_start, polls)
