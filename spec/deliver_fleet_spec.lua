@@ -92,6 +92,13 @@ describe("client:deliver across a fleet #fleet #integration", function()
     return per
   end
 
+  -- a callback of another task delivered: the fleet takes callbacks
+  local function taking_callbacks(c)
+    local id = "task_ideogram_17651799229110007"
+    local body = '{"code":200,"msg":"ok","data":{"taskId":"' .. id .. '","state":"success"}}'
+    assert(c:deliver(body, require("kie.callback").sign(HMAC, id, os.time()), { hmac_key = HMAC }))
+  end
+
   -- one task waited on and delivered here: the fleet learns the model's run time
   local function warm_up(c)
     local id = create(c, 1)[1]
@@ -108,6 +115,7 @@ describe("client:deliver across a fleet #fleet #integration", function()
     -- schedule.cold_callback (30 s), past the children's timeout (10 s)
     local name = fresh_name()
     local c = client(name)
+    taking_callbacks(c)
     local ids = create(c, 6)
     local a = child(name, "spawn", { ids[1], ids[2], ids[3] }, 10)
     local b = child(name, "block", { ids[4], ids[5], ids[6] }, 10)
@@ -127,6 +135,35 @@ describe("client:deliver across a fleet #fleet #integration", function()
     local per = reads()
     for _, id in ipairs(ids) do assert.equal(1, per[id], id) end
     c:close()
+  end)
+
+  it("Redis unreachable: deliver answers kind fleet, a wait ends with a typed error (no raise, no hang)", function()
+    local callback = require "kie.callback"
+    local url = "redis://127.0.0.1:" .. procs.closed_port() .. "/0"
+    for _, spawned in ipairs{ false, true } do
+      local c = kie.new{ api_key = KEY, base_url = m.url, timeout = 5, max_retries = 1,
+        fleet = { redis = url, name = fresh_name(), timeout = 0.2, connect_timeout = 0.2 } }
+      local id = "task_ideogram_1765179922911000" .. (spawned and 1 or 2)
+      local body = '{"code":200,"msg":"ok","data":{"taskId":"' .. id .. '","state":"success"}}'
+      local ev, err = c:deliver(body, callback.sign(HMAC, id, os.time()), { hmac_key = HMAC })
+      assert.is_nil(ev)
+      assert.equal("fleet", err.kind)
+      assert.is_true(err.retryable)
+      local info, werr
+      if spawned then
+        local h = kie.spawn(function() return c:wait(id, { timeout = 1 }) end)
+        local stop = socket.gettime() + 10
+        while not h:done() and socket.gettime() < stop do c:step(10) end
+        assert.is_true(h:done())
+        info, werr = h:result()
+      else
+        info, werr = c:wait(id, { timeout = 1 })
+      end
+      assert.is_nil(info)
+      assert.is_truthy(werr.kind == "fleet" or (werr.kind == "deadline" and werr.last_error.kind == "fleet"),
+        tostring(werr))
+      c:close()
+    end
   end)
 
   it("a wait that starts after its task's callback was delivered ends with one read", function()
@@ -151,8 +188,8 @@ describe("client:deliver across a fleet #fleet #integration", function()
     warm_up(c)
     m:config{ callback_drop_rate = 0.3 }
     local ids = create(c, 16)
-    local a = child(name, "spawn", { table.unpack(ids, 1, 8) })
-    local b = child(name, "spawn", { table.unpack(ids, 9, 16) })
+    local a = child(name, "spawn", { (table.unpack or unpack)(ids, 1, 8) })
+    local b = child(name, "spawn", { (table.unpack or unpack)(ids, 9, 16) })
     local delivered = receive(c, function()
       local _, ea = results(a)
       local _, eb = results(b)

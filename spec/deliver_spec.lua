@@ -64,8 +64,18 @@ describe("client:deliver #integration", function()
     c:close()
   end)
 
+  it("a callBackUrl alone does not delay the polls: callbacks reaching deliver do", function()
+    local c = client()
+    local task = assert(c:create_task(request(m, "no deliver")))
+    -- nothing delivered on this client: kie.ai's schedule (30 s would pass the deadline)
+    assert.equal("success", assert(c:wait(task.taskId, { timeout = 5 })).state)
+    c:close()
+  end)
+
   it("wakes the client's own spawned wait, which confirms with one get_task", function()
     local c = client()
+    local other = "task_ideogram_17651799229110008" -- this client does take callbacks
+    assert(c:deliver(body_of(other, "success"), callback.sign(HMAC, other, os.time()), { hmac_key = HMAC }))
     local task = assert(c:create_task(request(m, "deliver local")))
     local h = kie.spawn(function() return c:wait(task.taskId, { timeout = 60 }) end)
     local cbs = m:wait_callbacks(1, 5)
@@ -93,6 +103,34 @@ describe("client:deliver #integration", function()
     local info = assert(c:wait(task.taskId, { timeout = 60 }))
     assert.equal("success", info.state)
     assert.equal(1, m:count(INFO))
+    c:close()
+  end)
+
+  it("a sleep that is not a kie task (a host whose sleep yields, as kie.ngx's) is woken too", function()
+    local pending -- the callback to deliver from inside the sleep, as another request would
+    local slept = 0 -- seconds of sleep asked for
+    local c
+    c = client{ sleep = function(sec)
+      slept = slept + sec
+      if pending then
+        local cb = pending
+        pending = nil
+        assert(c:deliver(cb.body, cb.headers, { hmac_key = HMAC }))
+      end
+      require("kie.core").sleep(sec)
+    end }
+    local other = "task_ideogram_17651799229110009" -- a callback of another task first
+    assert(c:deliver(body_of(other, "success"), callback.sign(HMAC, other, os.time()), { hmac_key = HMAC }))
+    local task = assert(c:create_task(request(m, "deliver sleep 2")))
+    pending = m:wait_callbacks(1, 5)[1]
+    -- no run time known with a callback: no poll before 30 s (cut to the deadline);
+    -- woken, it ends after the slice it was in
+    slept = 0
+    local info, err = c:wait(task.taskId, { timeout = 10 })
+    assert.is_nil(err)
+    assert.equal("success", info.state)
+    assert.equal(1, m:count(INFO))
+    assert.is_true(slept < 1, slept .. " s of sleep asked for")
     c:close()
   end)
 

@@ -326,8 +326,14 @@ function Client._check_run(_, request, what, level)
   end
 end
 
---- Polls a task on kie.ai's published schedule (2–3 s for the first 30 s, 5–10 s
--- until 2 min, 15–30 s after, with jitter) until it ends or the deadline passes.
+--- Waits until a task ends or the deadline passes. A callback handed to
+-- `deliver` (this client's, or with `fleet` any client of the fleet) ends its
+-- sleep at once; it then confirms with one `get_task`. Its polls go where the
+-- task likely ended: for a task this client (or fleet) created, after the
+-- recent run times of its model (`kie.schedule.expected`; with a `callBackUrl`,
+-- only once the callback is late); else on kie.ai's published schedule (2–3 s
+-- for the first 30 s, 5–10 s until 2 min, 15–30 s after, with jitter; also
+-- when `interval` is given).
 -- Returns the finished task, or `nil, err`: `task_failed` (failCode, failMsg),
 -- `deadline` (state = last seen), or a non-retryable error.
 -- @tparam string task_id

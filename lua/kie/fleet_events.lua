@@ -12,6 +12,9 @@
 --   Redis's clock, `model`, `cb` = 1 when its create carried a callBackUrl), kept
 --   `TTL` seconds: a wait that starts after the callback still sees it, and any
 --   process's wait knows when the task was made and whether a callback will come.
+-- * `delivering`: set for `TTL` seconds by each callback recorded: the fleet does
+--   take callbacks (a create's callBackUrl alone does not say its callbacks reach
+--   `deliver`).
 -- * `dur:MODEL`: the latest `KEEP` run times (ms, kie.ai's completeTime -
 --   createTime, one clock) of the model's tasks: where a poll is likely to find
 --   the task finished.
@@ -28,10 +31,12 @@ M.TTL = 86400    -- seconds a task's record lives after its last write
 M.MAXLEN = 100000 -- entries the stream keeps (about)
 M.KEEP = 100     -- run times kept per model
 
--- KEYS[1] stream, [2] task hash; ARGV[1] task id, [2] state, [3] ttl, [4] maxlen.
+-- KEYS[1] stream, [2] task hash, [3] delivering; ARGV[1] task id, [2] state, [3] ttl,
+-- [4] maxlen.
 local RECORD = [[
 redis.call('HSET', KEYS[2], 'state', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[3])
 return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'task', ARGV[1], 'state', ARGV[2])
 ]]
 
@@ -45,8 +50,9 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 ]]
 
--- KEYS[1] stream, [2] task hash; ARGV[1] the prefix of the run-time lists.
--- Returns {last stream id, state, created, model, cb, now, run times (ms)...}.
+-- KEYS[1] stream, [2] task hash, [3] delivering; ARGV[1] the prefix of the run-time
+-- lists. Returns {last stream id, state, created, model, cb, now, delivering, run
+-- times (ms)...}.
 local LOOK = [[
 if redis.replicate_commands then redis.replicate_commands() end
 local last = '0-0'
@@ -55,7 +61,7 @@ if top[1] then last = top[1][1] end
 local h = redis.call('HMGET', KEYS[2], 'state', 'created', 'model', 'cb')
 local t = redis.call('TIME')
 local out = { last, h[1] or '', h[2] or '', h[3] or '', h[4] or '',
-  t[1] .. '.' .. string.format('%06d', tonumber(t[2])) }
+  t[1] .. '.' .. string.format('%06d', tonumber(t[2])), tostring(redis.call('EXISTS', KEYS[3])) }
 if h[3] then
   local d = redis.call('LRANGE', ARGV[1] .. h[3], 0, -1)
   for i = 1, #d do out[#out + 1] = d[i] end
@@ -83,7 +89,8 @@ end
 -- event on the stream. Returns the event's stream id, or nil, err.
 function M.record(fleet, task_id, state)
   local p = prefix(fleet)
-  return eval(fleet, RECORD, 2, p .. "stream", p .. "task:" .. task_id, task_id, state, M.TTL, M.MAXLEN)
+  return eval(fleet, RECORD, 3, p .. "stream", p .. "task:" .. task_id, p .. "delivering", task_id, state,
+    M.TTL, M.MAXLEN)
 end
 
 --- Records that task `task_id` of `model` was just created (`cb`: its create had
@@ -93,20 +100,22 @@ function M.created(fleet, task_id, model, cb)
 end
 
 --- What the fleet knows of task `task_id`, and the stream's last id:
--- `{last =, state =, created =, model =, cb =, now =, durations = {seconds...}}`
+-- `{last =, state =, created =, model =, cb =, now =, delivering =, durations =
+-- {seconds...}}` (`delivering`: a callback was delivered in the last `TTL` s)
 -- (times on Redis's clock, in seconds), or nil, err.
 function M.look(fleet, task_id)
   local p = prefix(fleet)
-  local r, err = eval(fleet, LOOK, 2, p .. "stream", p .. "task:" .. task_id, p .. "dur:")
+  local r, err = eval(fleet, LOOK, 3, p .. "stream", p .. "task:" .. task_id, p .. "delivering", p .. "dur:")
   if not r then return nil, err end
   local durations = {}
-  for i = 7, #r do
+  for i = 8, #r do
     local ms = tonumber(r[i])
     if ms then durations[#durations + 1] = ms / 1000 end
   end
   return {
     last = r[1], state = r[2] ~= "" and r[2] or nil, created = tonumber(r[3]),
-    model = r[4] ~= "" and r[4] or nil, cb = r[5] == "1", now = tonumber(r[6]), durations = durations,
+    model = r[4] ~= "" and r[4] or nil, cb = r[5] == "1", now = tonumber(r[6]), delivering = r[7] == "1",
+    durations = durations,
   }
 end
 

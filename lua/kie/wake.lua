@@ -14,8 +14,11 @@
 --   loop keeps running) while any of its waits sleeps.
 -- * blocking, with `fleet`: XREAD BLOCK on the fleet's connection, bounded by the
 --   time to its next poll (and half the fleet's `timeout`).
--- * blocking without `fleet`: a plain sleep (nothing can deliver meanwhile in
---   this thread); a callback delivered before is seen when the sleep begins.
+-- * blocking without `fleet`: the client's sleep; once `deliver` was called on the
+--   client, in slices of `SLICE` s (a host whose sleep yields, as kie.ngx's, may
+--   deliver meanwhile). A host whose sleep yields sets `client._nap_slice` (s)
+--   so that a wait never blocks on Redis: it reads the stream without blocking
+--   between slices.
 --
 -- A callback delivered before the wait began is seen too: from Redis's per-task
 -- record (fleet), or this client's own table of delivered tasks.
@@ -24,7 +27,8 @@
 -- from the run times of the model's recent tasks (learned at each wait's end, in
 -- Redis for the fleet) and the time since the task was created (recorded at its
 -- create, on Redis's clock for the fleet). A task whose create carried a
--- `callBackUrl` is polled only once its callback is late. A task the client (or
+-- `callBackUrl` is polled only once its callback is late, when callbacks do reach
+-- `deliver` (this client's, or the fleet's in the last day). A task the client (or
 -- fleet) knows nothing of is polled on kie.ai's published schedule.
 -- @module kie.wake
 
@@ -39,6 +43,7 @@ local M = {}
 M.TICK = 0.01      -- seconds between two reads of the fleet's stream while a wait sleeps
 local CAP = 10000  -- tasks remembered per client (delivered ones, created ones)
 local KEEP = 100   -- run times kept per model without a fleet
+local SLICE = 0.05 -- a sleep outside kie.spawn, once deliver was called: it looks this often
 
 local events -- kie.fleet_events, loaded with the first fleet
 
@@ -80,6 +85,7 @@ end
 -- Reads the fleet's stream from the last id seen (blocking up to `block` s when
 -- given) and dispatches its events. Returns true, or nil when Redis failed.
 local function pump(c, s, block)
+  if not s.last then return nil end -- no wait could reach Redis yet: they poll
   repeat
     local list = events.read(c._fleet, s.last, block)
     if not list then return nil end
@@ -163,7 +169,9 @@ function M.start(c, task_id)
   if not rec then return w end
   sort(durations)
   w.model = rec.model
-  local cb = rec.cb
+  -- a callback is expected when the create had a callBackUrl and callbacks do
+  -- reach deliver (this client's, or the fleet's within a day)
+  local cb = rec.cb and (rec.delivering or s.delivered) or false
   if schedule.expected(durations, elapsed, 0, cb) == nil then return w end
   w.first = schedule.expected(durations, elapsed, 0, cb)
   w.delay = function(since_start, polls)
@@ -198,23 +206,32 @@ function M.nap(c, w, seconds)
   local t = lifecycle.current()
   if t then
     w.task = t
-    if c._fleet then ensure_pump(c, s) end
+    if c._fleet and s.last then ensure_pump(c, s) end
     c._env.sleep(seconds)
     w.task = nil
-  elseif c._fleet and s.last then
+  else
     local now = c._env.now
     local stop = now() + seconds
-    local cap = (c._fleet._spec.timeout or 2) / 2
+    local slice = c._nap_slice -- (a host whose sleep yields sets it: it never blocks on Redis)
+    local block = c._fleet and s.last and not slice
+    if not slice and not c._fleet and s.delivered then slice = SLICE end
+    local cap = c._fleet and (c._fleet._spec.timeout or 2) / 2
     while not take(s, w) do
       local left = stop - now()
       if left <= 0 then break end
-      if not pump(c, s, min(left, cap)) then
-        c._blocking_sleep(stop - now()) -- Redis failed: the poll is the fallback
+      if block then
+        if not pump(c, s, min(left, cap)) then
+          c._env.sleep(stop - now()) -- Redis failed: the poll is the fallback
+          break
+        end
+      elseif slice then
+        if c._fleet and s.last then pump(c, s, nil) end
+        c._env.sleep(min(left, slice))
+      else
+        c._env.sleep(left)
         break
       end
     end
-  else
-    c._blocking_sleep(seconds)
   end
   list[w] = nil
   if next(list) == nil and s.waiters[id] == list then s.waiters[id] = nil end
@@ -246,6 +263,7 @@ end
 -- waits were woken all the same).
 function M.deliver(c, ev)
   local s = state(c)
+  s.delivered = true -- sleeps that are not kie tasks (kie.ngx's) look for deliveries from now on
   dispatch(s, ev.task_id)
   if not c._fleet then return true end
   local id, err = events.record(c._fleet, ev.task_id, ev.state or "")

@@ -11,7 +11,7 @@ local socket = require "socket"
 local redis_url, name, hmac_key = ...
 local client = kie.new{ api_key = "sk-wake-receiver", base_url = "http://127.0.0.1:1",
   fleet = { redis = redis_url, name = name } }
-local server = assert(socket.bind("127.0.0.1", 0))
+local server = assert(socket.bind("127.0.0.1", 0, 4096)) -- a backlog for bursts of callbacks
 io.stdout:setvbuf("line")
 print("port " .. select(2, server:getsockname()))
 
