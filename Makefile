@@ -68,7 +68,7 @@ $(FLEET_SO): $(FLEET_OBJS)
 install-fleet: $(FLEET_SO)
 	install -d $(DESTDIR)$(INST_LIBDIR)/kie $(DESTDIR)$(INST_LUADIR)/kie
 	install -m 0755 $(FLEET_SO) $(DESTDIR)$(INST_LIBDIR)/kie/redis.so
-	install -m 0644 lua/kie/fleet.lua $(DESTDIR)$(INST_LUADIR)/kie/
+	install -m 0644 lua/kie/fleet.lua lua/kie/redis_ngx.lua $(DESTDIR)$(INST_LUADIR)/kie/
 
 install: $(SO)
 	install -d $(DESTDIR)$(INST_LIBDIR)/kie $(DESTDIR)$(INST_LUADIR)/kie
@@ -120,13 +120,13 @@ FUZZ_SECONDS ?= 60
 SOAK_CALLS   ?= 100000
 # specs that run their code in other processes (nginx, CLI children, the examples)
 # gain nothing from this process's GC settings
-GC_SPECS = $(filter-out spec/cli_spec.lua spec/ngx_spec.lua spec/mock_spec.lua spec/demo_spec.lua \
+GC_SPECS = $(filter-out spec/cli_spec.lua spec/ngx_spec.lua spec/ngx_fleet_spec.lua spec/mock_spec.lua spec/demo_spec.lua \
            spec/host_spec.lua spec/love_spec.lua,$(wildcard spec/*_spec.lua))
 GC_GEN   = 'collectgarbage("generational", 1, 10)'
 GC_INC   = 'collectgarbage("incremental"); collectgarbage("setpause", 50); collectgarbage("setstepmul", 200)'
 GC_MODES ?= $(GC_GEN) $(GC_INC)
 
-.PHONY: bench bench-fleet fuzz soak soak-stateful test-threads test-gc
+.PHONY: bench bench-fleet bench-fleet-callbacks fuzz soak soak-stateful test-threads test-gc
 
 bench:
 	@sh bench/run.sh
@@ -135,6 +135,12 @@ bench:
 bench-fleet:
 	@$(MAKE) --no-print-directory build build-fleet LUA=lua5.4 >/dev/null
 	@LUA_PATH='./lua/?.lua;./lua/?/init.lua;./?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/fleet.lua
+
+# waits woken by callbacks across processes (bench/fleet_callbacks.lua; LAT_TASKS,
+# LOAD_TASKS, LOAD_DROP, BENCH_PARTS ...): about 2 minutes
+bench-fleet-callbacks:
+	@$(MAKE) --no-print-directory build build-fleet LUA=lua5.4 >/dev/null
+	@LUA_PATH='./lua/?.lua;./lua/?/init.lua;./?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/fleet_callbacks.lua
 
 fuzz:
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) sh fuzz/run.sh

@@ -30,5 +30,6 @@ build = {
       libdirs = { "$(HIREDIS_LIBDIR)" },
     },
     ["kie.fleet"] = "lua/kie/fleet.lua",
+    ["kie.redis_ngx"] = "lua/kie/redis_ngx.lua", -- kie.fleet in nginx (lua-resty-redis)
   },
 }

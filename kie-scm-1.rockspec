@@ -57,6 +57,7 @@ build = {
     ["kie.cli"] = "lua/kie/cli.lua",
     ["kie.ngx"] = "lua/kie/ngx.lua",
     ["kie.ngx_worker"] = "lua/kie/ngx_worker.lua",
+    ["kie.ngx_shared"] = "lua/kie/ngx_shared.lua",
     ["kie.testing"] = "lua/kie/testing.lua", -- the fake kie.ai for your tests
   },
   install = {

@@ -12,10 +12,11 @@ group=${1:-test}
 runtime="gcc make pkg-config ca-certificates openssl lua5.4 liblua5.4-dev lua-cjson \
 libcurl4-openssl-dev libssl-dev lua-socket lua-argparse nginx libnginx-mod-http-lua procps"
 # luajit2 is OpenResty's branch: Debian's own `luajit` package removes nginx's Lua module;
-# love comes after it so that apt keeps libluajit2 for LÖVE too.
+# love comes after it so that apt keeps libluajit2 for LÖVE too. lua-nginx-redis is
+# lua-resty-redis for kie.ngx with `fleet` (as nginx.redis in /usr/share/lua/5.1).
 test="$runtime lua-busted luarocks valgrind strace lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev \
 lua5.3 liblua5.3-dev luajit2 libluajit2-5.1-dev lua-check curl lua-ldoc \
-love xvfb xauth libgl1-mesa-dri clang libclang-rt-14-dev redis-server libhiredis-dev"
+love xvfb xauth libgl1-mesa-dri clang libclang-rt-14-dev redis-server libhiredis-dev lua-nginx-redis"
 
 case "$group" in
   runtime) want=$runtime ;;

@@ -122,7 +122,7 @@ for st in $stages; do
     check build-lua5.4 build lua5.4
     log="$out/specs-gc.log"
     lua5.4 -e 'collectgarbage("generational", 1, 10)' "$BUSTED" --cpath="./build/lua5.4/?.so" \
-      -o TAP --exclude-tags=examples $(ls spec/*_spec.lua | grep -v -e cli_spec -e ngx_spec \
+      -o TAP --exclude-tags=examples $(ls spec/*_spec.lua | grep -v -e cli_spec -e ngx_spec -e ngx_fleet_spec \
       -e mock_spec -e demo_spec -e host_spec -e love_spec) >"$log" 2>&1
     tally specs-gc "$log" $?
     ;;

@@ -48,6 +48,17 @@ describe("examples #examples", function()
     assert.matches("\nhttps?://127%.0%.0%.1:%d+/[^\n]*" .. task .. "[^\n]*\n", out)
   end)
 
+  it("fleet_callbacks.lua: callbacks taken by one fleet client end the waits of another, one read each", function()
+    local out, ok = run("examples/fleet_callbacks.lua")
+    assert.truthy(ok, out)
+    local woken = {}
+    for task in out:gmatch("wait woken: (task_[%w_]+) success http") do woken[#woken + 1] = task end
+    assert.equals(2, #woken, out)
+    for _, task in ipairs(woken) do assert.matches("callback delivered: " .. task .. " success\n", out) end
+    local reads = tonumber(out:match("\nstatus reads: (%d+) for 2 tasks\n$"))
+    assert.truthy(reads and reads >= 2 and reads <= 4, out) -- a confirmation each (a poll, at most)
+  end)
+
   it("testing.lua runs its checks against kie.testing's fake and passes them all", function()
     local out, ok = run("examples/testing.lua")
     assert.truthy(ok, out)

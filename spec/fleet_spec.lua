@@ -43,15 +43,9 @@ describe("fleet mode: option and pacing shared through Redis #fleet #integration
     return kie.new(o)
   end
 
-  local function over_limit()
-    local n = 0
-    for _, r in ipairs(m:requests(CREATE)) do
-      if r.fault == "account_limit" then n = n + 1 end
-    end
-    return n
-  end
+  local function over_limit() return m:over_limit(CREATE) end
 
-  it("checks the option: redis and name required, unknown fields and kie.ngx raise", function()
+  it("checks the option: redis and name required, unknown fields raise (kie.ngx alike)", function()
     assert.has_error(function() kie.new{ api_key = KEY, fleet = { redis = srv.url } } end,
       "kie.new: option 'fleet': field 'name' is required")
     assert.has_error(function() kie.new{ api_key = KEY, fleet = { name = "x" } } end,
@@ -65,8 +59,15 @@ describe("fleet mode: option and pacing shared through Redis #fleet #integration
     assert.has_error(function() kie.new{ api_key = KEY, fleet = { redis = "http://x", name = "x" } } end)
     assert.has_error(function() kie.new{ api_key = KEY, fleet = "redis://127.0.0.1" } end,
       "kie.new: option 'fleet' must be a table, got string")
-    assert.has_error(function() require("kie.ngx").new{ api_key = KEY, fleet = { redis = srv.url, name = "x" } } end,
-      "kie.ngx.new: option 'fleet' is not supported yet (its Redis calls would block the nginx worker)")
+    -- kie.ngx takes the same option (checked alike; Redis over cosockets, spec/ngx_fleet_spec.lua)
+    local kngx = require "kie.ngx"
+    kngx.new{ api_key = KEY, fleet = { redis = srv.url, name = "x" } }:close()
+    assert.has_error(function() kngx.new{ api_key = KEY, fleet = { redis = srv.url } } end,
+      "kie.ngx.new: option 'fleet': field 'name' is required")
+    assert.has_error(function() kngx.new{ api_key = KEY, fleet = { redis = srv.url, name = "x" },
+      shared_dict = "d" } end)
+    assert.has_error(function() kngx.new{ api_key = KEY, shared_dict = "d" } end,
+      "kie.ngx.new: option 'shared_dict' works only inside nginx (ngx_lua)")
   end)
 
   it("without fleet, kie.fleet and kie.redis are never loaded", function()

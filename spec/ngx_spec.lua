@@ -104,9 +104,10 @@ local function ms(s)
   return string.format("%.2f", s * 1000)
 end
 
--- Fires n "GET path" requests at once: n connections, every request sent before any
--- answer is read. Returns a list of {status, body, sent, done} in sending order.
-local function burst(port, path, n)
+-- Fires n "GET path" requests (with `body`: "POST path") at once: n connections,
+-- every request sent before any answer is read. Returns a list of {status, body,
+-- sent, done} in sending order.
+local function burst(port, path, n, body)
   local list = {}
   for i = 1, n do
     local c = assert(socket.tcp())
@@ -117,7 +118,8 @@ local function burst(port, path, n)
   for i = 1, n do
     local r = list[i]
     r.sent = socket.gettime()
-    assert(r.sock:send("GET " .. path .. " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"))
+    assert(r.sock:send((body and "POST " or "GET ") .. path .. " HTTP/1.0\r\nHost: 127.0.0.1\r\n"
+      .. (body and ("Content-Length: " .. #body .. "\r\n\r\n" .. body) or "\r\n")))
     r.sock:settimeout(0)
   end
   local pending = n
@@ -432,7 +434,10 @@ local SERVER_CONF = [[
 
 -- the example nginx (examples/openresty/nginx.conf under a temp prefix) ------------
 
-local function start_example(base_url, cleanup)
+-- opts (optional): workers (worker_processes, default 1), env (more variables),
+-- subs (more {pattern, replacement} edits of the conf).
+local function start_example(base_url, cleanup, opts)
+  opts = opts or {}
   local conf = assert(read_file(ROOT .. "/examples/openresty/nginx.conf"))
   local out, rc = sh('mktemp -d "${TMPDIR:-/tmp}/kie-ngx-example.XXXXXXXX"')
   assert(rc == 0, out)
@@ -459,16 +464,22 @@ local function start_example(base_url, cleanup)
       assert(n > 0, "examples/openresty/nginx.conf no longer has " .. pattern)
     end
     ex.port = free_port()
-    sub("listen 127%.0%.0%.1:8080;", "listen 127.0.0.1:" .. ex.port .. ";")
+    -- several workers: reuseport spreads the connections over them
+    sub("listen 127%.0%.0%.1:8080;", "listen 127.0.0.1:" .. ex.port
+      .. ((opts.workers or 1) > 1 and " reuseport;" or ";"))
     sub("%$prefix/%.%./%.%.", (ROOT:gsub("%%", "%%%%")))
     sub("error_log logs/error%.log notice;", "error_log logs/error.log info;")
-    sub("worker_processes auto;", "worker_processes 1;")
+    sub("worker_processes auto;", "worker_processes " .. (opts.workers or 1) .. ";")
     sub("access_log logs/access%.log;", "access_log off;")
     -- kie.ai's polling schedule starts at 2-3 s; the mock finishes in ~0.1 s
     sub("wait = { timeout = 600 }", "wait = { timeout = 600, interval = 0.05, max_interval = 0.1 }")
+    for _, edit in ipairs(opts.subs or {}) do sub(edit[1], edit[2]) end
     if sh("id -u"):match("^%s*0%s*$") then conf = "user root root;\n" .. conf end
     write_file(prefix .. "/nginx.conf", conf)
-    local start, src = sh("env KIE_API_KEY=" .. q(KEY) .. " KIE_BASE_URL=" .. q(base_url)
+    local env = {}
+    for k, v in pairs(opts.env or {}) do env[#env + 1] = k .. "=" .. q(v) .. " " end
+    table.sort(env)
+    local start, src = sh("env " .. table.concat(env) .. "KIE_API_KEY=" .. q(KEY) .. " KIE_BASE_URL=" .. q(base_url)
       .. " KIE_WEBHOOK_HMAC_KEY=" .. q(HMAC_KEY)
       .. " KIE_CALLBACK_URL=" .. q("http://127.0.0.1:" .. ex.port .. "/kie-callback")
       .. " nginx -p " .. q(prefix .. "/")
@@ -912,6 +923,99 @@ describe("kie.ngx in nginx #ngx", function()
       assert.is_truthy(delivered, "the mock never delivered")
       assert.equals(401, delivered.status)
       assert.equals(404, (request("GET", ex.url .. "/kie-result?taskId=" .. task_id)))
+    end)
+  end)
+
+  describe("(e) the example is fleet-ready: 4 workers share the account's limits", function()
+    local redis = require "spec.support.redis"
+    local srv
+    local LIMIT = "rate_limits = { create = { limit = 3, window = 1 } },"
+    local REQ = json.encode{ model = "ideogram/v3-reframe",
+      input = { image_url = "https://example.com/a.png", image_size = "square_hd" } }
+
+    lazy_setup(function() srv = redis.start() end)
+    lazy_teardown(function() if srv then srv:close() end end)
+    after_each(function() m:config{ account_limit = false } end)
+
+    -- the example with 4 workers and the account's create limit at 3 per s (as
+    -- the mock's); `env` picks the pacing
+    local function example(env)
+      return start_example(m.url, nil, { workers = 4, env = env,
+        subs = { { "timeout = 30,            %-%- per HTTP request", "timeout = 30, " .. LIMIT } } })
+    end
+
+    -- n /generate at once: the statuses, and how many creates the mock refused
+    local function generate_all(e, n)
+      m:reset()
+      m:config{ account_limit = { create = { limit = 3, window = 1 } } }
+      local statuses = {}
+      for i, r in ipairs(burst(e.port, "/generate", n, REQ)) do statuses[i] = r.status end
+      return statuses, m:over_limit("/api/v1/jobs/createTask")
+    end
+
+    local function all(n, v)
+      local t = {}
+      for i = 1, n do t[i] = v end
+      return t
+    end
+
+    it("by default through lua_shared_dict kie_pacing: 9 /generate at once, 0 429s", function()
+      local e = example()
+      local ok, statuses, over = pcall(generate_all, e, 9)
+      e.stop()
+      assert(ok, statuses)
+      assert.same(all(9, 200), statuses)
+      assert.equals(0, over)
+      assert.equals(9, m:count("/api/v1/jobs/createTask"))
+    end)
+
+    it("with KIE_REDIS_URL through the fleet on Redis: 9 /generate at once, 0 429s", function()
+      local name = "example-" .. math.random(1, 1e9)
+      local e = example{ KIE_REDIS_URL = srv.url, KIE_FLEET_NAME = name }
+      local ok, statuses, over = pcall(generate_all, e, 9)
+      e.stop()
+      assert(ok, statuses)
+      assert.same(all(9, 200), statuses)
+      assert.equals(0, over)
+      assert.equals(":1", srv:cli("EXISTS", "{kie:fleet:" .. name .. ":create}:done"))
+    end)
+
+    it("with KIE_REDIS_URL a callback at /kie-callback (client:deliver) ends /generate's wait "
+      .. "in whichever worker waits", function()
+      local e = start_example(m.url, nil, { workers = 4,
+        env = { KIE_REDIS_URL = srv.url, KIE_FLEET_NAME = "example-cb-" .. math.random(1, 1e9) },
+        -- polls 20 s apart: only the callback can end the wait sooner
+        subs = { { "interval = 0%.05, max_interval = 0%.1", "interval = 20, max_interval = 20" },
+          { "timeout = 30,            %-%- per HTTP request", "timeout = 30, " .. LIMIT } } })
+      m:reset()
+      -- the task runs 1.5 s: the first poll finds it running, its callback comes later
+      m:config{ hmac_key = HMAC_KEY, pace = 0.5 }
+      local t0 = socket.gettime()
+      local ok, status, body = pcall(request, "POST", e.url .. "/generate", json.encode{
+        model = "ideogram/v3-reframe", callback = true,
+        input = { image_url = "https://example.com/a.png", image_size = "square_hd" } })
+      local took = socket.gettime() - t0
+      m:config{ hmac_key = false, pace = 0.02 }
+      local delivered = {}
+      for _, d in ipairs(m:deliveries()) do delivered[#delivered + 1] = d.status end
+      e.stop()
+      assert(ok, status)
+      assert.equals(200, status, body)
+      assert.equals("success", json.decode(body).state)
+      assert.same({ 200 }, delivered)
+      assert.is_true(took < 8, "/generate took " .. took .. " s: the callback did not end the wait")
+      assert.equals(2, m:count("/api/v1/jobs/recordInfo")) -- the first poll, then the one it woke
+    end)
+
+    it("Redis unreachable: 503 kind fleet, nothing sent", function()
+      local e = example{ KIE_REDIS_URL = "redis://127.0.0.1:" .. free_port() .. "/0" }
+      m:reset()
+      local ok, status, body = pcall(request, "POST", e.url .. "/generate", REQ)
+      e.stop()
+      assert(ok, status)
+      assert.equals(503, status, body)
+      assert.equals("fleet", json.decode(body).error.kind)
+      assert.equals(0, m:count("/api/v1/jobs/createTask"))
     end)
   end)
 

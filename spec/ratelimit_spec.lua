@@ -297,6 +297,21 @@ describe("kie.ratelimit", function()
     assert.equal(31, lim:acquire(env))     -- 30 s hold + the window, then free again
   end)
 
+  it("delay(now, ahead): the wait of the waiter with `ahead` others before it", function()
+    local l = rl.new{ limit = 2, window = 1, margin = 0 }
+    assert.equals(0, l:delay(0, 1))           -- empty: a waiter ahead takes one of two slots
+    assert.equals(0, l:delay(0, 5))           -- no slot counts: only the queue decides
+    l:release(l:claim(0), 0)                  -- counts until 1
+    l:release(l:claim(0.5), 0.5)              -- counts until 1.5
+    assert.near(0.4, l:delay(0.6), 1e-9)
+    assert.near(0.4, l:delay(0.6, 0), 1e-9)
+    assert.near(0.9, l:delay(0.6, 1), 1e-9)   -- the second slot to free is its
+    assert.near(0.9, l:delay(0.6, 5), 1e-9)   -- further back: at least the last one
+    local h = rl.new{ limit = 1, window = 1, margin = 0 }
+    h:claim(0)                                -- held: frees window after now at the earliest
+    assert.near(1, h:delay(0.2, 1), 1e-9)
+  end)
+
   it("a partial option keeps the given defaults for what it leaves out", function()
     local lim = rl.new({ limit = 5 }, { limit = 10, window = 1 })
     assert.equal(5, lim.limit); assert.equal(1, lim.window); assert.equal(0.05, lim.margin)

@@ -197,13 +197,7 @@ describe("reliability: pacing counts where kie.ai counts (real clock, latency) #
       rate_limits = { create = limits, poll = false } }
   end
 
-  local function over_limit()
-    local n = 0
-    for _, r in ipairs(m:requests(CREATE)) do
-      if r.fault == "account_limit" then n = n + 1 end
-    end
-    return n
-  end
+  local function over_limit() return m:over_limit(CREATE) end
 
   -- the first three creates take 0.6 s to arrive, the later ones none
   local function slow_first_three()

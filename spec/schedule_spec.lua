@@ -334,3 +334,67 @@ describe("kie.schedule.wait", function()
     assert.has_no_error(function() schedule.wait(get, "t", nil, env) end)
   end)
 end)
+
+describe("kie.schedule.expected (polls placed by the model's run times)", function()
+  local D = { 4, 4, 5, 6, 10 } -- sorted run times (s)
+
+  it("knows nothing without run times or a callback", function()
+    assert.is_nil(schedule.expected({}, 0, 0, false))
+  end)
+
+  it("without a callback: the median, the 90th and 99th percentiles, then backs off", function()
+    local t, at = 0, {}
+    for polls = 0, 6 do
+      t = t + schedule.expected(D, t, polls, false)
+      at[#at + 1] = t
+    end
+    assert.same({ 5, 10, 10.5 }, { at[1], at[2], at[3] })
+    for i = 4, #at do
+      assert.is_true(at[i] - at[i - 1] > at[i - 1] - at[i - 2] - 1e-9, "gaps grow")
+      assert.is_true(at[i] - at[i - 1] <= schedule.max_gap)
+    end
+  end)
+
+  it("with a callback: first when it is late (1.5 x p99 + 2 s); cold: cold_callback s", function()
+    assert.equal(17, schedule.expected(D, 0, 0, true))
+    assert.equal(7, schedule.expected(D, 10, 0, true))
+    assert.equal(schedule.cold_callback - 3, schedule.expected({}, 3, 0, true))
+  end)
+
+  it("a first poll whose time has passed goes at once; later ones never earlier than min_delay", function()
+    assert.equal(schedule.min_delay, schedule.expected(D, 100, 0, false))
+    -- a randomized search: always > 0, and the next target is after now
+    math.randomseed(11)
+    for _ = 1, 500 do
+      local n = math.random(0, 6)
+      local d = {}
+      for i = 1, n do d[i] = math.random() * 20 end
+      table.sort(d)
+      local cb = math.random() < 0.5
+      local e, polls = math.random() * 200, math.random(0, 5)
+      local x = schedule.expected(d, e, polls, cb)
+      if n == 0 and not cb then assert.is_nil(x) else assert.is_true(x >= schedule.min_delay) end
+    end
+  end)
+end)
+
+describe("kie.schedule.wait with first and delay", function()
+  it("sleeps `first` before the first poll, then follows `delay`", function()
+    local env = fake_env(0)
+    local g = scripted(env, { { state = "generating" }, { state = "generating" }, { state = "success" } })
+    local info = schedule.wait(g.fn, "t", { first = 5, delay = function(_, polls) return polls * 10 end }, env)
+    assert.equal("success", info.state)
+    assert.same({ 5, 15, 35 }, g.times)
+  end)
+
+  it("a first sleep past the deadline is cut: one poll at the deadline, then `deadline`", function()
+    local env = fake_env(0)
+    local g = scripted(env, { { state = "generating" } })
+    local info, err = schedule.wait(g.fn, "t", { first = 50, timeout = 10, reserve = 1 }, env)
+    assert.is_nil(info)
+    assert.equal("deadline", err.kind)
+    assert.same({ 9 }, g.times)
+    assert.has_error(function() schedule.wait(g.fn, "t", { first = -1 }, env) end)
+    assert.has_error(function() schedule.wait(g.fn, "t", { delay = 3 }, env) end)
+  end)
+end)

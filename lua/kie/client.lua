@@ -23,6 +23,7 @@ local function _lazy(name)
 end
 local journal = _lazy "kie.journal"
 local files = _lazy "kie.files"
+local wake = _lazy "kie.wake"
 
 local type, pairs, ipairs, tostring, setmetatable, pcall, error, select =
   type, pairs, ipairs, tostring, setmetatable, pcall, error, select
@@ -38,7 +39,7 @@ Client.__index = Client
 Client.__name = "kie.Client"
 
 -- the methods of each concern, mixed in: logging, the event loop, run_all
-for _, name in ipairs { "kie.log", "kie.loop", "kie.batch" } do
+for _, name in ipairs { "kie.log", "kie.loop", "kie.batch", "kie.deliver" } do
   for k, v in pairs(require(name)) do Client[k] = v end
 end
 local _retry_logger = Client._retry_logger
@@ -187,6 +188,7 @@ function Client:create_task(request, opts)
   if self._opts.logger then
     self:_log("info", "task created", { op = "create_task", task_id = res.taskId, model = req.model })
   end
+  wake.created(self, res.taskId, req.model, req.callBackUrl ~= nil) -- where its waits poll
   return res
 end
 
@@ -324,8 +326,14 @@ function Client._check_run(_, request, what, level)
   end
 end
 
---- Polls a task on kie.ai's published schedule (2–3 s for the first 30 s, 5–10 s
--- until 2 min, 15–30 s after, with jitter) until it ends or the deadline passes.
+--- Waits until a task ends or the deadline passes. A callback handed to
+-- `deliver` (this client's, or with `fleet` any client of the fleet) ends its
+-- sleep at once; it then confirms with one `get_task`. Its polls go where the
+-- task likely ended: for a task this client (or fleet) created, after the
+-- recent run times of its model (`kie.schedule.expected`; with a `callBackUrl`,
+-- only once the callback is late); else on kie.ai's published schedule (2–3 s
+-- for the first 30 s, 5–10 s until 2 min, 15–30 s after, with jitter; also
+-- when `interval` is given).
 -- Returns the finished task, or `nil, err`: `task_failed` (failCode, failMsg),
 -- `deadline` (state = last seen), or a non-retryable error.
 -- @tparam string task_id
@@ -343,13 +351,18 @@ function Client:wait(task_id, opts)
   local deadline = self._env.now() + timeout
   local by = { send_by = deadline - reserve, deadline = deadline }
   local user_update = opts.on_update
+  local w = wake.start(self, task_id) -- callbacks end its sleeps; where its polls go
+  local env = self._env
+  local placed = opts.interval == nil -- an interval asked for keeps kie.ai's schedule
   local info, err = schedule.wait(function(id) return self:_get(id, by) end, task_id, {
     timeout = timeout, interval = opts.interval, max_interval = opts.max_interval, reserve = reserve,
+    first = placed and w.first or nil, delay = placed and w.delay or nil,
     on_update = function(i)
       self:_log("info", "task state", { task_id = task_id, state = i.state })
       if user_update then user_update(i) end
     end,
-  }, self._env)
+  }, { now = env.now, random = env.random, sleep = function(s) wake.nap(self, w, s) end })
+  wake.stop(self, w, info)
   if not info and self._journal and err.kind == "task_failed" then
     self._journal:finished(task_id, "fail")
   end

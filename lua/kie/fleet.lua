@@ -22,16 +22,20 @@
 --   before the loss and answered more than a window after it (its held slot was lost
 --   with the data; its release records it, but only at its answer).
 --
--- The Redis calls block (hiredis' synchronous API, bounded by `fleet.timeout`); the
--- waits between them go through `env.sleep`, so a coroutine client yields there.
--- Needs the kie-fleet rock (kie.redis).
+-- The scripts and the limiter are the same everywhere; only the Redis transport
+-- differs: by default kie.redis (hiredis' synchronous API: the calls block, bounded
+-- by `fleet.timeout`), inside nginx kie.redis_ngx (lua-resty-redis over cosockets:
+-- only the calling request waits). The waits between calls go through `env.sleep`,
+-- so a coroutine client yields there (kie.ngx: ngx.sleep).
+-- Needs the kie-fleet rock (kie.redis) or, in nginx, lua-resty-redis.
 -- @module kie.fleet
 
 local errors = require "kie.errors"
+local ratelimit = require "kie.ratelimit"
 
 local type, pairs, tostring, tonumber, error, setmetatable, pcall, require =
   type, pairs, tostring, tonumber, error, setmetatable, pcall, require
-local format, random, min = string.format, math.random, math.min
+local format, random = string.format, math.random
 
 local M = {}
 
@@ -150,14 +154,22 @@ local Fleet = {}
 Fleet.__index = Fleet
 Fleet.__name = "kie.fleet.Fleet"
 
---- Makes a fleet handle (no I/O: Redis is reached on first use). Raises when the
--- kie-fleet rock (kie.redis) is missing.
-function M.open(spec)
+--- Makes a fleet handle (no I/O: Redis is reached on first use). `transport`
+-- reaches Redis: a module with `connect(url, {timeout =, connect_timeout =})` that
+-- returns a connection with `eval(script, nkeys, ...)` and `close()`, failing with
+-- `nil, {kind = "fleet", message, code?, retryable}` (a connection whose field
+-- `pooled` is true may fail on an old socket at any call: retried once). Default:
+-- kie.redis (hiredis); raises when it is missing.
+function M.open(spec, transport)
   M.check(spec, 2)
-  local ok, redis = pcall(require, "kie.redis")
-  if not ok then
-    error("kie.new: option 'fleet' needs kie.redis (the kie-fleet rock, built on hiredis: "
-      .. "luarocks make kie-fleet-scm-1.rockspec, or make build-fleet): " .. tostring(redis), 3)
+  local redis = transport
+  if not redis then
+    local ok, r = pcall(require, "kie.redis")
+    if not ok then
+      error("kie.new: option 'fleet' needs kie.redis (the kie-fleet rock, built on hiredis: "
+        .. "luarocks make kie-fleet-scm-1.rockspec, or make build-fleet): " .. tostring(r), 3)
+    end
+    redis = r
   end
   return setmetatable({
     _redis = redis, _spec = spec, _conn = false, _n = 0,
@@ -171,10 +183,12 @@ function Fleet:_next_id()
   return self._id .. ":" .. self._n
 end
 
--- Runs `script` on Redis (connecting first when needed): the reply, or nil, err.
--- A connection that broke since its last use (Redis restarted) is tried once more
--- on a new one: every script here may run twice (a slot or a waiter is a set member).
-function Fleet:_eval(script, keys, ...)
+-- Runs conn:METHOD(...) on Redis (connecting first when needed): the reply, or
+-- nil, err. A connection that broke since its last use (Redis restarted) is tried
+-- once more on a new one: every command sent through here may run twice (a slot or
+-- a waiter is a set member; an event read or written twice wakes a wait twice).
+-- A pooled transport (kie.redis_ngx) may hand out an old socket at any call.
+function Fleet:_run(method, ...)
   local conn, fresh = self._conn, false
   if not conn then
     local spec = self._spec
@@ -184,11 +198,16 @@ function Fleet:_eval(script, keys, ...)
     if not conn then return nil, err end
     self._conn, fresh = conn, true
   end
-  local r, err = conn:eval(script, 5, keys[1], keys[2], keys[3], keys[4], keys[5], ...)
-  if r == nil and not fresh and err.retryable and not err.code then
-    r, err = conn:eval(script, 5, keys[1], keys[2], keys[3], keys[4], keys[5], ...)
+  local r, err = conn[method](conn, ...)
+  if r == nil and (not fresh or conn.pooled) and err.retryable and not err.code then
+    r, err = conn[method](conn, ...)
   end
   return r, err
+end
+
+-- Runs `script` with its 5 keys on Redis (see _run).
+function Fleet:_eval(script, keys, ...)
+  return self:_run("eval", script, 5, keys[1], keys[2], keys[3], keys[4], keys[5], ...)
 end
 
 local function fleet_error(err, what)
@@ -235,19 +254,17 @@ function Limiter:acquire(env, deadline)
   local fleet = self.fleet
   local me, slot = fleet:_next_id(), fleet:_next_id()
   local ticket = ""
-  while true do
+  return ratelimit.wait_turn(env, deadline, CAP, function()
     local span, hold, ttl = head(self)
     local r, err = fleet:_eval(ACQUIRE, self._keys, span, hold, ttl, me, ticket, self.limit, slot, GRACE)
     if not r then return nil, fleet_error(err, "pacing") end
     if r[1] == 1 then return slot end
     ticket = tostring(r[2])
-    local d = tonumber(r[3]) or CAP
-    if deadline and env.now() + d > deadline then
-      fleet:_eval(LEAVE, self._keys, span, hold, ttl, me)
-      return nil, d
-    end
-    env.sleep(min(d, CAP))
-  end
+    return nil, tonumber(r[3]) or CAP
+  end, function()
+    local span, hold, ttl = head(self)
+    fleet:_eval(LEAVE, self._keys, span, hold, ttl, me)
+  end)
 end
 
 --- Ends the hold of `slot`: it counts from now (Redis's clock) for window + margin.

@@ -121,6 +121,15 @@ local function _end_error(c, t, cause, paid)
   return err
 end
 
+-- Takes sleeping task t off client c's timers.
+local function untimer(c, t)
+  local timers = c._timers
+  for i = #timers, 1, -1 do
+    if timers[i] == t then table.remove(timers, i) break end
+  end
+  t._at = nil
+end
+
 -- Takes t off what it waits for (a canceled or closed call). A create already
 -- started stays in flight as an orphan when canceled (its answer is recorded).
 -- Returns the error t ends with.
@@ -139,11 +148,7 @@ local function unpark(t, cause)
     end
     return err
   elseif w == "timer" then
-    local timers = c._timers
-    for i = #timers, 1, -1 do
-      if timers[i] == t then table.remove(timers, i) break end
-    end
-    t._at = nil
+    untimer(c, t)
   elseif w == "join" then
     c._joined[t] = nil
   end
@@ -296,6 +301,18 @@ function M.wake(t)
   c._joined[t] = nil
   t._wait = "queued"
   push(c, t)
+end
+
+--- Ends at once the sleep (`sleep`) task `t` is parked in: it is queued to be
+-- resumed by its client's step as if its timer were due (a wait woken by a
+-- callback, kie.wake). Returns true if `t` was asleep.
+function M.rouse(t)
+  if t._wait ~= "timer" or t._ended then return false end
+  local c = t._client
+  untimer(c, t)
+  t._wait = "queued"
+  push(c, t)
+  return true
 end
 
 local function on_error(e)

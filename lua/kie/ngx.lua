@@ -29,6 +29,12 @@
 -- they raise a clear error instead of blocking. `kie.ngx.new` itself does no
 -- I/O and works in any phase (init_worker_by_lua is a good place).
 --
+-- Rate limits: kie.ai counts per account. `shared_dict = NAME` (a
+-- `lua_shared_dict`) shares them among this nginx's workers (kie.ngx_shared);
+-- `fleet = {redis =, name =}` shares them through Redis with every client of the
+-- fleet, nginx or not, with kie.fleet's scripts over lua-resty-redis cosockets
+-- (kie.redis_ngx: a worker never blocks). Without either, each worker paces alone.
+--
 -- Not available here (they drive the core's own event loop): `step`,
 -- `poll_timeout`, `wakeup`, the `*_async` calls and `kie.spawn`; use
 -- `ngx.thread.spawn` (and `client:run_all`) for concurrency.
@@ -442,14 +448,47 @@ local function strip_position(msg)
   return (tostring(msg):gsub("^[^\n]-%.lua:%d+: ", ""))
 end
 
+-- Where the rate limits are shared: a kie.fleet on Redis through cosockets
+-- (kie.redis_ngx), a lua_shared_dict (kie.ngx_shared), or nil (this worker alone).
+local function pacing_store(fleet_spec, dict_name)
+  if fleet_spec and dict_name then
+    error("kie.ngx.new: options 'fleet' and 'shared_dict' exclude each other (a fleet already "
+      .. "shares the limits among this nginx's workers)", 3)
+  end
+  if dict_name then
+    local ngx = ngx_api()
+    if not ngx or type(ngx.shared) ~= "table" then
+      error("kie.ngx.new: option 'shared_dict' works only inside nginx (ngx_lua)", 3)
+    end
+    return require("kie.ngx_shared").open(ngx, dict_name)
+  end
+  if not fleet_spec then return nil end
+  local ok, fleet = pcall(require, "kie.fleet")
+  if not ok then
+    error("kie.ngx.new: option 'fleet' needs kie.fleet (the kie-fleet rock's Lua files): " .. tostring(fleet), 3)
+  end
+  local transport = require "kie.redis_ngx"
+  if ngx_api() then
+    local lib, lerr = transport.library()
+    if not lib then error((lerr:gsub("^kie%.ngx:", "kie.ngx.new:")), 3) end
+  end
+  local fok, f = pcall(fleet.open, fleet_spec, transport)
+  if not fok then error((strip_position(f):gsub("^kie%.new", "kie.ngx.new")), 3) end
+  return f
+end
+
 --- Makes a client: the options of `kie.new` plus `thread_pool` (the name of a
--- `thread_pool` in nginx.conf's main context; default "kie"). Does no I/O, so
--- it may run in any phase. Raises like `kie.new` on bad options.
+-- `thread_pool` in nginx.conf's main context; default "kie") and `shared_dict`
+-- (the name of a `lua_shared_dict`: the rate limits shared by this nginx's
+-- workers, kie.ngx_shared). `fleet` shares them through Redis with every client of
+-- the fleet, over cosockets (kie.redis_ngx; needs lua-resty-redis). Without either,
+-- each worker paces alone. Does no I/O, so it may run in any phase. Raises like
+-- `kie.new` on bad options.
 -- @tparam[opt] table opts
 -- @treturn kie.ngx.Client
 function M.new(opts)
   if opts ~= nil and type(opts) ~= "table" then error("kie.ngx.new: options must be a table", 2) end
-  local user, pool = {}, DEFAULT_POOL
+  local user, pool, fleet_spec, dict_name = {}, DEFAULT_POOL, nil, nil
   for k, v in pairs(opts or {}) do
     if k == "thread_pool" then
       if type(v) ~= "string" or v == "" then
@@ -457,8 +496,13 @@ function M.new(opts)
       end
       pool = v
     elseif k == "fleet" then
-      error("kie.ngx.new: option 'fleet' is not supported yet (its Redis calls would block "
-        .. "the nginx worker)", 2)
+      if type(v) ~= "table" then error("kie.ngx.new: option 'fleet' must be a table, got " .. type(v), 2) end
+      fleet_spec = v
+    elseif k == "shared_dict" then
+      if type(v) ~= "string" or v == "" then
+        error("kie.ngx.new: option 'shared_dict' must be a non-empty string (a lua_shared_dict)", 2)
+      end
+      dict_name = v
     elseif k == "core" or k == "sleep" then
       error("kie.ngx.new: option '" .. k .. "' is not supported (kie.ngx runs HTTP on worker "
         .. "threads and waits with ngx.sleep)", 2)
@@ -477,6 +521,12 @@ function M.new(opts)
   local wait_limit = user.timeout or 30
   for _, lim in ipairs{ c._create_lim or false, c._poll_lim or false } do
     if lim then lim.hold = lim.hold + wait_limit end
+  end
+  local store = pacing_store(fleet_spec, dict_name)
+  if store then
+    if c._create_lim then c._create_lim = store:limiter("create", c._create_lim) end
+    if c._poll_lim then c._poll_lim = store:limiter("poll", c._poll_lim) end
+    if fleet_spec then c._fleet = store end
   end
   return setmetatable(c, NgxClient)
 end

@@ -102,15 +102,19 @@ end
 
 --- Seconds to wait from `now` before the next request may go (0 when it may go
 -- now). While slots are held it is a lower bound: wait it, then ask again.
-function Limiter:delay(now)
+-- `ahead` (default 0): how many waiters go first (kie.ngx_shared's queue).
+function Limiter:delay(now, ahead)
   prune(self, now)
   local d = self.blocked - now
   if d < 0 then d = 0 end
   local n, limit = self.n, self.limit
-  if n < limit then return d end
-  -- the (n - limit + 1)-th slot to stop counting frees the way; a held slot stops
-  -- at the earliest window + margin after now (its answer comes at now or later)
-  local k, exp, held = n - limit + 1, {}, now + self.window + self.margin
+  ahead = ahead or 0
+  if n + ahead < limit then return d end
+  -- the (n - limit + 1 + ahead)-th slot to stop counting frees the way; a held slot
+  -- stops at the earliest window + margin after now (its answer comes at now or later)
+  local k, exp, held = n - limit + 1 + ahead, {}, now + self.window + self.margin
+  if k > n then k = n end
+  if k < 1 then return d end -- no slot counts: only waiters ahead
   for i = 1, n do
     local e = expiry(self, i)
     if not self.ended[i] and e > held then e = held end
@@ -166,6 +170,25 @@ function Limiter:acquire(env, deadline)
     if d <= 0 then return self:claim(now) end
     if deadline and now + d > deadline then return nil, d end
     env.sleep(d)
+  end
+end
+
+--- The waiting loop of a limiter whose log lives elsewhere, shared by processes
+-- (kie.fleet in Redis, kie.ngx_shared in a lua_shared_dict): `look()` takes a slot
+-- and returns it, or returns nil and the seconds to wait at least, or nil and an
+-- error table (returned as is: nothing may be sent); `leave()` gives up the place
+-- in the queue when `deadline` (by `env.now()`) would pass first (then nil and the
+-- seconds are returned). Sleeps (env.sleep) at most `cap` seconds between looks.
+function M.wait_turn(env, deadline, cap, look, leave)
+  while true do
+    local slot, d = look()
+    if slot then return slot end
+    if type(d) == "table" then return nil, d end
+    if deadline and env.now() + d > deadline then
+      leave()
+      return nil, d
+    end
+    env.sleep(d < cap and d or cap)
   end
 end
 

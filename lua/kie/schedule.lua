@@ -65,8 +65,64 @@ function M.delay(elapsed, opts, random)
   return d
 end
 
+M.cold_callback = 30  -- seconds after its create a task with a callback is first polled,
+                      -- while no run time of its model is known
+M.max_gap = 30        -- the longest gap between two polls placed by `expected`
+
+-- The poll times (seconds after the create) `expected` chooses from, in order:
+-- k -> the k-th. Returns nil when nothing is known (no run time, no callback).
+local function targets(durations, callback)
+  local n = #durations
+  local function q(p)
+    local i = math.ceil(p * n)
+    if i < 1 then i = 1 end
+    return durations[i]
+  end
+  local fixed, gap
+  if n == 0 then
+    if not callback then return nil end
+    fixed, gap = { M.cold_callback }, 5
+  elseif callback then
+    -- the callback is late: 1.5 times the slow end of the model's run times
+    fixed = { q(0.99) * 1.5 + 2 }
+    gap = math.max(1, q(0.99) / 2)
+  else
+    fixed = { q(0.5), q(0.9), q(0.99) + 0.5 }
+    gap = math.max(1, q(0.99) - q(0.5))
+  end
+  return function(k)
+    if k <= #fixed then return fixed[k] end
+    local t, g = fixed[#fixed], gap
+    for _ = #fixed + 1, k do
+      t = t + g
+      g = math.min(g * 2, M.max_gap)
+    end
+    return t
+  end
+end
+
+--- Seconds until the next poll of a task whose model's recent run times are
+-- known: at the median, then the 90th and 99th percentiles, then backing off
+-- (gaps doubling up to `max_gap`); with a callback expected, only once it is late
+-- (1.5 times the 99th percentile, plus 2 s; `cold_callback` s while no run time
+-- is known). A first poll whose time has passed goes at once.
+-- @tparam table durations run times in seconds, sorted (may be empty)
+-- @tparam number elapsed seconds since the task was created
+-- @tparam number polls polls this wait made so far
+-- @tparam boolean callback a callback is expected for the task
+-- @treturn number|nil seconds; nil when nothing is known (then `delay` applies)
+function M.expected(durations, elapsed, polls, callback)
+  local at = targets(durations, callback)
+  if not at then return nil end
+  if elapsed ~= elapsed or elapsed < 0 then elapsed = 0 end
+  if polls == 0 and at(1) <= elapsed then return M.min_delay end
+  local k = 1
+  while at(k) <= elapsed + M.min_delay do k = k + 1 end
+  return at(k) - elapsed
+end
+
 local WAIT_OPTS = { timeout = true, interval = true, max_interval = true, on_update = true,
-  reserve = true }
+  reserve = true, first = true, delay = true }
 
 local function check_wait_args(get_task, opts, env)
   if type(get_task) ~= "function" then error("kie.schedule.wait: get_task must be a function", 3) end
@@ -93,6 +149,13 @@ local function check_wait_args(get_task, opts, env)
   if opts.on_update ~= nil and type(opts.on_update) ~= "function" then
     error("kie.schedule.wait: on_update must be a function", 3)
   end
+  if opts.delay ~= nil and type(opts.delay) ~= "function" then
+    error("kie.schedule.wait: delay must be a function", 3)
+  end
+  local first = opts.first
+  if first ~= nil and (type(first) ~= "number" or first ~= first or first < 0) then
+    error("kie.schedule.wait: first must be a number >= 0, got " .. tostring(first), 3)
+  end
   if type(env) ~= "table" or type(env.now) ~= "function" or type(env.sleep) ~= "function" then
     error("kie.schedule.wait: env must be a table with now and sleep functions", 3)
   end
@@ -112,7 +175,8 @@ end
 local NOTHING = {} -- "no state observed yet" (distinct from a nil state)
 
 --- Polls `get_task(task_id)` until the task ends or `opts.timeout` passes.
--- The first poll is immediate; later ones follow `schedule.delay`. Retryable errors
+-- The first poll is immediate (or `opts.first` seconds in); later ones follow
+-- `schedule.delay` (or `opts.delay`). Retryable errors
 -- from `get_task` are tolerated (a larger `err.retry_after` is honoured); any other
 -- error ends the wait at once and is returned as is. No sleep crosses the deadline:
 -- the last one is shortened so that a final poll happens `reserve` seconds before
@@ -121,7 +185,9 @@ local NOTHING = {} -- "no state observed yet" (distinct from a nil state)
 -- @param task_id
 -- @tparam[opt] table opts `timeout` (s, default 900), `interval`, `max_interval`,
 --   `on_update(info)` called once per observed state change (first and final included),
---   `reserve` (s, default 0: no poll starts later than this before the deadline)
+--   `reserve` (s, default 0: no poll starts later than this before the deadline),
+--   `first` (s before the first poll, default 0), `delay(elapsed, polls)` (s until
+--   the next poll; replaces `schedule.delay`; `max_interval` still caps it)
 -- @tparam table env `{ now = fn, sleep = fn, random = fn }`
 -- @return `info` on success; or `nil, err`: kind `task_failed` (`task_id`, `failCode`,
 --   `failMsg`, `state = "fail"`, `task` = the info), kind `deadline` (`task_id`, `state` =
@@ -139,7 +205,14 @@ function M.wait(get_task, task_id, opts, env)
   local last_error, last_info
   local polls = 0
   local final = false -- the previous sleep was cut to end at the deadline
+  local delay = opts.delay
 
+  local first = opts.first
+  if first and first > 0 then
+    local remaining = deadline - reserve - start
+    if first >= remaining then first = remaining; final = remaining > 0 end
+    if first > 0 then env.sleep(first) end
+  end
   while true do
     local info, err = get_task(task_id)
     polls = polls + 1
@@ -183,7 +256,13 @@ function M.wait(get_task, task_id, opts, env)
         { task_id = task_id, state = state, last_error = last_error, task = last_info,
           timeout = timeout, polls = polls })
     end
-    local d = M.delay(now - start, opts, env.random)
+    local d
+    if delay then
+      d = delay(now - start, polls) or M.delay(now - start, opts, env.random)
+      if opts.max_interval and d > opts.max_interval then d = opts.max_interval end
+    else
+      d = M.delay(now - start, opts, env.random)
+    end
     if extra > d then d = extra end
     if d >= remaining then d = remaining; final = true end
     env.sleep(d)

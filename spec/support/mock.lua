@@ -36,6 +36,7 @@
 --                              body_truncated, headers (lowercased), connection,
 --                              connection_requests, scheme, fault, time, arrived, seq}
 --   m:count(path?), m:connections(path?)
+--   m:over_limit(path?)        requests the account_limit refused (429)
 --   m:callbacks()              what /_mock/callback_sink got: {headers, body, json, method, uri, time}
 --   m:wait_callbacks(n, timeout?)  poll until n callbacks arrived (returns the list)
 --   m:deliveries()             the mock's own callback attempts {taskId, url, attempt, status, error}
@@ -316,6 +317,15 @@ end
 
 function Mock:count(path)
   return self:_call("GET", "/_mock/count" .. path_query(path)).count
+end
+
+-- How many requests (to `path`) the account limit refused with 429.
+function Mock:over_limit(path)
+  local n = 0
+  for _, r in ipairs(self:requests(path)) do
+    if r.fault == "account_limit" then n = n + 1 end
+  end
+  return n
 end
 
 function Mock:connections(path)

@@ -1,0 +1,80 @@
+--- `client:deliver`: a callback that arrived here wakes the waits on its task, in
+-- this process and (with `fleet`) in every process of the fleet.
+-- @submodule kie.Client
+
+local callback = require "kie.callback"
+local errors = require "kie.errors"
+
+local type, tostring = type, tostring
+
+local Client = {}
+
+local wake -- kie.wake, loaded on first use
+
+-- The intent id in a callBackUrl's query (`kie_intent=ID`), if it is one.
+local function intent_of(param)
+  local url = type(param) == "table" and param.callBackUrl
+  if type(url) ~= "string" then return nil end
+  local query = url:match("^[^?#]*%?([^#]*)")
+  if not query then return nil end
+  for pair in query:gmatch("[^&]+") do
+    local k, v = pair:match("^([^=]*)=(.*)$")
+    if k == "kie_intent" then
+      if #v <= 128 and v:match("^[%w_%-]+$") then return v end
+      return nil
+    end
+  end
+  return nil
+end
+
+--- Takes a callback kie.ai POSTed to your `callBackUrl`: verifies it (like
+-- `kie.callback.parse`: with `opts.hmac_key`, a missing, wrong or stale
+-- signature is refused), checks its task id is shaped like kie.ai's, records it
+-- and wakes every `wait` on that task: this client's at once, and with `fleet`
+-- those of every process of the fleet (through a Redis stream; a wait that
+-- starts later sees it too). A woken wait confirms with one `get_task` (the body
+-- is not signed: it is never taken as the result) and returns.
+--
+-- A verified callback whose `param.callBackUrl` carries `kie_intent=ID` resolves
+-- that journal intent with its task id (`journal:created`), so a create whose
+-- answer was lost is not left unknown.
+--
+-- Answer kie.ai 200 when an event is returned; a `signature` or `protocol` error
+-- is a callback to refuse (401/400); a `fleet` error (Redis failed: this
+-- client's waits were woken, other processes' will poll) is worth a 5xx so the
+-- sender may try again.
+-- @tparam string|table body the raw JSON body
+-- @tparam table headers the request's headers (names in any case)
+-- @tparam[opt] table opts `hmac_key`, `tolerance`, `now`, `seen` (see `kie.callback.parse`)
+-- @treturn table the event `{task_id =, state =, task =, verified =, code =, msg =}`,
+-- or `nil, err` (kind `signature`, `protocol`, `io` (the journal) or `fleet`); nothing is recorded for
+-- a refused callback
+function Client:deliver(body, headers, opts)
+  local ev, err = callback.parse(body, headers, opts)
+  if not ev then return nil, err end
+  wake = wake or require "kie.wake"
+  if not wake.task_id_ok(ev.task_id) then
+    return nil, errors.new("protocol", "callback: the task id is not shaped like kie.ai's ("
+      .. ("%q"):format(ev.task_id:sub(1, 64)) .. ")", { op = "callback" })
+  end
+  local j = self._journal
+  local intent = ev.verified and j and intent_of(ev.task.param)
+  if intent then
+    local ok, msg = j:created(ev.task_id, ev.task.model or ev.task.param.model, intent)
+    if not ok then -- the sender may try again: the task id is not lost
+      self:_log("error", "journal write failed: " .. tostring(msg), { op = "callback", task_id = ev.task_id })
+      return nil, errors.new("io", "callback: the journal cannot be written (" .. tostring(msg) .. ")",
+        { op = "callback", task_id = ev.task_id })
+    end
+  end
+  local ok, ferr = wake.deliver(self, ev)
+  if not ok then
+    return nil, errors.new("fleet", "callback: recording it in the fleet failed: "
+      .. tostring(ferr and ferr.message or ferr) .. "; this process's waits were woken",
+      { op = "callback", task_id = ev.task_id, retryable = true })
+  end
+  self:_log("info", "callback delivered", { op = "callback", task_id = ev.task_id, state = ev.state })
+  return ev
+end
+
+return Client
