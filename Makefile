@@ -68,7 +68,7 @@ $(FLEET_SO): $(FLEET_OBJS)
 install-fleet: $(FLEET_SO)
 	install -d $(DESTDIR)$(INST_LIBDIR)/kie $(DESTDIR)$(INST_LUADIR)/kie
 	install -m 0755 $(FLEET_SO) $(DESTDIR)$(INST_LIBDIR)/kie/redis.so
-	install -m 0644 lua/kie/fleet.lua $(DESTDIR)$(INST_LUADIR)/kie/
+	install -m 0644 lua/kie/fleet.lua lua/kie/fleet_journal.lua $(DESTDIR)$(INST_LUADIR)/kie/
 
 install: $(SO)
 	install -d $(DESTDIR)$(INST_LIBDIR)/kie $(DESTDIR)$(INST_LUADIR)/kie

@@ -30,5 +30,6 @@ build = {
       libdirs = { "$(HIREDIS_LIBDIR)" },
     },
     ["kie.fleet"] = "lua/kie/fleet.lua",
+    ["kie.fleet_journal"] = "lua/kie/fleet_journal.lua",
   },
 }

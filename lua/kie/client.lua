@@ -59,6 +59,7 @@ function Client.new(user)
   o.core = nil
   local limits = o.rate_limits or {}
   local fleet = options.fleet(o.fleet) -- pacing shared through Redis (kie.fleet)
+  local file = o.journal and journal.open(o.journal, core) or nil
   local self = setmetatable({
     _core = handle,
     _mod = core,
@@ -69,7 +70,8 @@ function Client.new(user)
     _fleet = fleet,
     _create_lim = options.shared(fleet, "create", _limiter(limits.create, RATE_LIMITS.create, o.timeout)),
     _poll_lim = options.shared(fleet, "poll", _limiter(limits.poll, RATE_LIMITS.poll, o.timeout)),
-    _journal = o.journal and journal.open(o.journal, core) or nil,
+    -- with a fleet, the journal is in Redis (kie.fleet_journal), the file its write-ahead record
+    _journal = fleet and fleet:journal(file) or file,
     _retry_loggers = {}, -- op -> on_retry function
   }, Client)
   local blocking_sleep = o.sleep or core.sleep
@@ -109,6 +111,7 @@ local function _create_attempt(self, ctx, req)
       if lim then lim:release(slot, env.now(), false) end
       return nil, jerr
     end
+    if self._fleet then paid.tag_callback(req, ctx.intent) end
   end
   if self._opts.logger then self:_log("debug", "request", { op = "create_task", model = req.model }) end
   ctx.slot = slot -- a cancel leaves the answer to _on_orphan, which releases it
@@ -343,15 +346,28 @@ function Client:wait(task_id, opts)
   local deadline = self._env.now() + timeout
   local by = { send_by = deadline - reserve, deadline = deadline }
   local user_update = opts.on_update
+  local j, env = self._journal, self._env
+  local leased = j and j.lease -- a fleet's journal: the task is leased while this waits
+  if leased then
+    local ok, lerr = j:lease(task_id)
+    if not ok then
+      lerr.task_id = task_id
+      return nil, lerr
+    end
+    env = j:renewing(task_id, env, function(...) return self:_log(...) end)
+  end
   local info, err = schedule.wait(function(id) return self:_get(id, by) end, task_id, {
     timeout = timeout, interval = opts.interval, max_interval = opts.max_interval, reserve = reserve,
     on_update = function(i)
       self:_log("info", "task state", { task_id = task_id, state = i.state })
       if user_update then user_update(i) end
     end,
-  }, self._env)
-  if not info and self._journal and err.kind == "task_failed" then
-    self._journal:finished(task_id, "fail")
+  }, env)
+  if not info and j and err.kind == "task_failed" then
+    j:finished(task_id, "fail")
+  end
+  if leased and not info and err.kind ~= "task_failed" and err.kind ~= "not_found" then
+    j:release(task_id) -- no terminal state: another client may take it over at once
   end
   return info, err
 end
@@ -394,6 +410,11 @@ end
 -- model =, created =, intent =}` for a create whose outcome is unknown (sent,
 -- answer never read: check kie.ai's logs or your callback, then `forget` it).
 -- A task ends when `get_task`/`wait` sees `success`, `fail` or a 404.
+--
+-- In fleet mode it claims, atomically, the fleet's entries whose lease lapsed
+-- (their process died) or that nobody holds, and lists those and the ones this
+-- client holds already (see `kie.fleet_journal`); `nil, err` (kind `fleet`)
+-- when Redis fails.
 function Client:resume()
   if not self._journal then
     error("resume: no journal configured (kie.new{journal = path})", 2)
@@ -412,6 +433,7 @@ function Client:forget(id)
     error("forget: no journal configured (kie.new{journal = path})", 2)
   end
   local ok, msg = self._journal:forget(id)
+  if ok == nil and type(msg) == "table" then return nil, msg end -- kind fleet
   if ok == nil then
     return nil, errors.new("io", "forget: the journal cannot be written: " .. tostring(msg),
       { op = "forget" })

@@ -29,14 +29,19 @@
 
 local errors = require "kie.errors"
 
-local type, pairs, tostring, tonumber, error, setmetatable, pcall, require =
-  type, pairs, tostring, tonumber, error, setmetatable, pcall, require
+local type, pairs, tostring, tonumber, error, setmetatable, pcall, require, select =
+  type, pairs, tostring, tonumber, error, setmetatable, pcall, require, select
 local format, random, min = string.format, math.random, math.min
+local unpack = table.unpack or unpack
 
 local M = {}
 
 --- The fields of the `fleet` option and their Lua types.
-M.OPTIONS = { redis = "string", name = "string", timeout = "number", connect_timeout = "number" }
+M.OPTIONS = { redis = "string", name = "string", timeout = "number", connect_timeout = "number",
+  lease = "number" }
+
+--- Seconds a waited-on task stays leased without a renewal (`fleet.lease`'s default).
+M.LEASE = 60
 
 local GRACE = 2      -- seconds a waiter keeps its place in the queue past the wait it was told
 local CAP = 0.5      -- the longest sleep between two looks at the queue
@@ -138,7 +143,7 @@ function M.check(spec, level)
   if not spec.redis:match("^redis://.") then
     error("kie.new: option 'fleet': field 'redis' must be a redis:// URL, got '" .. spec.redis .. "'", level)
   end
-  for _, k in pairs{ "timeout", "connect_timeout" } do
+  for _, k in pairs{ "timeout", "connect_timeout", "lease" } do
     local v = spec[k]
     if v ~= nil and not (v > 0 and v <= 86400) then
       error("kie.new: option 'fleet': field '" .. k .. "' must be a number of seconds in (0, 86400]", level)
@@ -171,9 +176,11 @@ function Fleet:_next_id()
   return self._id .. ":" .. self._n
 end
 
--- Runs `script` on Redis (connecting first when needed): the reply, or nil, err.
--- A connection that broke since its last use (Redis restarted) is tried once more
--- on a new one: every script here may run twice (a slot or a waiter is a set member).
+-- Runs `script` on Redis with the key list `keys` (connecting first when needed):
+-- the reply, or nil, err. A connection that broke since its last use (Redis
+-- restarted) is tried once more on a new one: every script run through here must
+-- be safe to run twice (a slot or a waiter is a set member; a journal record is
+-- written with the same value).
 function Fleet:_eval(script, keys, ...)
   local conn, fresh = self._conn, false
   if not conn then
@@ -184,19 +191,32 @@ function Fleet:_eval(script, keys, ...)
     if not conn then return nil, err end
     self._conn, fresh = conn, true
   end
-  local r, err = conn:eval(script, 5, keys[1], keys[2], keys[3], keys[4], keys[5], ...)
+  local nk, na = #keys, select("#", ...)
+  local args = { ... }
+  for i = na, 1, -1 do args[nk + i] = args[i] end
+  for i = 1, nk do args[i] = keys[i] end
+  local r, err = conn:eval(script, nk, unpack(args, 1, nk + na))
   if r == nil and not fresh and err.retryable and not err.code then
-    r, err = conn:eval(script, 5, keys[1], keys[2], keys[3], keys[4], keys[5], ...)
+    r, err = conn:eval(script, nk, unpack(args, 1, nk + na))
   end
   return r, err
 end
 
+-- `err` (a kie.redis failure) as a retryable error of kind `fleet` whose message
+-- starts with `what` and ends with "; nothing was sent".
 local function fleet_error(err, what)
   err = errors.wrap(err)
   if type(err) ~= "table" then err = errors.new("fleet", tostring(err)) end
   err.message = what .. ": " .. tostring(err.message) .. "; nothing was sent"
   err.retryable = true
   return err
+end
+M.error = fleet_error
+
+--- This fleet's journal (kie.fleet_journal): intents, task ids, terminal states
+-- and leases in Redis; `file` (a kie.journal, or nil) stays the write-ahead record.
+function Fleet:journal(file)
+  return require("kie.fleet_journal").open(self, file, self._spec.lease or M.LEASE)
 end
 
 --- Closes the Redis connection (idempotent; a later call reconnects).
