@@ -122,6 +122,54 @@ describe("fleet journal: intents, tasks, leases and resume in Redis #fleet #inte
     a:close() b:close() c:close()
   end)
 
+  it("resume() in several processes at once: each lapsed entry is claimed by exactly one", function()
+    local name = fresh_name()
+    local a = client(name, { fleet = { lease = 0.2 } })
+    local want = {}
+    for i = 1, 40 do
+      assert(a._journal:created("task_claim_" .. i, MODEL))
+      want[#want + 1] = "task_claim_" .. i
+      if i % 4 == 0 then want[#want + 1] = assert(a._journal:intent("fp-claim-" .. i, MODEL)) end
+    end
+    a:close()
+    socket.sleep(0.3) -- a died: every lease lapsed
+    local script = procs.tmpname(".lua")
+    util.write_file(script, [[
+      local kie, socket = require "kie", require "socket"
+      local url, name, at = ...
+      local c = kie.new{ api_key = "k", base_url = "http://127.0.0.1:1",
+        fleet = { redis = url, name = name, lease = 30 } }
+      socket.sleep(math.max(0, tonumber(at) - socket.gettime()))
+      for _, e in ipairs(assert(c:resume())) do print(e.taskId or e.intent) end
+      c:close()
+    ]])
+    local dir = util.tmpdir("kie-fj-claim")
+    local at = ("%.3f"):format(socket.gettime() + 0.5)
+    local pids = {}
+    for i = 1, 4 do
+      pids[i] = procs.spawn(procs.lua_command(script, { srv.url, name, at }), dir .. "/" .. i .. ".out",
+        dir .. "/" .. i .. ".err")
+    end
+    local got, per = {}, {}
+    for i, pid in ipairs(pids) do
+      while procs.alive(pid) do socket.sleep(0.02) end
+      per[i] = 0
+      for id in (util.read_file(dir .. "/" .. i .. ".out") or ""):gmatch("[^\n]+") do
+        assert.is_nil(got[id], "claimed twice: " .. id)
+        got[id] = i
+        per[i] = per[i] + 1
+      end
+      assert.equals("", util.read_file(dir .. "/" .. i .. ".err"))
+    end
+    local all = {}
+    for id in pairs(got) do all[#all + 1] = id end
+    table.sort(all)
+    table.sort(want)
+    assert.same(want, all)
+    util.run("rm -rf " .. util.quote(dir))
+    os.remove(script)
+  end)
+
   it("created() on an intent another process wrote resolves it (a callback naming it)", function()
     local name = fresh_name()
     local a = client(name, { fleet = { lease = 0.2 } })
