@@ -279,6 +279,26 @@ describe("fleet journal: intents, tasks, leases and resume in Redis #fleet #inte
     os.remove(path)
   end)
 
+  it("keeps the records of finished tasks and resolved intents for `retain` seconds, then drops them", function()
+    local name = fresh_name()
+    local a = client(name)
+    local j = require("kie.fleet_journal").open(a._fleet, nil, 30, 0.3)
+    local base = "{kie:fleet:" .. name .. ":journal}:"
+    local intent = assert(j:intent("fp-old", MODEL))
+    assert(j:created("task_old", MODEL, intent))
+    assert(j:finished("task_old", "success"))
+    assert(j:created("task_open", MODEL))
+    assert.equals(":1", srv:cli("HEXISTS", base .. "tasks", "task_old"))
+    socket.sleep(0.4)
+    assert(j:finished("task_new", "fail")) -- a later end drops the ones past retain
+    assert.equals(":0", srv:cli("HEXISTS", base .. "tasks", "task_old"))
+    assert.equals(":0", srv:cli("HEXISTS", base .. "intents", intent))
+    assert.equals(":1", srv:cli("HEXISTS", base .. "tasks", "task_new"))
+    assert.equals(":1", srv:cli("HEXISTS", base .. "tasks", "task_open")) -- open: kept
+    assert.equals(":1", srv:cli("ZCARD", base .. "gone"))
+    a:close()
+  end)
+
   it("resume() with Redis down: nil and kind fleet", function()
     local name = fresh_name()
     local a = client(name)

@@ -14,8 +14,8 @@
 --   (task id -> JSON record, with `state` once finished), `open` (unfinished
 --   task ids by creation time), `intents` (intent id -> JSON record, with
 --   `resolved` once resolved), `unresolved` (intent ids by creation time),
---   `leases` (`t:ID` / `i:ID` -> expiry on Redis's clock) and `owners` (`t:ID` /
---   `i:ID` -> the client holding it). Every change is one script (atomic).
+--   `leases` (`t:ID` / `i:ID` -> expiry on Redis's clock), `owners` (`t:ID` /
+--   `i:ID` -> the client holding it) and `gone` (ended `t:ID` / `i:ID` by when). Every change is one script (atomic).
 -- * Leases: an intent is leased by its writer, a created task by its creator, a
 --   waited-on task by its waiter (renewed while it waits); `fleet.lease`
 --   seconds, 60 by default. `unfinished` (`client:resume()`) claims, in one
@@ -27,8 +27,8 @@
 --   back into Redis, claimed and listed; an entry Redis saw end (finished,
 --   resolved, forgotten) is closed in the file; an entry another live client
 --   holds is left to it.
--- * Finished tasks and resolved intents stay in Redis (their hashes are not
---   trimmed).
+-- * The records of finished tasks and resolved intents are kept `RETAIN` seconds
+--   (7 days; `gone` orders them by when they ended), then removed by later scripts.
 -- @module kie.fleet_journal
 
 local fleet_mod = require "kie.fleet"
@@ -43,11 +43,12 @@ local FleetJournal = {}
 FleetJournal.__index = FleetJournal
 FleetJournal.__name = "kie.fleet_journal.FleetJournal"
 
--- Every script: KEYS tasks, open, intents, unresolved, leases, owners; ARGV[1]
--- the client, [2] the lease (s), then the script's own.
+-- Every script: KEYS tasks, open, intents, unresolved, leases, owners, gone;
+-- ARGV[1] the client, [2] the lease (s), [3] the retention (s), then the script's own.
 local PRELUDE = [[
-local tasks, open, intents, unresolved, leases, owners = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local me, span = ARGV[1], tonumber(ARGV[2])
+local tasks, open, intents, unresolved, leases, owners, gone =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local me, span, retain = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local function lease(item, who)
@@ -69,6 +70,20 @@ local function put_task(id, model, created, intent)
   redis.call('HSET', tasks, id, cjson.encode(rec))
   redis.call('ZADD', open, created, id)
 end
+-- item ('t:ID' / 'i:ID') ended now; the records of those that ended more than
+-- `retain` seconds ago go (100 at most per call)
+local function ended(item)
+  redis.call('ZADD', gone, string.format('%.6f', now), item)
+  local old = redis.call('ZRANGEBYSCORE', gone, '-inf', string.format('%.6f', now - retain), 'LIMIT', 0, 100)
+  for _, it in ipairs(old) do
+    local id = string.sub(it, 3)
+    local hash, field = tasks, 'state'
+    if string.sub(it, 1, 1) == 'i' then hash, field = intents, 'resolved' end
+    local raw = redis.call('HGET', hash, id)
+    if raw and cjson.decode(raw)[field] then redis.call('HDEL', hash, id) end
+    redis.call('ZREM', gone, it)
+  end
+end
 local function resolve(intent, how)
   local raw = redis.call('HGET', intents, intent)
   if raw then
@@ -78,26 +93,27 @@ local function resolve(intent, how)
   end
   redis.call('ZREM', unresolved, intent)
   unlease('i:' .. intent)
+  ended('i:' .. intent)
 end
 ]]
 
--- ARGV[3] intent id, [4] its JSON record, [5] created (epoch s).
+-- ARGV[4] intent id, [5] its JSON record, [6] created (epoch s).
 local INTENT = PRELUDE .. [[
-if redis.call('HSETNX', intents, ARGV[3], ARGV[4]) == 1 then
-  redis.call('ZADD', unresolved, ARGV[5], ARGV[3])
-  lease('i:' .. ARGV[3], me)
+if redis.call('HSETNX', intents, ARGV[4], ARGV[5]) == 1 then
+  redis.call('ZADD', unresolved, ARGV[6], ARGV[4])
+  lease('i:' .. ARGV[4], me)
 end
 return 1
 ]]
 
--- ARGV[3] task id, [4] model, [5] created, [6] intent id or "". A task already
+-- ARGV[4] task id, [5] model, [6] created, [7] intent id or "". A task already
 -- recorded keeps its record (a callback and the create's answer both tell it).
 local CREATED = PRELUDE .. [[
-local id, intent = ARGV[3], ARGV[6]
+local id, intent = ARGV[4], ARGV[7]
 local mine = intent == '' or redis.call('HGET', owners, 'i:' .. intent) == me
 if intent ~= '' then resolve(intent, id) end
 if not redis.call('HGET', tasks, id) then
-  put_task(id, ARGV[4], tonumber(ARGV[5]), intent)
+  put_task(id, ARGV[5], tonumber(ARGV[6]), intent)
   -- the creator holds it; a task an intent of another client named (a callback
   -- after that client died) is left for resume() at once
   if mine then lease('t:' .. id, me) end
@@ -105,39 +121,40 @@ end
 return 1
 ]]
 
--- ARGV[3] intent id, [4] why.
+-- ARGV[4] intent id, [5] why.
 local NOT_CREATED = PRELUDE .. [[
-resolve(ARGV[3], 'not_created:' .. ARGV[4])
+resolve(ARGV[4], 'not_created:' .. ARGV[5])
 return 1
 ]]
 
--- ARGV[3] task id, [4] state, [5] at (epoch s).
+-- ARGV[4] task id, [5] state, [6] at (epoch s).
 local FINISHED = PRELUDE .. [[
-local id = ARGV[3]
+local id = ARGV[4]
 local raw = redis.call('HGET', tasks, id)
-local rec = raw and cjson.decode(raw) or { taskId = id, created = tonumber(ARGV[5]) }
-rec.state, rec.at = ARGV[4], tonumber(ARGV[5])
+local rec = raw and cjson.decode(raw) or { taskId = id, created = tonumber(ARGV[6]) }
+rec.state, rec.at = ARGV[5], tonumber(ARGV[6])
 redis.call('HSET', tasks, id, cjson.encode(rec))
 redis.call('ZREM', open, id)
 unlease('t:' .. id)
+ended('t:' .. id)
 return 1
 ]]
 
--- ARGV[3] task id, [4] now (epoch s): leases the task to me (a wait starts or
+-- ARGV[4] task id, [5] now (epoch s): leases the task to me (a wait starts or
 -- renews); a task the fleet never saw is recorded open. Returns 0 when it
 -- finished already, else 1.
 local LEASE = PRELUDE .. [[
-local id = ARGV[3]
+local id = ARGV[4]
 local raw = redis.call('HGET', tasks, id)
 if raw and cjson.decode(raw).state then return 0 end
-if not raw then put_task(id, false, tonumber(ARGV[4]), '') end
+if not raw then put_task(id, false, tonumber(ARGV[5]), '') end
 lease('t:' .. id, me)
 return 1
 ]]
 
--- ARGV[3] task id: ends my lease on it (a wait ended without a terminal state).
+-- ARGV[4] task id: ends my lease on it (a wait ended without a terminal state).
 local RELEASE = PRELUDE .. [[
-if redis.call('HGET', owners, 't:' .. ARGV[3]) == me then unlease('t:' .. ARGV[3]) end
+if redis.call('HGET', owners, 't:' .. ARGV[4]) == me then unlease('t:' .. ARGV[4]) end
 return 1
 ]]
 
@@ -161,13 +178,13 @@ take(unresolved, intents, 'i')
 return out
 ]]
 
--- ARGV[3..] triples (kind 't'|'i', id, JSON record) of the file's open entries.
+-- ARGV[4..] triples (kind 't'|'i', id, JSON record) of the file's open entries.
 -- Returns one word per entry: 'list' (mine now: put back if Redis had lost it),
 -- 'held' (another live client holds it), or how Redis saw it end ('finished:STATE',
 -- 'resolved').
 local ADOPT = PRELUDE .. [[
 local out = {}
-for i = 3, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   local kind, id, rec = ARGV[i], ARGV[i + 1], cjson.decode(ARGV[i + 2])
   local item = kind .. ':' .. id
   local word
@@ -195,16 +212,17 @@ end
 return out
 ]]
 
--- ARGV[3] a task id, an intent id or a fingerprint (the oldest unresolved intent
+-- ARGV[4] a task id, an intent id or a fingerprint (the oldest unresolved intent
 -- with it). Returns 1 when an open entry ended, else 0.
 local FORGET = PRELUDE .. [[
-local id = ARGV[3]
+local id = ARGV[4]
 if redis.call('ZSCORE', open, id) then
   local rec = cjson.decode(redis.call('HGET', tasks, id) or '{}')
   rec.taskId, rec.state, rec.at = id, 'forgotten', math.floor(now)
   redis.call('HSET', tasks, id, cjson.encode(rec))
   redis.call('ZREM', open, id)
   unlease('t:' .. id)
+  ended('t:' .. id)
   return 1
 end
 if redis.call('ZSCORE', unresolved, id) then resolve(id, 'forgotten') return 1 end
@@ -215,17 +233,21 @@ end
 return 0
 ]]
 
+--- Seconds the record of a finished task or a resolved intent is kept in Redis.
+M.RETAIN = 7 * 86400
+
 --- Opens the journal of `fleet` (a kie.fleet handle; no I/O until first use).
 -- @tparam table fleet
 -- @tparam[opt] table file a `kie.journal` kept as the write-ahead record
 -- @tparam number lease seconds a lease lasts without renewal
-function M.open(fleet, file, lease)
+-- @tparam[opt] number retain seconds an ended record is kept (`M.RETAIN`)
+function M.open(fleet, file, lease, retain)
   local base = "{kie:fleet:" .. fleet._spec.name .. ":journal}:"
   return setmetatable({
     fleet = fleet, file = file, lease_seconds = lease, _done = {},
     _keys = { base .. "tasks", base .. "open", base .. "intents", base .. "unresolved",
-      base .. "leases", base .. "owners" },
-    _lease = format("%.6f", lease),
+      base .. "leases", base .. "owners", base .. "gone" },
+    _lease = format("%.6f", lease), _retain = format("%.6f", retain or M.RETAIN),
   }, FleetJournal)
 end
 
@@ -233,7 +255,7 @@ end
 -- of kind `fleet` (retryable) whose message starts with `what`.
 function FleetJournal:_run(what, script, ...)
   local fleet = self.fleet
-  local r, err = fleet:_eval(script, self._keys, fleet._id, self._lease, ...)
+  local r, err = fleet:_eval(script, self._keys, fleet._id, self._lease, self._retain, ...)
   if r == nil then return nil, fleet_mod.error(err, what) end
   return r
 end
