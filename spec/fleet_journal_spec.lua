@@ -217,6 +217,22 @@ describe("fleet journal: intents, tasks, leases and resume in Redis #fleet #inte
     a:close() other:close()
   end)
 
+  it("a wait's read retries and their backoff renew the lease too", function()
+    local name = fresh_name()
+    local a = client(name, { fleet = { lease = 0.3 }, max_retries = 10, retry = { base = 0.25, cap = 0.25 } })
+    local other = client(name, { fleet = { lease = 30 } })
+    local task = assert(a:create_task(request(41)))
+    m:fault{ path = "/api/v1/jobs/recordInfo", fault = "html_502", times = 6 } -- about 1.5 s of retries
+    local h = kie.spawn(function() return a:wait(task.taskId, { timeout = 10, interval = 0.05 }) end)
+    while not h:done() do
+      a:step(10)
+      assert.same({}, assert(other:resume()))
+    end
+    assert.equals("success", (assert(h:result())).state)
+    assert.equals(0, #m:faults())
+    a:close() other:close()
+  end)
+
   it("a wait that ends without a terminal state releases its lease at once", function()
     local name = fresh_name()
     local a = client(name, { fleet = { lease = 30 } })

@@ -207,9 +207,10 @@ end
 
 -- One attempt of a read (retry.call2's fn): `n` arguments in `args`, a table (the
 -- one argument itself when n is 1). `by` (a wait's) is nil or `{send_by =,
--- deadline =}`: no request starts after send_by, none runs past deadline.
+-- deadline =, env =}`: no request starts after send_by, none runs past deadline;
+-- its sleeps go through `env` when set (a fleet wait's, which renews its lease).
 local function _read_attempt(self, op, by, name, n, args)
-  local env, lim = self._env, self._poll_lim
+  local env, lim = by and by.env or self._env, self._poll_lim
   local slot, wait
   if lim then
     slot, wait = lim:acquire(env, by and by.send_by)
@@ -255,8 +256,8 @@ function Client:_read(op, by, name, ...)
   if n == 1 then args = ...
   elseif n == 0 then args = NO_ARGS
   else args = { ... } end
-  local res, err = retry.call2(self._read_policy, self._env, self._retry_loggers[op] or _retry_logger(self, op),
-    by and by.send_by, _read_attempt, self, op, by, name, n, args)
+  local res, err = retry.call2(self._read_policy, by and by.env or self._env,
+    self._retry_loggers[op] or _retry_logger(self, op), by and by.send_by, _read_attempt, self, op, by, name, n, args)
   if res == nil then return nil, wrap(err) end
   return res
 end
@@ -355,6 +356,7 @@ function Client:wait(task_id, opts)
       return nil, lerr
     end
     env = j:renewing(task_id, env, function(...) return self:_log(...) end)
+    by.env = env -- the read's pacing and retry sleeps renew it too
   end
   local info, err = schedule.wait(function(id) return self:_get(id, by) end, task_id, {
     timeout = timeout, interval = opts.interval, max_interval = opts.max_interval, reserve = reserve,
