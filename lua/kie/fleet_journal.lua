@@ -277,7 +277,8 @@ end
 -- kind `fleet` (Redis failed: the file's intent is closed, nothing may be sent)
 -- or a message (the file cannot be written).
 function FleetJournal:intent(fingerprint, model)
-  local file, id = self.file, nil
+  local file = self.file
+  local id
   if file then
     local msg
     id, msg = file:intent(fingerprint, model)
