@@ -68,7 +68,7 @@ $(FLEET_SO): $(FLEET_OBJS)
 install-fleet: $(FLEET_SO)
 	install -d $(DESTDIR)$(INST_LIBDIR)/kie $(DESTDIR)$(INST_LUADIR)/kie
 	install -m 0755 $(FLEET_SO) $(DESTDIR)$(INST_LIBDIR)/kie/redis.so
-	install -m 0644 lua/kie/fleet.lua lua/kie/redis_ngx.lua $(DESTDIR)$(INST_LUADIR)/kie/
+	install -m 0644 lua/kie/fleet.lua lua/kie/redis_ngx.lua lua/kie/fleet_journal.lua $(DESTDIR)$(INST_LUADIR)/kie/
 
 install: $(SO)
 	install -d $(DESTDIR)$(INST_LIBDIR)/kie $(DESTDIR)$(INST_LUADIR)/kie
@@ -126,7 +126,7 @@ GC_GEN   = 'collectgarbage("generational", 1, 10)'
 GC_INC   = 'collectgarbage("incremental"); collectgarbage("setpause", 50); collectgarbage("setstepmul", 200)'
 GC_MODES ?= $(GC_GEN) $(GC_INC)
 
-.PHONY: bench bench-fleet bench-fleet-callbacks fuzz soak soak-stateful test-threads test-gc
+.PHONY: bench bench-fleet bench-fleet-callbacks soak-fleet-kill fuzz soak soak-stateful test-threads test-gc
 
 bench:
 	@sh bench/run.sh
@@ -141,6 +141,12 @@ bench-fleet:
 bench-fleet-callbacks:
 	@$(MAKE) --no-print-directory build build-fleet LUA=lua5.4 >/dev/null
 	@LUA_PATH='./lua/?.lua;./lua/?/init.lua;./?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/fleet_callbacks.lua
+
+# the fleet journal's kill -9 proof, long (bench/fleet_kill.lua; FLEET_PROCS, FLEET_SECONDS,
+# KILL_EVERY, FLEET_LEASE, FLEET_KILL_SEEDS=1,2,...)
+soak-fleet-kill:
+	@$(MAKE) --no-print-directory build build-fleet LUA=lua5.4 >/dev/null
+	@LUA_PATH='./lua/?.lua;./lua/?/init.lua;./?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/fleet_kill.lua
 
 fuzz:
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) sh fuzz/run.sh

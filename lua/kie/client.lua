@@ -27,7 +27,7 @@ local wake = _lazy "kie.wake"
 
 local type, pairs, ipairs, tostring, setmetatable, pcall, error, select =
   type, pairs, ipairs, tostring, setmetatable, pcall, error, select
-local max, huge = math.max, math.huge
+local max, min, huge = math.max, math.min, math.huge
 local unpack = table.unpack or unpack
 local wrap = errors.wrap
 local _check = options.check
@@ -60,6 +60,7 @@ function Client.new(user)
   o.core = nil
   local limits = o.rate_limits or {}
   local fleet = options.fleet(o.fleet) -- pacing shared through Redis (kie.fleet)
+  local file = o.journal and journal.open(o.journal, core) or nil
   local self = setmetatable({
     _core = handle,
     _mod = core,
@@ -70,7 +71,8 @@ function Client.new(user)
     _fleet = fleet,
     _create_lim = options.shared(fleet, "create", _limiter(limits.create, RATE_LIMITS.create, o.timeout)),
     _poll_lim = options.shared(fleet, "poll", _limiter(limits.poll, RATE_LIMITS.poll, o.timeout)),
-    _journal = o.journal and journal.open(o.journal, core) or nil,
+    -- with a fleet, the journal is in Redis (kie.fleet_journal), the file its write-ahead record
+    _journal = fleet and fleet:journal(file) or file,
     _retry_loggers = {}, -- op -> on_retry function
   }, Client)
   local blocking_sleep = o.sleep or core.sleep
@@ -110,6 +112,7 @@ local function _create_attempt(self, ctx, req)
       if lim then lim:release(slot, env.now(), false) end
       return nil, jerr
     end
+    if self._fleet then paid.tag_callback(req, ctx.intent) end
   end
   if self._opts.logger then self:_log("debug", "request", { op = "create_task", model = req.model }) end
   ctx.slot = slot -- a cancel leaves the answer to _on_orphan, which releases it
@@ -206,9 +209,10 @@ end
 
 -- One attempt of a read (retry.call2's fn): `n` arguments in `args`, a table (the
 -- one argument itself when n is 1). `by` (a wait's) is nil or `{send_by =,
--- deadline =}`: no request starts after send_by, none runs past deadline.
+-- deadline =, env =}`: no request starts after send_by, none runs past deadline;
+-- its sleeps go through `env` when set (a fleet wait's, which renews its lease).
 local function _read_attempt(self, op, by, name, n, args)
-  local env, lim = self._env, self._poll_lim
+  local env, lim = by and by.env or self._env, self._poll_lim
   local slot, wait
   if lim then
     slot, wait = lim:acquire(env, by and by.send_by)
@@ -254,8 +258,8 @@ function Client:_read(op, by, name, ...)
   if n == 1 then args = ...
   elseif n == 0 then args = NO_ARGS
   else args = { ... } end
-  local res, err = retry.call2(self._read_policy, self._env, self._retry_loggers[op] or _retry_logger(self, op),
-    by and by.send_by, _read_attempt, self, op, by, name, n, args)
+  local res, err = retry.call2(self._read_policy, by and by.env or self._env,
+    self._retry_loggers[op] or _retry_logger(self, op), by and by.send_by, _read_attempt, self, op, by, name, n, args)
   if res == nil then return nil, wrap(err) end
   return res
 end
@@ -351,9 +355,30 @@ function Client:wait(task_id, opts)
   local deadline = self._env.now() + timeout
   local by = { send_by = deadline - reserve, deadline = deadline }
   local user_update = opts.on_update
-  local w = wake.start(self, task_id) -- callbacks end its sleeps; where its polls go
-  local env = self._env
   local placed = opts.interval == nil -- an interval asked for keeps kie.ai's schedule
+  local j, env = self._journal, self._env
+  local leased = j and j.lease -- a fleet's journal: the task is leased while this waits
+  local renew -- (leased) renews the lease when due; seconds to its next renewal
+  if leased then
+    local ok, lerr = j:lease(task_id)
+    if not ok then
+      lerr.task_id = task_id
+      return nil, lerr
+    end
+    renew = j:renewer(task_id, env.now, function(...) return self:_log(...) end)
+    env = j:renewing(env, renew)
+    by.env = env -- the read's pacing and retry sleeps renew it too
+  end
+  local w = wake.start(self, task_id) -- callbacks end its sleeps; where its polls go
+  local now = env.now
+  local function nap(s) -- sleeps until the next poll or a callback, renewing the lease
+    if not renew then return wake.nap(self, w, s) end
+    local stop = now() + s
+    while true do
+      local left = min(stop - now(), renew())
+      if left <= 0 or wake.nap(self, w, left) then return end
+    end
+  end
   local info, err = schedule.wait(function(id) return self:_get(id, by) end, task_id, {
     timeout = timeout, interval = opts.interval, max_interval = opts.max_interval, reserve = reserve,
     first = placed and w.first or nil, delay = placed and w.delay or nil,
@@ -361,10 +386,13 @@ function Client:wait(task_id, opts)
       self:_log("info", "task state", { task_id = task_id, state = i.state })
       if user_update then user_update(i) end
     end,
-  }, { now = env.now, random = env.random, sleep = function(s) wake.nap(self, w, s) end })
+  }, { now = now, random = env.random, sleep = nap })
   wake.stop(self, w, info)
-  if not info and self._journal and err.kind == "task_failed" then
-    self._journal:finished(task_id, "fail")
+  if not info and j and err.kind == "task_failed" then
+    j:finished(task_id, "fail")
+  end
+  if leased and not info and err.kind ~= "task_failed" and err.kind ~= "not_found" then
+    j:release(task_id) -- no terminal state: another client may take it over at once
   end
   return info, err
 end
@@ -407,6 +435,11 @@ end
 -- model =, created =, intent =}` for a create whose outcome is unknown (sent,
 -- answer never read: check kie.ai's logs or your callback, then `forget` it).
 -- A task ends when `get_task`/`wait` sees `success`, `fail` or a 404.
+--
+-- In fleet mode it claims, atomically, the fleet's entries whose lease lapsed
+-- (their process died) or that nobody holds, and lists those and the ones this
+-- client holds already (see `kie.fleet_journal`); `nil, err` (kind `fleet`)
+-- when Redis fails.
 function Client:resume()
   if not self._journal then
     error("resume: no journal configured (kie.new{journal = path})", 2)
@@ -425,6 +458,7 @@ function Client:forget(id)
     error("forget: no journal configured (kie.new{journal = path})", 2)
   end
   local ok, msg = self._journal:forget(id)
+  if ok == nil and type(msg) == "table" then return nil, msg end -- kind fleet
   if ok == nil then
     return nil, errors.new("io", "forget: the journal cannot be written: " .. tostring(msg),
       { op = "forget" })

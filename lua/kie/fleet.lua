@@ -33,14 +33,19 @@
 local errors = require "kie.errors"
 local ratelimit = require "kie.ratelimit"
 
-local type, pairs, tostring, tonumber, error, setmetatable, pcall, require =
-  type, pairs, tostring, tonumber, error, setmetatable, pcall, require
+local type, pairs, tostring, tonumber, error, setmetatable, pcall, require, select =
+  type, pairs, tostring, tonumber, error, setmetatable, pcall, require, select
 local format, random = string.format, math.random
+local unpack = table.unpack or unpack
 
 local M = {}
 
 --- The fields of the `fleet` option and their Lua types.
-M.OPTIONS = { redis = "string", name = "string", timeout = "number", connect_timeout = "number" }
+M.OPTIONS = { redis = "string", name = "string", timeout = "number", connect_timeout = "number",
+  lease = "number" }
+
+--- Seconds a waited-on task stays leased without a renewal (`fleet.lease`'s default).
+M.LEASE = 60
 
 local GRACE = 2      -- seconds a waiter keeps its place in the queue past the wait it was told
 local CAP = 0.5      -- the longest sleep between two looks at the queue
@@ -142,7 +147,7 @@ function M.check(spec, level)
   if not spec.redis:match("^redis://.") then
     error("kie.new: option 'fleet': field 'redis' must be a redis:// URL, got '" .. spec.redis .. "'", level)
   end
-  for _, k in pairs{ "timeout", "connect_timeout" } do
+  for _, k in pairs{ "timeout", "connect_timeout", "lease" } do
     local v = spec[k]
     if v ~= nil and not (v > 0 and v <= 86400) then
       error("kie.new: option 'fleet': field '" .. k .. "' must be a number of seconds in (0, 86400]", level)
@@ -186,8 +191,9 @@ end
 -- Runs conn:METHOD(...) on Redis (connecting first when needed): the reply, or
 -- nil, err. A connection that broke since its last use (Redis restarted) is tried
 -- once more on a new one: every command sent through here may run twice (a slot or
--- a waiter is a set member; an event read or written twice wakes a wait twice).
--- A pooled transport (kie.redis_ngx) may hand out an old socket at any call.
+-- a waiter is a set member; a journal record is written with the same value; an
+-- event read or written twice wakes a wait twice). A pooled transport
+-- (kie.redis_ngx) may hand out an old socket at any call.
 function Fleet:_run(method, ...)
   local conn, fresh = self._conn, false
   if not conn then
@@ -205,17 +211,30 @@ function Fleet:_run(method, ...)
   return r, err
 end
 
--- Runs `script` with its 5 keys on Redis (see _run).
+-- Runs `script` on Redis with the key list `keys` (see _run).
 function Fleet:_eval(script, keys, ...)
-  return self:_run("eval", script, 5, keys[1], keys[2], keys[3], keys[4], keys[5], ...)
+  local nk, na = #keys, select("#", ...)
+  local args = { ... }
+  for i = na, 1, -1 do args[nk + i] = args[i] end
+  for i = 1, nk do args[i] = keys[i] end
+  return self:_run("eval", script, nk, unpack(args, 1, nk + na))
 end
 
+-- `err` (a kie.redis failure) as a retryable error of kind `fleet` whose message
+-- starts with `what` and ends with "; nothing was sent".
 local function fleet_error(err, what)
   err = errors.wrap(err)
   if type(err) ~= "table" then err = errors.new("fleet", tostring(err)) end
   err.message = what .. ": " .. tostring(err.message) .. "; nothing was sent"
   err.retryable = true
   return err
+end
+M.error = fleet_error
+
+--- This fleet's journal (kie.fleet_journal): intents, task ids, terminal states
+-- and leases in Redis; `file` (a kie.journal, or nil) stays the write-ahead record.
+function Fleet:journal(file)
+  return require("kie.fleet_journal").open(self, file, self._spec.lease or M.LEASE)
 end
 
 --- Closes the Redis connection (idempotent; a later call reconnects).

@@ -24,6 +24,15 @@
 -- @module kie.fleet_events
 
 local type, tostring, tonumber, ipairs, format = type, tostring, tonumber, ipairs, string.format
+local floor = math.floor
+
+-- Whole milliseconds of `seconds`, at least `least` (Redis takes integers only;
+-- XREAD's BLOCK 0 would block for ever).
+local function ms(seconds, least)
+  local n = floor(seconds * 1000 + 0.5)
+  if n < least then n = least end
+  return format("%d", n)
+end
 
 local M = {}
 
@@ -121,7 +130,7 @@ end
 
 --- Adds a run time (seconds) of a task of `model`. Returns true, or nil, err.
 function M.learn(fleet, model, seconds)
-  return eval(fleet, LEARN, 1, prefix(fleet) .. "dur:" .. model, format("%d", seconds * 1000), M.KEEP, M.TTL * 7)
+  return eval(fleet, LEARN, 1, prefix(fleet) .. "dur:" .. model, ms(seconds, 0), M.KEEP, M.TTL * 7)
 end
 
 --- The events after stream id `last`: a list of `{id, task, state}` (empty when
@@ -130,7 +139,7 @@ function M.read(fleet, last, block)
   local stream = prefix(fleet) .. "stream"
   local r, err
   if block then
-    r, err = fleet:_run("call", "XREAD", "COUNT", "1000", "BLOCK", format("%d", block * 1000),
+    r, err = fleet:_run("call", "XREAD", "COUNT", "1000", "BLOCK", ms(block, 1),
       "STREAMS", stream, last)
   else
     r, err = fleet:_run("call", "XREAD", "COUNT", "1000", "STREAMS", stream, last)

@@ -51,6 +51,10 @@ M.spawn = lifecycle.spawn
 --   `false` for either turns it off)
 -- * `ca_file`, `ca_path`, `proxy`, `max_response_bytes` (8 MiB), `user_agent`
 -- * `journal` (a file path: every created taskId is fsync'd there; see `resume`)
+-- * `fleet` (`{redis = URL, name = NAME, timeout =, connect_timeout =, lease = 60}`):
+--   rate limits shared with every client of the fleet (`kie.fleet`) and the journal
+--   kept in Redis, waited-on tasks leased for `lease` seconds (`kie.fleet_journal`;
+--   `journal`, when given too, stays the local write-ahead record)
 -- * `strict` (true: an unknown input field of a known model is an error)
 -- * `logger` (`function(level, message, fields)`; never sees the key)
 -- * `step_budget_ms` (0.2: the work budget of one `step`, for a game frame)

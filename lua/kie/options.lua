@@ -33,7 +33,7 @@ local OPTION_TYPES = {
   journal = "string", strict = "boolean", rate_limits = "table", retry = "table",
   now = "function", sleep = "function", random = "function",
   step_budget_ms = "number",
-  fleet = "table", -- {redis = URL, name = NAME}: pacing shared through Redis (kie.fleet)
+  fleet = "table", -- {redis = URL, name = NAME, lease = s}: pacing and journal in Redis (kie.fleet)
   core = "table", -- an injected core module (tests' fakes)
 }
 

@@ -54,6 +54,7 @@ function M.intend(self, ctx)
   local j = self._journal
   if not j or ctx.intent then return true end
   local id, msg = j:intent(ctx.fingerprint, ctx.model)
+  if not id and type(msg) == "table" then return nil, msg end -- kind fleet: Redis failed, nothing sent
   if not id then
     self:_log("error", "journal write failed: " .. tostring(msg), { op = "create_task" })
     return nil, errors.new("io", "create_task: the journal cannot be written (" .. tostring(msg)
@@ -61,6 +62,16 @@ function M.intend(self, ctx)
   end
   ctx.intent = id
   return true
+end
+
+--- Puts `intent` into request `req`'s `callBackUrl` (when it has one) as the
+-- query parameter `kie_intent`: kie.ai echoes the create body in a callback's
+-- `param`, so a callback names the intent its task resolves (fleet mode).
+function M.tag_callback(req, intent)
+  local url = req.callBackUrl
+  if type(url) ~= "string" or not intent then return end
+  local base, frag = url:match("^([^#]*)(.*)$")
+  req.callBackUrl = base .. (base:find("?", 1, true) and "&" or "?") .. "kie_intent=" .. intent .. frag
 end
 
 --- Ends the call of request `req`: `res` (the create's answer) or `err`.

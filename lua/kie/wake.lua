@@ -196,9 +196,11 @@ end
 
 --- Sleeps `seconds` before wait `w`'s next poll, or less when a callback for its
 -- task is delivered meanwhile (in this process, or with `fleet` anywhere).
+-- Returns true when a delivery ended it.
 function M.nap(c, w, seconds)
   local s = state(c)
-  if take(s, w) then return end
+  if take(s, w) then return true end
+  local woken = false
   local id = w.task_id
   local list = s.waiters[id]
   if not list then list = {} s.waiters[id] = list end
@@ -209,6 +211,7 @@ function M.nap(c, w, seconds)
     if c._fleet and s.last then ensure_pump(c, s) end
     c._env.sleep(seconds)
     w.task = nil
+    woken = take(s, w)
   else
     local now = c._env.now
     local stop = now() + seconds
@@ -216,7 +219,9 @@ function M.nap(c, w, seconds)
     local block = c._fleet and s.last and not slice
     if not slice and not c._fleet and s.delivered then slice = SLICE end
     local cap = c._fleet and (c._fleet._spec.timeout or 2) / 2
-    while not take(s, w) do
+    while true do
+      woken = take(s, w)
+      if woken then break end
       local left = stop - now()
       if left <= 0 then break end
       if block then
@@ -235,6 +240,7 @@ function M.nap(c, w, seconds)
   end
   list[w] = nil
   if next(list) == nil and s.waiters[id] == list then s.waiters[id] = nil end
+  return woken
 end
 
 --- Ends wait `w` with `info` (the task, when it succeeded): its run time is
