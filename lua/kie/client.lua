@@ -37,8 +37,9 @@ local Client = {}
 Client.__index = Client
 Client.__name = "kie.Client"
 
--- the methods of each concern, mixed in: logging, the event loop, run_all
-for _, name in ipairs { "kie.log", "kie.loop", "kie.batch" } do
+-- the methods of each concern, mixed in: logging, the event loop, run_all,
+-- fleet batches
+for _, name in ipairs { "kie.log", "kie.loop", "kie.batch", "kie.fleet_batch" } do
   for k, v in pairs(require(name)) do Client[k] = v end
 end
 local _retry_logger = Client._retry_logger
