@@ -126,7 +126,7 @@ GC_GEN   = 'collectgarbage("generational", 1, 10)'
 GC_INC   = 'collectgarbage("incremental"); collectgarbage("setpause", 50); collectgarbage("setstepmul", 200)'
 GC_MODES ?= $(GC_GEN) $(GC_INC)
 
-.PHONY: bench bench-fleet fuzz soak soak-stateful test-threads test-gc
+.PHONY: bench bench-fleet soak-fleet-batch fuzz soak soak-stateful test-threads test-gc
 
 bench:
 	@sh bench/run.sh
@@ -135,6 +135,21 @@ bench:
 bench-fleet:
 	@$(MAKE) --no-print-directory build build-fleet LUA=lua5.4 >/dev/null
 	@LUA_PATH='./lua/?.lua;./lua/?/init.lua;./?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/fleet.lua
+
+# fleet batches across processes, seeded: FLEET_BATCH_RUNS seeds from FLEET_BATCH_SEED,
+# each with FLEET_BATCH_ITEMS items, FLEET_BATCH_WORKERS workers, FLEET_BATCH_KILLS kill -9s
+FLEET_BATCH_RUNS    ?= 10
+FLEET_BATCH_SEED    ?= 1
+FLEET_BATCH_ITEMS   ?= 80
+FLEET_BATCH_WORKERS ?= 4
+FLEET_BATCH_KILLS   ?= 3
+soak-fleet-batch:
+	@$(MAKE) --no-print-directory build build-fleet LUA=lua5.4 >/dev/null
+	@for i in $$(seq 0 $$(($(FLEET_BATCH_RUNS) - 1))); do s=$$(($(FLEET_BATCH_SEED) + 2 * i)); \
+	  echo "== soak-fleet-batch: seed $$s"; \
+	  FLEET_BATCH_SEED=$$s FLEET_BATCH_ITEMS=$(FLEET_BATCH_ITEMS) FLEET_BATCH_WORKERS=$(FLEET_BATCH_WORKERS) \
+	  FLEET_BATCH_KILLS=$(FLEET_BATCH_KILLS) busted --lua=lua5.4 --cpath='./build/lua5.4/?.so' \
+	    spec/fleet_batch_processes_spec.lua || exit 1; done
 
 fuzz:
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) sh fuzz/run.sh
