@@ -39,6 +39,14 @@ describe("kie submit / worker / batch #fleet #integration", function()
     return rc, read(out) or "", read(err) or ""
   end
 
+  -- A fleet whose Redis has been in use: a new one counts kie.ai's last window
+  -- as full (kie.fleet), 10 s with the CLI's default limits.
+  local function warm(fleet)
+    for _, budget in ipairs{ "create", "poll" } do
+      srv:cli("HSET", "{kie:fleet:" .. fleet .. ":" .. budget .. "}:meta", "blocked", "0")
+    end
+  end
+
   local function jsonl(count, fleet, bad)
     local lines = {}
     for i = 1, count do
@@ -54,6 +62,7 @@ describe("kie submit / worker / batch #fleet #integration", function()
 
   it("submit, worker and batch: every item ended, results printed", function()
     local fleet = "clif" .. math.random(1, 1e9)
+    warm(fleet)
     local rc, out, err = kie("submit --fleet " .. fleet .. " " .. q(jsonl(4, fleet, true)))
     assert.equals(2, rc, err)
     assert.matches("request 5", err)
@@ -85,6 +94,7 @@ describe("kie submit / worker / batch #fleet #integration", function()
 
   it("Ctrl-C: the worker exits 130 once its creates in flight are recorded; another worker ends the batch", function()
     local fleet = "clii" .. math.random(1, 1e9)
+    warm(fleet)
     local _, out = kie("submit --fleet " .. fleet .. " " .. q(jsonl(3, fleet)))
     local id = out:match("^(%S+)\n$")
     m:config{ latency = { min = 0.6, max = 0.6 } }
