@@ -32,10 +32,10 @@ local PROMPTS = {
   "The cat asleep next to the great lamp",
   "The cat greeting a fishing boat at dawn",
 }
+local REFERENCE = "https://file.aiquickdraw.com/custom-page/akr/section-images/1755767145415pvz49dpi.webp"
 local requests = {}
 for i, prompt in ipairs(PROMPTS) do
-  requests[i] = { model = "ideogram/character", input = { prompt = prompt,
-    reference_image_urls = { "https://file.aiquickdraw.com/custom-page/akr/section-images/1755767145415pvz49dpi.webp" } } }
+  requests[i] = { model = "ideogram/character", input = { prompt = prompt, reference_image_urls = { REFERENCE } } }
 end
 
 local function stop(code)

@@ -11,7 +11,7 @@ local LUA = rawget(_G, "jit") and "luajit" or ("lua" .. _VERSION:match("%d+%.%d+
 local q, read, write = util.quote, util.read_file, util.write_file
 
 describe("kie submit / worker / batch #fleet #integration", function()
-  local m, srv, dir, env
+  local m, srv, dir
 
   lazy_setup(function()
     srv = server.start()
@@ -63,7 +63,8 @@ describe("kie submit / worker / batch #fleet #integration", function()
   it("submit, worker and batch: every item ended, results printed", function()
     local fleet = "clif" .. math.random(1, 1e9)
     warm(fleet)
-    local rc, out, err = kie("submit --fleet " .. fleet .. " " .. q(jsonl(4, fleet, true)))
+    local rc, _, err = kie("submit --fleet " .. fleet .. " " .. q(jsonl(4, fleet, true)))
+    local out
     assert.equals(2, rc, err)
     assert.matches("request 5", err)
     rc, out, err = kie("submit --fleet " .. fleet .. " " .. q(jsonl(4, fleet)))
@@ -84,10 +85,12 @@ describe("kie submit / worker / batch #fleet #integration", function()
     local st = core.decode(out)
     assert.equals(4, st.total)
     assert.equals("task_failed", st.results[2].kind)
-    rc, _, err = kie("batch --fleet " .. fleet .. " nope")
+    rc, out, err = kie("batch --fleet " .. fleet .. " nope")
     assert.equals(3, rc)
     assert.matches("no batch nope", err)
-    rc, _, err = kie("worker --fleet " .. fleet)
+    assert.equals("", out)
+    rc, out, err = kie("worker --fleet " .. fleet)
+    assert.equals("", out)
     assert.equals(2, rc)
     assert.matches("either %-%-batch ID or %-%-all", err)
   end)

@@ -140,7 +140,8 @@ describe("fleet batches across processes #fleet #integration", function()
     assert.is_true(creates - with_id <= unknown, "a paid task id was lost" .. why)
   end
 
-  it("several workers on one batch: each item created once, every item ended, results seen from a third process", function()
+  it("several workers on one batch: each item created once, every item ended, results seen "
+    .. "from a third process", function()
     local st, reqs, lines = run(ITEMS, WORKERS, 0, SEED)
     check(st, reqs, lines, SEED, 0)
     assert.equals(0, #(function()

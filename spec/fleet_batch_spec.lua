@@ -137,7 +137,8 @@ describe("fleet batches: submit, work, batch #fleet #integration", function()
     c:close()
   end)
 
-  it("an item whose intent a dead worker left ends unknown_outcome, never created again; created() resolves it", function()
+  it("an item whose intent a dead worker left ends unknown_outcome, never created again; "
+    .. "batch_created resolves it", function()
     local name = fresh_name()
     local c = client(name)
     local reqs = { request(1, name), request(2, name) }

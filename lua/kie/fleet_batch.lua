@@ -127,13 +127,17 @@ local function _work_opts(opts)
   if (opts.batch == nil) == (not opts.all) then error("work: give either batch = ID or all = true", 3) end
   if opts.batch then _check_id(opts.batch, "work") end
   local conc = opts.concurrency or 4
-  if conc < 1 or conc % 1 ~= 0 or conc > 1000 then error("work: concurrency must be a whole number from 1 to 1000", 3) end
+  if conc < 1 or conc % 1 ~= 0 or conc > 1000 then
+    error("work: concurrency must be a whole number from 1 to 1000", 3)
+  end
   local lease = opts.lease or 30
-  if not (lease > 0 and lease <= 86400) then error("work: lease must be a number of seconds in (0, 86400]", 3) end
+  if lease ~= lease or lease <= 0 or lease > 86400 then
+    error("work: lease must be a number of seconds in (0, 86400]", 3)
+  end
   local timeout = opts.timeout or 900
-  if not (timeout > 0) then error("work: timeout must be a number of seconds > 0", 3) end
+  if timeout ~= timeout or timeout <= 0 then error("work: timeout must be a number of seconds > 0", 3) end
   local mi = opts.max_interval
-  if mi ~= nil and not (mi > 0) then error("work: max_interval must be a number of seconds > 0", 3) end
+  if mi ~= nil and (mi ~= mi or mi <= 0) then error("work: max_interval must be a number of seconds > 0", 3) end
   return conc, lease, timeout
 end
 
@@ -381,7 +385,8 @@ function Client:work(opts)
   if not s then return nil, err end
   local w = { client = self, store = s, conc = conc, lease = lease, timeout = timeout, active = {},
     nactive = 0, created = 0, redis_errors = 0, max_redis_errors = 100, metas = {},
-    on_progress = opts.on_progress, max_interval = opts.max_interval, me = format("%s:w%x", self._fleet:_next_id(), math.random(0, 0xffffff)) }
+    on_progress = opts.on_progress, max_interval = opts.max_interval,
+    me = format("%s:w%x", self._fleet:_next_id(), math.random(0, 0xffffff)) }
   if opts.batch then
     local meta
     meta, err = s:meta(opts.batch)
