@@ -180,7 +180,7 @@ end
 local function _item(w, it)
   local s, c, id, i = w.store, w.client, it.batch, it.i
   local r, err = _must(w, s.claim, s, id, i, w.me, w.lease)
-  if not r then it.err = err return end
+  if not r then return nil, err end
   local action = r[1]
   if action == "busy" then return end -- its owner lives (or it runs here already)
   if action == "ended" or action == "unknown" then _must(w, s.ack, s, id, it.entry) return end
@@ -228,10 +228,8 @@ local function _start(w, id, entry, i)
   local it = { batch = id, entry = entry, i = i }
   w.active[it] = true
   w.nactive = w.nactive + 1
-  it.handle = lifecycle.spawn(function()
-    local ok, e = pcall(_item, w, it)
-    if not ok then it.err = e end
-  end)
+  -- no pcall here: Lua 5.1 cannot yield across it (kie.spawn's handle keeps what raised)
+  it.handle = lifecycle.spawn(_item, w, it)
 end
 
 -- Forgets the items whose coroutine ended.
@@ -240,7 +238,10 @@ local function _reap(w)
     if it.handle:done() then
       w.active[it] = nil
       w.nactive = w.nactive - 1
-      if it.err and w.on_error then w.on_error(it.err) end
+      local _, e = it.handle:result()
+      if e and e.kind ~= "canceled" then -- a bug or a Redis error: the item's lease lapses, another takes it
+        w.client:_log("error", "batch item ended with an error: " .. tostring(e), { batch = it.batch, index = it.i })
+      end
     end
   end
 end

@@ -71,7 +71,7 @@ local me = ARGV[1]
 if st == 'done' or st == 'failed' then return { 'ended' } end
 local until_ = string.format('%.6f', now + tonumber(ARGV[3]))
 if st == 'intent' or st == 'created' then
-  if owner == me or lease > now then return { 'busy' } end
+  if lease > now then return { 'busy' } end -- its owner lives (it renews the lease)
   if tid then
     redis.call('HSET', KEYS[1], 'owner', me, 'lease', until_)
     return { 'wait', tid, intent or '' }
