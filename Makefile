@@ -68,7 +68,8 @@ $(FLEET_SO): $(FLEET_OBJS)
 install-fleet: $(FLEET_SO)
 	install -d $(DESTDIR)$(INST_LIBDIR)/kie $(DESTDIR)$(INST_LUADIR)/kie
 	install -m 0755 $(FLEET_SO) $(DESTDIR)$(INST_LIBDIR)/kie/redis.so
-	install -m 0644 lua/kie/fleet.lua lua/kie/redis_ngx.lua lua/kie/fleet_journal.lua $(DESTDIR)$(INST_LUADIR)/kie/
+	install -m 0644 lua/kie/fleet.lua lua/kie/redis_ngx.lua lua/kie/fleet_journal.lua lua/kie/fleet_events.lua \
+	  $(DESTDIR)$(INST_LUADIR)/kie/
 
 install: $(SO)
 	install -d $(DESTDIR)$(INST_LIBDIR)/kie $(DESTDIR)$(INST_LUADIR)/kie
@@ -126,7 +127,7 @@ GC_GEN   = 'collectgarbage("generational", 1, 10)'
 GC_INC   = 'collectgarbage("incremental"); collectgarbage("setpause", 50); collectgarbage("setstepmul", 200)'
 GC_MODES ?= $(GC_GEN) $(GC_INC)
 
-.PHONY: bench bench-fleet bench-fleet-callbacks soak-fleet-kill fuzz soak soak-stateful test-threads test-gc
+.PHONY: bench bench-fleet bench-fleet-callbacks soak-fleet-kill soak-fleet-batch fuzz soak soak-stateful test-threads test-gc
 
 bench:
 	@sh bench/run.sh
@@ -147,6 +148,21 @@ bench-fleet-callbacks:
 soak-fleet-kill:
 	@$(MAKE) --no-print-directory build build-fleet LUA=lua5.4 >/dev/null
 	@LUA_PATH='./lua/?.lua;./lua/?/init.lua;./?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/fleet_kill.lua
+
+# fleet batches across processes, seeded: FLEET_BATCH_RUNS seeds from FLEET_BATCH_SEED,
+# each with FLEET_BATCH_ITEMS items, FLEET_BATCH_WORKERS workers, FLEET_BATCH_KILLS kill -9s
+FLEET_BATCH_RUNS    ?= 10
+FLEET_BATCH_SEED    ?= 1
+FLEET_BATCH_ITEMS   ?= 80
+FLEET_BATCH_WORKERS ?= 4
+FLEET_BATCH_KILLS   ?= 3
+soak-fleet-batch:
+	@$(MAKE) --no-print-directory build build-fleet LUA=lua5.4 >/dev/null
+	@for i in $$(seq 0 $$(($(FLEET_BATCH_RUNS) - 1))); do s=$$(($(FLEET_BATCH_SEED) + 2 * i)); \
+	  echo "== soak-fleet-batch: seed $$s"; \
+	  FLEET_BATCH_SEED=$$s FLEET_BATCH_ITEMS=$(FLEET_BATCH_ITEMS) FLEET_BATCH_WORKERS=$(FLEET_BATCH_WORKERS) \
+	  FLEET_BATCH_KILLS=$(FLEET_BATCH_KILLS) busted --lua=lua5.4 --cpath='./build/lua5.4/?.so' \
+	    spec/fleet_batch_processes_spec.lua || exit 1; done
 
 fuzz:
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) sh fuzz/run.sh

@@ -32,5 +32,6 @@ build = {
     ["kie.fleet"] = "lua/kie/fleet.lua",
     ["kie.redis_ngx"] = "lua/kie/redis_ngx.lua", -- kie.fleet in nginx (lua-resty-redis)
     ["kie.fleet_journal"] = "lua/kie/fleet_journal.lua",
+    ["kie.fleet_events"] = "lua/kie/fleet_events.lua",
   },
 }

@@ -38,6 +38,18 @@ describe("examples #examples", function()
     end
   end)
 
+  it("fleet_batch.lua submits a batch to Redis, works on it and prints every item done #fleet", function()
+    assert.truthy(os.execute("env -u LD_PRELOAD make -s build-fleet LUA=lua5.4 >/dev/null 2>&1"))
+    local out, ok = run("examples/fleet_batch.lua")
+    assert.truthy(ok, out)
+    local n = 0
+    for line in out:gmatch("[^\n]+") do
+      n = n + 1
+      assert.matches("^" .. n .. "\tdone\ttask_[%w_]+\thttps?://", line)
+    end
+    assert.equals(4, n, out)
+  end)
+
   it("callback_receiver.lua verifies the mock's signed callback", function()
     local out, ok = run("examples/callback_receiver.lua")
     assert.truthy(ok, out)

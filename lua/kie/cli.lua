@@ -1,5 +1,5 @@
 --- The `kie` command line (bin/kie): generate, status, wait, credits, upload,
--- verify-callback, mock.
+-- verify-callback, mock; fleet batches: submit, worker, batch (kie.cli_fleet).
 --
 -- Exit codes: 0 ok, 1 callback verification failed, 2 usage error (also bad
 -- input and a missing key), 3 API or network error, 4 the task failed, 5 local
@@ -210,12 +210,15 @@ function Ctx:interrupted(paid)
   return M.EXIT.interrupted
 end
 
-function Ctx:client()
+-- The client of a command; `extra` holds more kie.new options (fleet).
+function Ctx:client(extra)
   local key = self.getenv("KIE_API_KEY")
   if not key or key == "" then
     return nil, errors.new("validation", "no API key: set KIE_API_KEY (keys: https://kie.ai/api-key)")
   end
-  local ok, c = pcall(kie.new, { api_key = key, max_retries = self.args.retries })
+  local o = { api_key = key, max_retries = self.args.retries }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  local ok, c = pcall(kie.new, o)
   if not ok then
     return nil, errors.new("validation", (tostring(c):gsub("^[^:]*:%d+: ", "")))
   end
@@ -589,6 +592,11 @@ function commands.mock(ctx)
   return M.EXIT.ok
 end
 
+-- fleet batches (kie.cli_fleet): submit, worker, batch
+for _, name in ipairs { "submit", "worker", "batch" } do
+  commands[name] = function(ctx) return require("kie.cli_fleet")[name](ctx) end
+end
+
 -- argument parsing ----------------------------------------------------------------
 
 local function _parser()
@@ -667,6 +675,7 @@ local function _parser()
   mk:option("--key", "API key the mock accepts.", MOCK_KEY)
   mk:option("--pace", "Seconds per task state.", 1, positive)
   mk:option("--hmac-key", "Sign callbacks with this key.")
+  require("kie.cli_fleet").add_commands(p, positive, num_range)
   return p
 end
 

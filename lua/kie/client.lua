@@ -38,8 +38,9 @@ local Client = {}
 Client.__index = Client
 Client.__name = "kie.Client"
 
--- the methods of each concern, mixed in: logging, the event loop, run_all
-for _, name in ipairs { "kie.log", "kie.loop", "kie.batch", "kie.deliver" } do
+-- the methods of each concern, mixed in: logging, the event loop, run_all,
+-- callbacks, fleet batches
+for _, name in ipairs { "kie.log", "kie.loop", "kie.batch", "kie.deliver", "kie.fleet_batch" } do
   for k, v in pairs(require(name)) do Client[k] = v end
 end
 local _retry_logger = Client._retry_logger
