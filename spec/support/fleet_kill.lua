@@ -63,8 +63,9 @@ function M.check(creates, tasks, journal, unresolved)
   return out
 end
 
--- The fleet journal's records in Redis: task id -> record, and the unresolved intent ids.
-local function read_journal(url, name)
+--- The fleet journal's records in Redis: task id -> record, the unresolved intent
+-- ids, and how many tasks are open.
+function M.read_journal(url, name)
   local conn = assert(require("kie.redis").connect(url, { timeout = 5, connect_timeout = 5 }))
   local base = "{kie:fleet:" .. name .. ":journal}:"
   local flat = assert(conn:call("HGETALL", base .. "tasks"))
@@ -76,9 +77,9 @@ local function read_journal(url, name)
   return journal, unresolved, open
 end
 
--- The mock's creates (bodies) and tasks (id -> callBackUrl), once every task's
--- callback was delivered (or `timeout` passed).
-local function read_mock(m, timeout)
+--- The mock's creates (bodies) and tasks (id -> callBackUrl, and how many), once
+-- every task's callback was delivered (or `timeout` passed).
+function M.read_mock(m, timeout)
   local creates = {}
   for _, r in ipairs(m:requests(CREATE)) do
     if not r.fault then creates[#creates + 1] = r.body end
@@ -168,7 +169,7 @@ function M.run(opts)
   local ran = socket.gettime() - t0
   -- the sweep: leases of the last dead lapse, then what a resume() + deliver finds
   socket.sleep(lease + 0.2)
-  local creates, tasks, ntasks = read_mock(m, 10)
+  local creates, tasks, ntasks = M.read_mock(m, 10)
   local sweeper = kie.new{ api_key = KEY, base_url = m.url, timeout = 5,
     rate_limits = { create = false, poll = false },
     fleet = { redis = srv.url, name = name, timeout = 2, lease = 30 } }
@@ -183,7 +184,7 @@ function M.run(opts)
     end
   end
   sweeper:close()
-  local journal, unresolved, open = read_journal(srv.url, name)
+  local journal, unresolved, open = M.read_journal(srv.url, name)
   local violations = M.check(creates, tasks, journal, unresolved)
   local t = tally(dir, spawned)
   local figures = { seed = seed, procs = n, seconds = ran, kills = kills, spawned = spawned,

@@ -1,12 +1,15 @@
 -- A throwaway Debian redis-server for the fleet specs: a free 127.0.0.1 port, its
--- own directory in /tmp, no persistence (--save "" --appendonly no), stopped by its
--- pid (and by a watchdog when the process that started it dies).
+-- own directory in /tmp, no persistence (save "", appendonly no) unless asked for,
+-- stopped by its pid (and by a watchdog when the process that started it dies).
 --
 --   local redis = require "spec.support.redis"
 --   local r = redis.start()          -- r.port, r.url ("redis://127.0.0.1:PORT/0"), r.pid, r.dir
 --   r:cli("DBSIZE")                  -- one command over a raw socket: the reply line(s)
 --   r:stop()                         -- kill -9 by pid (idempotent); the data is gone
 --   r:restart()                      -- a new, empty server on the same port
+--   r = redis.start{ persist = true } -- an AOF fsync'd at every write (appendfsync always)
+--   r:stop(); r:restart{ keep = true } -- back with every write it acknowledged
+--   r:freeze(); r:thaw()             -- SIGSTOP / SIGCONT: it keeps its port, answers nothing
 --
 -- Plain Lua 5.1 - 5.4 + LuaSocket; needs redis-server (Debian redis-server).
 
@@ -60,7 +63,8 @@ end
 
 local function launch(self)
   util.write_file(self.dir .. "/redis.conf", table.concat({
-    "port " .. self.port, "bind 127.0.0.1", 'save ""', "appendonly no",
+    "port " .. self.port, "bind 127.0.0.1", 'save ""',
+    self.persist and "appendonly yes\nappendfsync always" or "appendonly no",
     "dir " .. self.dir, "logfile " .. self.dir .. "/redis.log", "daemonize no",
     "protected-mode yes", "databases 4", "",
   }, "\n"))
@@ -84,10 +88,10 @@ local function launch(self)
     .. tostring(util.read_file(self.dir .. "/redis.log")))
 end
 
---- Starts a server; returns it.
-function M.start()
+--- Starts a server; returns it. opts: `persist` (an AOF, fsync'd at every write).
+function M.start(opts)
   local self = setmetatable({ dir = util.tmpdir("kie-redis"), port = util.free_port(),
-    owner = owner_pid() }, Server)
+    owner = owner_pid(), persist = opts and opts.persist or false }, Server)
   self.url = "redis://127.0.0.1:" .. self.port .. "/0"
   return launch(self)
 end
@@ -114,10 +118,25 @@ function Server:stop()
   self.pid = nil
 end
 
---- A new server on the same port, without the old one's data.
-function Server:restart()
+--- A new server on the same port, without the old one's data; with `keep`
+-- (opts.keep, a server started with `persist`) with it, read back from its AOF.
+function Server:restart(opts)
   self:stop()
+  if not (opts and opts.keep) then
+    util.run("rm -rf " .. util.quote(self.dir .. "/appendonlydir") .. " " .. util.quote(self.dir .. "/dump.rdb"))
+  end
   return launch(self)
+end
+
+--- Stops (SIGSTOP) the server without ending it: connections and the port stay
+-- open, nothing is answered until `thaw` (SIGCONT).
+function Server:freeze()
+  os.execute("kill -STOP " .. tonumber(self.pid))
+end
+
+--- Lets a frozen server run again.
+function Server:thaw()
+  os.execute("kill -CONT " .. tonumber(self.pid))
 end
 
 --- Stops the server and removes its directory.
