@@ -16,6 +16,12 @@
 -- * Redis down or unreachable: `acquire` returns `nil, err` (kind `fleet`,
 --   retryable) and the request is not sent. A `release` that fails is dropped: the
 --   slot's lease in Redis ends it (later, never earlier).
+-- * A Redis that got a step and did not answer in time (stopped, swapping, cut off
+--   with the socket open) may run it later, when its caller gave up: an acquire
+--   would then hold a slot, or a place at the head of the queue, that nobody uses,
+--   for `hold` seconds. So the ids of a failed acquire go with this limiter's next
+--   acquire, which drops what they hold and marks them (`dropped`, until the keys'
+--   ttl) so that a copy run later does nothing.
 -- * a Redis that has no record of the fleet (new, or it lost its data: the hash
 --   `meta` with `blocked` is gone) counts the window as full for one window, since
 --   the account may have been used during the last one. Not covered: a request sent
@@ -49,12 +55,13 @@ M.LEASE = 60
 
 local GRACE = 2      -- seconds a waiter keeps its place in the queue past the wait it was told
 local CAP = 0.5      -- the longest sleep between two looks at the queue
+local DOUBTS = 200   -- the most ids of failed acquires kept for the next one to drop
 
--- Keys: {kie:fleet:NAME:BUDGET}:held|done|queue|qlease|meta (one hash slot per budget).
+-- Keys: {kie:fleet:NAME:BUDGET}:held|done|queue|qlease|meta|dropped (one hash slot per budget).
 -- ARGV: span (window + margin), hold, ttl of the keys (s), then the step's own.
 local PRELUDE = [[
 if redis.replicate_commands then redis.replicate_commands() end -- Redis < 5: TIME, then writes
-local held, done, queue, qlease, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local held, done, queue, qlease, meta, dropped = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local span, hold, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -70,15 +77,26 @@ local lapsed = redis.call('ZRANGEBYSCORE', held, '-inf', num(now), 'WITHSCORES')
 for i = 1, #lapsed, 2 do redis.call('ZADD', done, num(tonumber(lapsed[i + 1]) + span), lapsed[i]) end
 if #lapsed > 0 then redis.call('ZREMRANGEBYSCORE', held, '-inf', num(now)) end
 redis.call('ZREMRANGEBYSCORE', done, '-inf', num(now))
+redis.call('ZREMRANGEBYSCORE', dropped, '-inf', num(now))
 local function touch()
-  for _, k in ipairs({ held, done, queue, qlease }) do redis.call('EXPIRE', k, ttl) end
+  for _, k in ipairs({ held, done, queue, qlease, dropped }) do redis.call('EXPIRE', k, ttl) end
 end
 ]]
 
--- ARGV[4] waiter id, [5] its ticket or "", [6] limit, [7] slot id, [8] grace.
--- Returns {1, ticket, "0"} (slot held) or {0, ticket, seconds to wait at least}.
+-- ARGV[4] waiter id, [5] its ticket or "", [6] limit, [7] slot id, [8] grace,
+-- [9..] the waiter and slot ids of acquires that failed (dropped first).
+-- Returns {1, ticket, "0"} (slot held), {0, ticket, seconds to wait at least},
+-- or {-1, 0, "0"} (this waiter was dropped: its caller gave up).
 local ACQUIRE = PRELUDE .. [[
 local me, ticket, limit, slot, grace = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
+for i = 9, #ARGV do
+  redis.call('ZREM', held, ARGV[i])
+  redis.call('ZREM', queue, ARGV[i])
+  redis.call('ZREM', qlease, ARGV[i])
+  redis.call('ZADD', dropped, num(now + ttl), ARGV[i])
+end
+if #ARGV >= 9 then touch() end
+if redis.call('ZSCORE', dropped, me) then return { -1, 0, '0' } end
 local gone = redis.call('ZRANGEBYSCORE', qlease, '-inf', num(now))
 for i = 1, #gone do redis.call('ZREM', queue, gone[i]) end
 if #gone > 0 then redis.call('ZREMRANGEBYSCORE', qlease, '-inf', num(now)) end
@@ -255,7 +273,9 @@ function Fleet:limiter(budget, lim)
   local hold = lim.hold == math.huge and 86400 or lim.hold
   return setmetatable({
     fleet = self, limit = lim.limit, window = lim.window, margin = lim.margin, hold = hold,
-    _keys = { base .. "held", base .. "done", base .. "queue", base .. "qlease", base .. "meta" },
+    _keys = { base .. "held", base .. "done", base .. "queue", base .. "qlease", base .. "meta",
+      base .. "dropped" },
+    _doubt = {}, -- ids of acquires that failed: Redis may still run them
     _span = format("%.6f", span),
     _ttl = tostring(math.ceil(hold + span + GRACE + 60)),
   }, Limiter)
@@ -264,6 +284,23 @@ end
 -- The ARGV every step starts with (hold may be raised after making: kie.ngx).
 local function head(self)
   return self._span, format("%.6f", self.hold), self._ttl
+end
+
+-- Notes the ids of a failed acquire (see the module's text); the oldest go past DOUBTS.
+local function doubt(self, me, slot)
+  local list = self._doubt
+  list[#list + 1], list[#list + 2] = me, slot
+  while #list > DOUBTS do table.remove(list, 1) end
+end
+
+-- Forgets the first `n` ids of failed acquires, sent from `list` (an acquire
+-- dropped them in Redis); when another acquire replaced the list meanwhile, they
+-- stay and go again with the next (dropping is idempotent).
+local function undoubt(self, list, n)
+  if self._doubt ~= list then return end
+  local rest = {}
+  for i = n + 1, #list do rest[#rest + 1] = list[i] end
+  self._doubt = rest
 end
 
 --- Waits (env.sleep) until the fleet has a slot, then holds it. Returns the slot,
@@ -275,9 +312,20 @@ function Limiter:acquire(env, deadline)
   local ticket = ""
   return ratelimit.wait_turn(env, deadline, CAP, function()
     local span, hold, ttl = head(self)
-    local r, err = fleet:_eval(ACQUIRE, self._keys, span, hold, ttl, me, ticket, self.limit, slot, GRACE)
-    if not r then return nil, fleet_error(err, "pacing") end
+    local list = self._doubt
+    local n = #list
+    local r, err = fleet:_eval(ACQUIRE, self._keys, span, hold, ttl, me, ticket, self.limit, slot, GRACE,
+      unpack(list, 1, n))
+    if not r then
+      doubt(self, me, slot)
+      return nil, fleet_error(err, "pacing")
+    end
+    if n > 0 then undoubt(self, list, n) end
     if r[1] == 1 then return slot end
+    if r[1] == -1 then
+      doubt(self, me, slot)
+      return nil, fleet_error({ kind = "fleet", message = "this wait for a slot was dropped" }, "pacing")
+    end
     ticket = tostring(r[2])
     return nil, tonumber(r[3]) or CAP
   end, function()

@@ -11,7 +11,8 @@
 -- create twice, no task id lost or unfinished: a task counts as finished when a
 -- worker saw it end or the fleet journal holds its state), plus: no 429 from the
 -- mock, nothing sent during the outage (nor, after "empty", in the first window),
--- workers saw errors of kind `fleet` only and only around the outage, no intent
+-- workers saw errors of kind `fleet` only and only around the outage (their waits
+-- may ride it out), a create tried meanwhile fails at once with kind `fleet`, no intent
 -- left unresolved (nothing died, the mock answered every create), creates again
 -- within a window (and a few seconds) after Redis is back.
 --
@@ -34,6 +35,7 @@ local M = {}
 local KEY = "sk-fleet-outage"
 local POLL = { limit = 10, window = 1 }
 local GRACE = 0.5    -- a request whose slot was granted right before the outage may arrive late
+local PROMPT = 5     -- seconds within which a create fails while Redis is away (no hang)
 local SETTLE = 2.5   -- seconds after Redis is back (and, back empty, a window) by which the
                      -- last fleet errors ended and creates go again
 
@@ -81,15 +83,28 @@ local function sweep(m, srv, name, lease)
   return swept, unknown
 end
 
--- Takes Redis away for `seconds` the way `kind` says; returns when it went and
--- when it was back.
-local function outage(srv, kind, seconds)
+-- Takes Redis away for `seconds` the way `kind` says, and meanwhile tries a create
+-- every half second through `probe` (a client of the fleet): each answer
+-- `{kind =, retryable =, message =, took = s}` goes to `probes`. Returns when Redis
+-- went and when it came back (from when it may answer).
+local function outage(srv, kind, seconds, probe, probes)
   local gone = socket.gettime()
   if kind == "freeze" then srv:freeze() else srv:stop() end
+  socket.sleep(0.3)
+  while socket.gettime() < gone + seconds - 2 do
+    local t = socket.gettime()
+    local task, err = probe:create_task{ model = "ideogram/character",
+      input = { prompt = "probe " .. #probes, reference_image_urls = { "https://example.com/ref.png" } } }
+    err = err or { kind = "none (created " .. tostring(task and task.taskId) .. ")" }
+    probes[#probes + 1] = { kind = err.kind, retryable = err.retryable, message = tostring(err.message),
+      took = socket.gettime() - t }
+    socket.sleep(0.5)
+  end
   socket.sleep(gone + seconds - socket.gettime())
+  local back = socket.gettime() -- (it may answer from here on)
   if kind == "freeze" then srv:thaw()
   else srv:restart{ keep = kind == "restart" } end
-  return gone, socket.gettime()
+  return gone, back
 end
 
 -- The requests the mock got while Redis was away (from `gone + GRACE` to `back`),
@@ -134,8 +149,12 @@ function M.run(opts)
       tostring(limit), tostring(window), tostring(lease) })
     pids[i] = procs.spawn(cmd, dir .. "/" .. i .. ".out", dir .. "/" .. i .. ".err")
   end
+  local probe, probes = kie.new{ api_key = KEY, base_url = m.url, timeout = 10, max_retries = 0,
+    rate_limits = { create = { limit = limit, window = window }, poll = POLL },
+    fleet = { redis = srv.url, name = name, timeout = 0.5, connect_timeout = 0.5 } }, {}
   socket.sleep(t0 + before - socket.gettime())
-  local gone, back = outage(srv, kind, opts.outage or 5)
+  local gone, back = outage(srv, kind, opts.outage or 5, probe, probes)
+  probe:close()
   local violations, stuck = {}, 0
   for _, pid in ipairs(pids) do
     local deadline = stop_at + 60
@@ -170,7 +189,18 @@ function M.run(opts)
       end
     end
   end
-  if fleet_errs == 0 then violations[#violations + 1] = "no fleet error while Redis was away" end
+  local slowest = 0
+  for _, p in ipairs(probes) do
+    if p.kind ~= "fleet" or p.retryable ~= true or not p.message:find("nothing was sent", 1, true) then
+      violations[#violations + 1] = ("a create while Redis was away: %s (retryable %s): %s"):format(
+        p.kind, tostring(p.retryable), p.message)
+    end
+    if p.took > PROMPT then
+      violations[#violations + 1] = ("a create while Redis was away took %.2f s to fail"):format(p.took)
+    end
+    if p.took > slowest then slowest = p.took end
+  end
+  if #probes == 0 then violations[#violations + 1] = "no create tried while Redis was away" end
   for _, id in ipairs(unknown) do violations[#violations + 1] = "an intent resume() lists as unknown: " .. id end
   if count.unknown > 0 then violations[#violations + 1] = count.unknown .. " unknown intents seen by workers" end
   if stuck > 0 then violations[#violations + 1] = stuck .. " workers did not end" end
@@ -185,7 +215,8 @@ function M.run(opts)
   local figures = { kind = kind, seed = seed, procs = n, outage = back - gone, creates = #creates,
     tasks = ntasks, over = over, fleet_errors = fleet_errs,
     first_error = first and first - gone or -1, last_error = last and last - back or -1,
-    first_create = first_after - back, claimed = count.claimed, swept = swept, open_left = open,
+    first_create = first_after - back, probes = #probes, probe_slowest = slowest,
+    probe_message = probes[1] and probes[1].message or "", claimed = count.claimed, swept = swept, open_left = open,
     violations = #violations }
   m:stop()
   srv:close()
@@ -197,11 +228,12 @@ end
 --- One line of figures.
 function M.report(f)
   return ("fleet Redis outage (%s): seed %d, %d workers, Redis away %.1f s: %d creates, %d tasks, "
-    .. "429s %d; %d fleet errors (first %.2f s after it went, last %.2f s after it was back); "
+    .. "429s %d; workers' fleet errors %d (first %.2f s after it went, last %.2f s after it was back); "
+    .. "creates tried meanwhile %d, each failed (kind fleet) within %.2f s; "
     .. "first create %.2f s after it was back; claimed by resume() %d, by the later client %d, "
-    .. "open left %d; violations %d"):format(f.kind, f.seed, f.procs, f.outage, f.creates, f.tasks,
-    f.over, f.fleet_errors, f.first_error, f.last_error, f.first_create, f.claimed, f.swept,
-    f.open_left, f.violations)
+    .. "open left %d; violations %d\n  a create meanwhile: %s"):format(f.kind, f.seed, f.procs, f.outage, f.creates, f.tasks,
+    f.over, f.fleet_errors, f.first_error, f.last_error, f.probes, f.probe_slowest, f.first_create, f.claimed, f.swept,
+    f.open_left, f.violations, f.probe_message)
 end
 
 return M
