@@ -324,6 +324,42 @@ describe("fleet journal: intents, tasks, leases and resume in Redis #fleet #inte
     a:close()
   end)
 
+  it("a task id Redis missed (it was down) is written again before the next script: "
+    .. "resume() lists the task, not its intent as unknown", function()
+    local keep = server.start{ persist = true } -- back with its data
+    local a = kie.new{ api_key = KEY, base_url = m.url, rate_limits = { create = false, poll = false },
+      fleet = { redis = keep.url, name = fresh_name(), timeout = 0.5, connect_timeout = 0.5 } }
+    local j = a._journal
+    local intent = assert(j:intent("fp-missed", MODEL))
+    keep:stop()
+    local ok, msg = j:created("task_missed", MODEL, intent) -- the create's answer came meanwhile
+    assert.is_nil(ok)
+    assert.matches("nothing was sent", msg)
+    keep:restart{ keep = true }
+    local list = assert(a:resume())
+    assert.same({ "task_missed" }, ids(list, "taskId"))
+    assert.equals(1, #list)
+    a:close()
+    keep:close()
+  end)
+
+  it("an intent Redis ran after its caller gave up (frozen, then let go) is closed: resume() "
+    .. "does not list it", function()
+    local a = client(fresh_name(), { fleet = { timeout = 0.3, connect_timeout = 0.3 } })
+    local j = a._journal
+    assert(j:created("task_before", MODEL, assert(j:intent("fp-before", MODEL)))) -- (scripts cached)
+    srv:freeze()
+    local id, err = j:intent("fp-late", MODEL)
+    srv:thaw()
+    assert.is_nil(id)
+    assert.equals("fleet", err.kind)
+    socket.sleep(0.2) -- Redis runs what it got meanwhile
+    local list = assert(a:resume())
+    assert.same({ "task_before" }, ids(list, "taskId"))
+    assert.equals(1, #list)
+    a:close()
+  end)
+
   it("is in the rock and installed with it", function()
     local rock = util.read_file("kie-fleet-scm-1.rockspec")
     assert.truthy(rock:find('["kie.fleet_journal"] = "lua/kie/fleet_journal.lua"', 1, true))

@@ -27,6 +27,13 @@
 --   back into Redis, claimed and listed; an entry Redis saw end (finished,
 --   resolved, forgotten) is closed in the file; an entry another live client
 --   holds is left to it.
+-- * Redis away: a write it missed (a task created, a create that made no task, a
+--   terminal state: truths whenever they are written) is kept in the client and
+--   written again, in order, before its next script, so the client's later
+--   `resume()` does not list as unknown an intent whose task it has (and a user
+--   who re-creates unknown intents does not pay twice). An intent Redis missed is
+--   closed (`not_created`, kind `fleet`) the same way, in case Redis runs it late.
+--   Up to `BEHIND` writes are kept (the oldest go first); the file has them all.
 -- * The records of finished tasks and resolved intents are kept `RETAIN` seconds
 --   (7 days; `gone` orders them by when they ended), then removed by later scripts.
 -- @module kie.fleet_journal
@@ -35,7 +42,8 @@ local fleet_mod = require "kie.fleet"
 
 local type, tostring, tonumber, setmetatable, ipairs, error =
   type, tostring, tonumber, setmetatable, ipairs, error
-local format, time, min, sort = string.format, os.time, math.min, table.sort
+local format, time, min, sort, select = string.format, os.time, math.min, table.sort, select
+local unpack = table.unpack or unpack
 
 local M = {}
 
@@ -85,12 +93,12 @@ local function ended(item)
   end
 end
 local function resolve(intent, how)
+  -- (an intent Redis has not seen yet is recorded resolved: a late copy of its
+  -- INTENT, run after its caller gave up, leaves it so)
   local raw = redis.call('HGET', intents, intent)
-  if raw then
-    local rec = cjson.decode(raw)
-    rec.resolved = how
-    redis.call('HSET', intents, intent, cjson.encode(rec))
-  end
+  local rec = raw and cjson.decode(raw) or { intent = intent }
+  rec.resolved = how
+  redis.call('HSET', intents, intent, cjson.encode(rec))
   redis.call('ZREM', unresolved, intent)
   unlease('i:' .. intent)
   ended('i:' .. intent)
@@ -236,6 +244,9 @@ return 0
 --- Seconds the record of a finished task or a resolved intent is kept in Redis.
 M.RETAIN = 7 * 86400
 
+--- The most journal writes Redis missed that a client keeps to write again.
+M.BEHIND = 1000
+
 --- Opens the journal of `fleet` (a kie.fleet handle; no I/O until first use).
 -- @tparam table fleet
 -- @tparam[opt] table file a `kie.journal` kept as the write-ahead record
@@ -245,19 +256,57 @@ function M.open(fleet, file, lease, retain)
   local base = "{kie:fleet:" .. fleet._spec.name .. ":journal}:"
   return setmetatable({
     fleet = fleet, file = file, lease_seconds = lease, _done = {},
+    _behind = {}, -- the writes Redis missed, oldest first: {script, n =, ARGV from [4]...}
     _keys = { base .. "tasks", base .. "open", base .. "intents", base .. "unresolved",
       base .. "leases", base .. "owners", base .. "gone" },
     _lease = format("%.6f", lease), _retain = format("%.6f", retain or M.RETAIN),
   }, FleetJournal)
 end
 
--- Runs `script` with my id and the lease first: the reply, or nil and an error
--- of kind `fleet` (retryable) whose message starts with `what`.
+-- Writes again the writes Redis missed (oldest first): true, or nil and the error
+-- of the first that failed again (it and the later ones stay; one Redis refused
+-- for good, an error reply that is not transient, is dropped).
+function FleetJournal:_catch_up()
+  local list = self._behind
+  if #list == 0 then return true end
+  self._behind = {}
+  local fleet = self.fleet
+  for i, w in ipairs(list) do
+    local r, err = fleet:_eval(w[1], self._keys, fleet._id, self._lease, self._retain, unpack(w, 2, w.n))
+    if r == nil and not (err.code and not err.retryable) then
+      local rest = {}
+      for k = i, #list do rest[#rest + 1] = list[k] end
+      for _, x in ipairs(self._behind) do rest[#rest + 1] = x end
+      self._behind = rest
+      return nil, err
+    end
+  end
+  return true
+end
+
+-- Runs `script` with my id and the lease first, after the writes Redis missed:
+-- the reply, or nil and an error of kind `fleet` (retryable) whose message
+-- starts with `what`.
 function FleetJournal:_run(what, script, ...)
   local fleet = self.fleet
-  local r, err = fleet:_eval(script, self._keys, fleet._id, self._lease, self._retain, ...)
+  local r, err = self:_catch_up()
+  if r then r, err = fleet:_eval(script, self._keys, fleet._id, self._lease, self._retain, ...) end
   if r == nil then return nil, fleet_mod.error(err, what) end
   return r
+end
+
+-- Keeps a write Redis missed, to write it again before the next script.
+function FleetJournal:_behind_on(script, ...)
+  local list = self._behind
+  list[#list + 1] = { script, n = select("#", ...) + 1, ... }
+  if #list > M.BEHIND then table.remove(list, 1) end
+end
+
+-- Runs a write (see _run); one Redis missed is kept (see _behind_on).
+function FleetJournal:_write(what, script, ...)
+  local r, err = self:_run(what, script, ...)
+  if r == nil then self:_behind_on(script, ...) end
+  return r, err
 end
 
 -- A string message for the `kie.journal` callers that log it.
@@ -291,6 +340,7 @@ function FleetJournal:intent(fingerprint, model)
     fingerprint = fingerprint, model = model, created = created }), created)
   if not r then
     if file then file:not_created(id, "fleet") end
+    self:_behind_on(NOT_CREATED, id, "fleet") -- (Redis may have it, and run it late)
     return nil, err
   end
   return id
@@ -303,7 +353,7 @@ function FleetJournal:created(task_id, model, intent)
   local file = self.file
   local fok, fmsg = true, nil
   if file then fok, fmsg = file:created(task_id, model, intent) end
-  local ok, err = self:_run("journal", CREATED, task_id, model or "", time(), intent or "")
+  local ok, err = self:_write("journal", CREATED, task_id, model or "", time(), intent or "")
   if not fok then return nil, fmsg end
   return _say(ok, err)
 end
@@ -313,7 +363,7 @@ function FleetJournal:not_created(intent, kind)
   local file = self.file
   local fok, fmsg = true, nil
   if file then fok, fmsg = file:not_created(intent, kind) end
-  local ok, err = self:_run("journal", NOT_CREATED, intent, tostring(kind))
+  local ok, err = self:_write("journal", NOT_CREATED, intent, tostring(kind))
   if not fok then return nil, fmsg end
   return _say(ok, err)
 end
@@ -325,7 +375,7 @@ function FleetJournal:finished(task_id, state)
   local file = self.file
   local fok, fmsg = true, nil
   if file then fok, fmsg = file:finished(task_id, state) end
-  local ok, err = self:_run("journal", FINISHED, task_id, state, time())
+  local ok, err = self:_write("journal", FINISHED, task_id, state, time())
   if ok then self._done[task_id] = true end
   if not fok then return nil, fmsg end
   return _say(ok, err)
