@@ -208,7 +208,9 @@ end
 
 -- Runs conn:METHOD(...) on Redis (connecting first when needed): the reply, or
 -- nil, err. A connection that broke since its last use (Redis restarted) is tried
--- once more on a new one: every command sent through here may run twice (a slot or
+-- once more on a new one; not one that got no answer in time (`err.timeout`: Redis
+-- is stopped or cut off, and may still run it). Every command sent through here
+-- may run twice (a slot or
 -- a waiter is a set member; a journal record is written with the same value; an
 -- event read or written twice wakes a wait twice). A pooled transport
 -- (kie.redis_ngx) may hand out an old socket at any call.
@@ -223,7 +225,7 @@ function Fleet:_run(method, ...)
     self._conn, fresh = conn, true
   end
   local r, err = conn[method](conn, ...)
-  if r == nil and (not fresh or conn.pooled) and err.retryable and not err.code then
+  if r == nil and (not fresh or conn.pooled) and err.retryable and not err.code and not err.timeout then
     r, err = conn[method](conn, ...)
   end
   return r, err

@@ -9,10 +9,10 @@
 --   after host, port, database and a digest of the password), connects it when new
 --   (AUTH, SELECT), runs the script (EVALSHA, EVAL when Redis does not know it) and
 --   puts it back. A socket that failed is closed, never pooled.
--- * Failures: `nil, {kind = "fleet", message, code?, retryable}` as kie.redis gives:
---   I/O (refused, reset, timeout) retryable without `code`; a Redis error reply with
---   `code` (its first word). The connection is `pooled`: kie.fleet retries an I/O
---   failure once (an old pooled socket Redis closed).
+-- * Failures: `nil, {kind = "fleet", message, code?, retryable, timeout?}` as kie.redis
+--   gives: I/O (refused, reset, timeout: `timeout = true`) retryable without `code`; a
+--   Redis error reply with `code` (its first word). The connection is `pooled`:
+--   kie.fleet retries an I/O failure but a timeout once (an old pooled socket Redis closed).
 -- * Host names need nginx's `resolver`; give Redis's IP address otherwise.
 -- @module kie.redis_ngx
 
@@ -134,7 +134,9 @@ local function reply_error(r, e)
     local transient = code == "LOADING" or code == "BUSY" or code == "TRYAGAIN" or code == "MASTERDOWN"
     return fail(tostring(e), code, transient)
   end
-  return fail("Redis: " .. tostring(e), nil, true)
+  local _, err = fail("Redis: " .. tostring(e), nil, true)
+  if e == "timeout" then err.timeout = true end -- no answer in time: Redis may still run it
+  return nil, err
 end
 
 -- Runs send(red) on a pooled client: its reply, or nil, err (kind fleet).

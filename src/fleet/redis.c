@@ -10,9 +10,10 @@
  * Caveats:
  *  - Blocking: every call waits for Redis (bounded by `timeout`); no hiredis callback
  *    exists in the synchronous API, so no Lua code ever runs inside hiredis.
- *  - Failures return nil, err with err = {kind = "fleet", message, code?, retryable}:
- *    I/O (refused, reset, timeout: retryable, the context is dropped and the next call
- *    reconnects once before sending) and Redis error replies (code = their first word).
+ *  - Failures return nil, err with err = {kind = "fleet", message, code?, retryable,
+ *    timeout?}: I/O (refused, reset, timeout: retryable, the context is dropped and the
+ *    next call reconnects once before sending; a timeout says "no answer within N s"
+ *    and sets timeout = true) and Redis error replies (code = their first word).
  *    A command that failed on I/O is never resent here: it may have run.
  *  - A nil reply is kie.redis.null (light userdata NULL), at every depth.
  *  - The userdata is zeroed and has its metatable before anything can fail; close,
@@ -213,19 +214,32 @@ static int redis_run(lua_State *L, redis_conn *u, int argc, const char **argv, c
   char buf[256];
   redisReply *r;
   redis_nopipe np;
+  int io_errno;
   if (u->pending != NULL) freeReplyObject(u->pending);
   u->pending = NULL;
   if (u->closed) return reply_push_error(L, "the Redis connection is closed", NULL, 0);
   if (u->ctx == NULL && !redis_open(u, buf, sizeof buf)) return reply_push_error(L, buf, NULL, 1);
   redis_nopipe_begin(&np);
   r = redisCommandArgv(u->ctx, argc, argv, lens);
+  io_errno = errno; /* (redis_nopipe_end may change it) */
   redis_nopipe_end(&np);
   if (r == NULL) {
-    snprintf(buf, sizeof buf, "Redis at %s:%d: %s", u->host, u->port,
-             u->ctx->errstr[0] ? u->ctx->errstr : "connection lost");
+    /* a blocking read past SO_RCVTIMEO fails with EAGAIN: say it plainly */
+    int timed_out = u->ctx->err == REDIS_ERR_IO && (io_errno == EAGAIN || io_errno == EWOULDBLOCK);
+    if (timed_out)
+      snprintf(buf, sizeof buf, "Redis at %s:%d: no answer within %.3g s", u->host, u->port,
+               (double)u->timeout.tv_sec + (double)u->timeout.tv_usec / 1e6);
+    else
+      snprintf(buf, sizeof buf, "Redis at %s:%d: %s", u->host, u->port,
+               u->ctx->errstr[0] ? u->ctx->errstr : "connection lost");
     redisFree(u->ctx);
     u->ctx = NULL;
-    return reply_push_error(L, buf, NULL, 1);
+    reply_push_error(L, buf, NULL, 1);
+    if (timed_out) {
+      lua_pushboolean(L, 1);
+      lua_setfield(L, -2, "timeout");
+    }
+    return 2;
   }
   if (r->type == REDIS_REPLY_ERROR) {
     char code[32];
