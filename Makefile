@@ -127,7 +127,7 @@ GC_GEN   = 'collectgarbage("generational", 1, 10)'
 GC_INC   = 'collectgarbage("incremental"); collectgarbage("setpause", 50); collectgarbage("setstepmul", 200)'
 GC_MODES ?= $(GC_GEN) $(GC_INC)
 
-.PHONY: bench bench-fleet bench-fleet-callbacks soak-fleet-kill soak-fleet-batch fuzz soak soak-stateful test-threads test-gc
+.PHONY: bench bench-fleet bench-fleet-callbacks soak-fleet-kill soak-fleet-outage soak-fleet-batch fuzz soak soak-stateful test-threads test-gc
 
 bench:
 	@sh bench/run.sh
@@ -148,6 +148,12 @@ bench-fleet-callbacks:
 soak-fleet-kill:
 	@$(MAKE) --no-print-directory build build-fleet LUA=lua5.4 >/dev/null
 	@LUA_PATH='./lua/?.lua;./lua/?/init.lua;./?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/fleet_kill.lua
+
+# fleet mode while Redis is away (bench/fleet_outage.lua; FLEET_OUTAGE_SEEDS=1,2,3,
+# FLEET_OUTAGE_KINDS=restart,empty,freeze, FLEET_PROCS, FLEET_OUTAGE ...): about 1 minute per seed
+soak-fleet-outage:
+	@$(MAKE) --no-print-directory build build-fleet LUA=lua5.4 >/dev/null
+	@LUA_PATH='./lua/?.lua;./lua/?/init.lua;./?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/fleet_outage.lua
 
 # fleet batches across processes, seeded: FLEET_BATCH_RUNS seeds from FLEET_BATCH_SEED,
 # each with FLEET_BATCH_ITEMS items, FLEET_BATCH_WORKERS workers, FLEET_BATCH_KILLS kill -9s

@@ -153,6 +153,28 @@ describe("fleet mode: option and pacing shared through Redis #fleet #integration
     f2:close()
   end)
 
+  it("an acquire Redis ran after its caller gave up (frozen, then let go) holds nothing: "
+    .. "the caller's next acquire drops it", function()
+    local name = fresh_name()
+    local base = require("kie.ratelimit").new{ limit = 1, window = 0.2, margin = 0, hold = 30 }
+    local f = fleet.open{ redis = srv.url, name = name, timeout = 0.3, connect_timeout = 0.3 }
+    local lim = f:limiter("create", base)
+    local env = { now = core.now, sleep = core.sleep }
+    lim:release(assert(lim:acquire(env))) -- past the fleet's first window (and the script cached)
+    core.sleep(0.25)
+    srv:freeze()
+    local slot, err = lim:acquire(env)
+    srv:thaw()
+    assert.is_nil(slot)
+    assert.equals("fleet", err.kind)
+    assert.is_true(err.retryable)
+    assert.matches("no answer within 0.3 s", err.message, 1, true)
+    core.sleep(0.1) -- Redis runs what it got meanwhile: the only slot, held for 30 s
+    slot = lim:acquire(env, core.now() + 1)
+    assert.is_string(slot, "a slot Redis granted to nobody is still held")
+    f:close()
+  end)
+
   it("client:close closes its Redis connection", function()
     local probe = assert(require("kie.redis").connect(srv.url))
     local function clients()
