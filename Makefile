@@ -150,7 +150,7 @@ soak-fleet-kill:
 	@LUA_PATH='./lua/?.lua;./lua/?/init.lua;./?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/fleet_kill.lua
 
 # fleet mode while Redis is away (bench/fleet_outage.lua; FLEET_OUTAGE_SEEDS=1,2,3,
-# FLEET_OUTAGE_KINDS=restart,empty,freeze, FLEET_PROCS, FLEET_OUTAGE ...): about 1 minute per seed
+# FLEET_OUTAGE_KINDS=restart,empty,freeze,cut, FLEET_PROCS, FLEET_OUTAGE ...): about 75 s per seed
 soak-fleet-outage:
 	@$(MAKE) --no-print-directory build build-fleet LUA=lua5.4 >/dev/null
 	@LUA_PATH='./lua/?.lua;./lua/?/init.lua;./?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/fleet_outage.lua

@@ -6,7 +6,9 @@
 --   "empty":   killed for `outage` seconds and started again empty (the limiter
 --              counts the window as full for one window),
 --   "freeze":  SIGSTOPped for `outage` seconds (connections open, no answer), then
---              SIGCONTinued.
+--              SIGCONTinued,
+--   "cut":     reached through a forwarder (spec/support/forward.lua) that is killed
+--              for `outage` seconds (connections closed, refused) while Redis runs on.
 -- Then a later client resumes and waits what is left. `check` is fleet_kill's (no
 -- create twice, no task id lost or unfinished: a task counts as finished when a
 -- worker saw it end or the fleet journal holds its state), plus: no 429 from the
@@ -83,13 +85,25 @@ local function sweep(m, srv, name, lease)
   return swept, unknown
 end
 
+-- Starts the forwarder of kind "cut" on `port` to Redis; returns its pid.
+local function forward(srv, port, dir)
+  local out = dir .. "/fwd" .. port .. "-" .. math.random(1, 1e9)
+  local pid = procs.spawn(procs.lua_command("spec/support/forward.lua",
+    { port, srv.port, procs.self_pid(), 120 }), out .. ".out", out .. ".err")
+  assert(procs.wait_for(out .. ".out", "(ready)", 10), "forwarder did not start: "
+    .. tostring(util.read_file(out .. ".err")))
+  return pid
+end
+
 -- Takes Redis away for `seconds` the way `kind` says, and meanwhile tries a create
 -- every half second through `probe` (a client of the fleet): each answer
 -- `{kind =, retryable =, message =, took = s}` goes to `probes`. Returns when Redis
 -- went and when it came back (from when it may answer).
-local function outage(srv, kind, seconds, probe, probes)
+local function outage(srv, kind, seconds, probe, probes, cut)
   local gone = socket.gettime()
-  if kind == "freeze" then srv:freeze() else srv:stop() end
+  if kind == "freeze" then srv:freeze()
+  elseif kind == "cut" then procs.kill(cut.pid, "KILL")
+  else srv:stop() end
   socket.sleep(0.3)
   while socket.gettime() < gone + seconds - 2 do
     local t = socket.gettime()
@@ -103,6 +117,7 @@ local function outage(srv, kind, seconds, probe, probes)
   socket.sleep(gone + seconds - socket.gettime())
   local back = socket.gettime() -- (it may answer from here on)
   if kind == "freeze" then srv:thaw()
+  elseif kind == "cut" then cut.pid = forward(srv, cut.port, cut.dir)
   else srv:restart{ keep = kind == "restart" } end
   return gone, back
 end
@@ -126,7 +141,7 @@ local function sent_meanwhile(m, gone, back, empty, create_window)
 end
 
 --- Runs the proof; returns the figures and the violations (strings).
--- opts: kind ("restart", "empty", "freeze"), seed, procs (4), before (s of load
+-- opts: kind ("restart", "empty", "freeze", "cut"), seed, procs (4), before (s of load
 -- before the outage, 4: a new fleet's first window counts as full), outage (5), after (5), limit and window (the
 -- account's create limit, 5 per 2 s), lease (2).
 function M.run(opts)
@@ -139,21 +154,27 @@ function M.run(opts)
     account_limit = { create = { limit = limit, window = window }, poll = POLL } }
   local dir = util.tmpdir("kie-fleet-outage")
   local name = "outage-" .. kind .. "-" .. seed
+  local cut, url = nil, srv.url -- the fleet's Redis (through the forwarder for "cut")
+  if kind == "cut" then
+    cut = { port = util.free_port(), dir = dir }
+    cut.pid = forward(srv, cut.port, dir)
+    url = "redis://127.0.0.1:" .. cut.port .. "/0"
+  end
   local t0 = socket.gettime()
   local before = (opts.before or 4) * (0.9 + 0.2 * math.random())
   local stop_at = t0 + before + (opts.outage or 5) + (opts.after or 5)
   local pids = {}
   for i = 1, n do
-    local cmd = procs.lua_command("spec/support/outage_child.lua", { m.url, srv.url, name,
+    local cmd = procs.lua_command("spec/support/outage_child.lua", { m.url, url, name,
       "s" .. seed .. "w" .. i, dir .. "/" .. i .. ".journal", ("%.3f"):format(stop_at),
       tostring(limit), tostring(window), tostring(lease) })
     pids[i] = procs.spawn(cmd, dir .. "/" .. i .. ".out", dir .. "/" .. i .. ".err")
   end
   local probe, probes = kie.new{ api_key = KEY, base_url = m.url, timeout = 10, max_retries = 0,
     rate_limits = { create = { limit = limit, window = window }, poll = POLL },
-    fleet = { redis = srv.url, name = name, timeout = 0.5, connect_timeout = 0.5 } }, {}
+    fleet = { redis = url, name = name, timeout = 0.5, connect_timeout = 0.5 } }, {}
   socket.sleep(t0 + before - socket.gettime())
-  local gone, back = outage(srv, kind, opts.outage or 5, probe, probes)
+  local gone, back = outage(srv, kind, opts.outage or 5, probe, probes, cut)
   probe:close()
   local violations, stuck = {}, 0
   for _, pid in ipairs(pids) do
@@ -219,6 +240,7 @@ function M.run(opts)
     probe_message = probes[1] and probes[1].message or "", claimed = count.claimed, swept = swept, open_left = open,
     violations = #violations }
   m:stop()
+  if cut then procs.kill(cut.pid, "KILL") end
   srv:close()
   if not os.getenv("FLEET_OUTAGE_KEEP") then util.run("rm -rf " .. util.quote(dir)) end
   table.sort(violations)
