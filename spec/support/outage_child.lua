@@ -23,8 +23,9 @@ local client = kie.new{ api_key = "sk-fleet-outage", base_url = url, timeout = 1
 local function say(fmt, ...) print((fmt):format(...)) end
 local function now() return socket.gettime() end
 
-local function fail(err)
-  say("err %s %.3f %s", err.kind, now(), tostring(err.message):gsub("\n", " "))
+local function fail(err) -- (a fleet error that is not retryable shows as kind "fleet-final")
+  local kind = err.kind == "fleet" and err.retryable ~= true and "fleet-final" or err.kind
+  say("err %s %.3f %s", kind, now(), (tostring(err.message):gsub("\n", " ")))
 end
 
 -- Waits on `id` until it ends, through Redis outages; `until_t` bounds it.
