@@ -200,7 +200,7 @@ end
 function M.nap(c, w, seconds)
   local s = state(c)
   if take(s, w) then return true end
-  local woken = false
+  local woken
   local id = w.task_id
   local list = s.waiters[id]
   if not list then list = {} s.waiters[id] = list end
