@@ -63,28 +63,32 @@ function Client:deliver(body, headers, opts)
   local j = self._journal
   local param = type(ev.task.param) == "table" and ev.task.param or {}
   local model = ev.task.model or param.model
+  local failed -- what could not be recorded: the sender should try again
   local intent = ev.verified and j and tag_of(param, "kie_intent")
   if intent then
-    local ok, msg = j:created(ev.task_id, model, intent)
-    if not ok then -- the sender may try again: the task id is not lost
+    local ok, msg, kind = j:created(ev.task_id, model, intent)
+    if not ok then -- the task id is not lost: kie.ai sends the callback again
       self:_log("error", "journal write failed: " .. tostring(msg), { op = "callback", task_id = ev.task_id })
-      return nil, errors.new("io", "callback: the journal cannot be written (" .. tostring(msg) .. ")",
-        { op = "callback", task_id = ev.task_id })
+      failed = errors.new(kind == "fleet" and "fleet" or "io", "callback: the journal cannot be written ("
+        .. tostring(msg) .. ")", { op = "callback", task_id = ev.task_id, retryable = kind == "fleet" })
     end
   end
   local item = ev.verified and self._fleet and tag_of(param, "kie_batch")
   if item then -- a batch item whose create's answer was lost gets its task id
     local r, berr = self:batch_created(ev.task_id, model, item)
     if r == nil then
-      return nil, errors.new("fleet", "callback: recording it in its batch failed: "
+      failed = failed or errors.new("fleet", "callback: recording it in its batch failed: "
         .. tostring(berr and berr.message or berr), { op = "callback", task_id = ev.task_id, retryable = true })
     end
   end
-  local ok, ferr = wake.deliver(self, ev)
-  if not ok then
-    return nil, errors.new("fleet", "callback: recording it in the fleet failed: "
-      .. tostring(ferr and ferr.message or ferr) .. "; this process's waits were woken",
-      { op = "callback", task_id = ev.task_id, retryable = true })
+  local ok, ferr = wake.deliver(self, ev) -- this process's waits are woken whatever failed
+  if not ok and not failed then
+    failed = errors.new("fleet", "callback: recording it in the fleet failed: "
+      .. tostring(ferr and ferr.message or ferr), { op = "callback", task_id = ev.task_id, retryable = true })
+  end
+  if failed then
+    failed.message = failed.message .. "; this process's waits were woken"
+    return nil, failed
   end
   self:_log("info", "callback delivered", { op = "callback", task_id = ev.task_id, state = ev.state })
   return ev
