@@ -10,6 +10,7 @@ local server = require "spec.support.redis"
 local netns = require "spec.support.netns"
 local run = require "spec.support.fleet_run"
 local util = require "spec.support.util"
+local procs = require "spec.support.procs"
 local socket = require "socket"
 
 local KEY = "sk-fleet-spec"
@@ -67,6 +68,36 @@ describe("fleet mode: pacing across hosts (network namespaces) #fleet #integrati
       local want = tonumber(skew:match("^[+-]%d+"))
       assert.is_true(math.abs(off - want) < 0.5, ("host %d is %.2f s off, not %s"):format(host, off, skew))
     end
+  end)
+
+  -- are the namespaces and interfaces named with `prefix` all gone (within `timeout` s)?
+  local function gone(prefix, timeout)
+    local deadline = socket.gettime() + timeout
+    repeat
+      local _, links = util.run("ip -o link")
+      if #netns.list(prefix) == 0 and not links:find(prefix, 1, true) then return true end
+      socket.sleep(0.1)
+    until socket.gettime() > deadline
+    return false
+  end
+
+  it("leaves nothing behind: destroy removes every name, and so does the watchdog when its process dies",
+    function()
+    local other = netns.create(2)
+    assert.equals(2, #netns.list(other.prefix))
+    other:destroy()
+    assert.is_true(gone(other.prefix, 0))
+    other:destroy() -- idempotent
+
+    local script = dir .. "/crash.lua"
+    util.write_file(script, 'io.stdout:setvbuf("no") print(require("spec.support.netns").create(2).prefix) '
+      .. 'error("a spec that fails without its teardown")')
+    local out = dir .. "/crash"
+    local pid = procs.spawn(procs.lua_command(script), out .. ".out", out .. ".err")
+    local prefix = procs.wait_for(out .. ".out", "^(kn%x+)\n", 10)
+    assert.truthy(prefix, util.read_file(out .. ".err"))
+    while procs.alive(pid) do socket.sleep(0.05) end
+    assert.is_true(gone(prefix, 5), "the namespaces of a dead process stayed")
   end)
 
   it("8 workers on 4 hosts, 2 skewed, at the account's limit, 0 - 300 ms latency: no 429, every create "
