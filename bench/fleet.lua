@@ -32,7 +32,6 @@ if hosts > 0 then
     where = hosts .. " network namespaces"
   else
     print("bench-fleet: " .. why .. ": all workers on 127.0.0.1")
-    hosts = 0
   end
 end
 local faketime = net and os.getenv("FLEET_SKEW") ~= "0" and run.faketime()
@@ -55,15 +54,17 @@ local function bench(latency)
   local stop = start + seconds
   local r = run.children{ n = n, mode = mode, mock = net and m:url_at(net.address) or m.url,
     redis = net and srv:url_at(net.address) or srv.url, name = "bench-" .. math.random(1, 1e9),
-    limit = limit, window = window, start_at = start, count = 1e9, stop_at = stop, dir = dir, wrap = wrap }
+    limit = limit, window = window, start_at = start, count = 1e9, stop_at = stop, dir = dir, wrap = wrap,
+    grace = 10 + math.ceil(n / limit) * window } -- (a worker asking just before its stop, 3 s late
+                                                  -- when skewed, waits behind every other one)
   local times, over = run.arrivals(m)
   local pct, nth, took, allowed = run.budget(times, stop, limit, window)
   local errs = {}
   for kind, count in pairs(r.errs) do errs[#errs + 1] = kind .. " " .. count end
   print(("bench-fleet: %s, %d processes on %s (%s), %d s, limit %d / %d s, latency 0-%.0f ms: "
-    .. "%d creates, %d responses 429, %s %% of the create budget used (create %d arrived %.2f s "
-    .. "after the first; the account allows %d s); errors: %s%s"):format(mode, n, where, skewed, seconds,
-    limit, window, latency * 1000, #times, over, pct and ("%.1f"):format(pct) or "?", nth, took, allowed,
+    .. "%d creates (%d answered to the workers), %d responses 429, %s %% of the create budget used "
+    .. "(create %d arrived %.2f s after the first; the account allows %d s); errors: %s%s"):format(mode, n, where, skewed,
+    seconds, limit, window, latency * 1000, #times, r.ok, over, pct and ("%.1f"):format(pct) or "?", nth, took, allowed,
     #errs > 0 and table.concat(errs, ", ") or "none",
     (#r.stderr > 0 or r.unfinished > 0) and (" (%d workers wrote to stderr, %d killed at the end)"):format(
       #r.stderr, r.unfinished) or ""))

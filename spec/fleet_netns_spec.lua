@@ -62,7 +62,8 @@ describe("fleet mode: pacing across hosts (network namespaces) #fleet #integrati
       return
     end
     for host, skew in pairs(SKEW) do
-      local ok, out = util.run(run.on_hosts(net, SKEW)(host, "lua5.4 -e " .. util.quote("print(require('socket').gettime())")))
+      local now = "lua5.4 -e " .. util.quote("print(require('socket').gettime())")
+      local ok, out = util.run(run.on_hosts(net, SKEW)(host, now))
       assert.is_true(ok, out)
       local off = tonumber(out:match("[%d.]+")) - socket.gettime()
       local want = tonumber(skew:match("^[+-]%d+"))

@@ -4,9 +4,10 @@
 --   local run = require "spec.support.fleet_run"
 --   local r = run.children{ n = 4, mode = "fleet", mock = m.url, redis = srv.url,
 --     name = "x", limit = 5, window = 2, start_at = t, count = 4, stop_at = t + 20,
---     dir = "/tmp/...", wrap = function(i, cmd) return cmd end }  -- wrap: child i's command line
+--     dir = "/tmp/...", wrap = function(i, cmd) return cmd end,  -- wrap: child i's command line
+--     grace = 10 }                 -- seconds after stop_at a child may take to end
 --   r.ok, r.errs (kind -> count), r.stderr (non-empty stderr texts), r.bad (unexpected lines),
---   r.unfinished (children still running at stop_at + 10 s, then killed)
+--   r.unfinished (children still running at stop_at + grace, then killed)
 --   run.on_hosts(net, { [2] = "+2s" })      -- a wrap: child i on host 1 + (i - 1) % #net.hosts
 --                                            -- (spec/support/netns.lua), the skewed ones under faketime
 --   local times, over = run.arrivals(m)      -- arrival times of the creates counted, 429s
@@ -42,7 +43,7 @@ local function collect(r, out)
   end
 end
 
---- Starts o.n children, waits until they ended (or stop_at + 10 s: then kills them),
+--- Starts o.n children, waits until they ended (or stop_at + grace: then kills them),
 -- and returns what they printed (see the top of this file).
 function M.children(o)
   runs = runs + 1
@@ -56,7 +57,7 @@ function M.children(o)
   end
   if o.during then o.during() end
   local r = { ok = 0, errs = {}, stderr = {}, bad = {}, unfinished = 0 }
-  local deadline = o.stop_at + 10
+  local deadline = o.stop_at + (o.grace or 10)
   for _, pid in ipairs(pids) do
     while procs.alive(pid) and socket.gettime() < deadline do socket.sleep(0.05) end
     if procs.alive(pid) then
