@@ -63,8 +63,9 @@ local function bench(latency)
   for kind, count in pairs(r.errs) do errs[#errs + 1] = kind .. " " .. count end
   print(("bench-fleet: %s, %d processes on %s (%s), %d s, limit %d / %d s, latency 0-%.0f ms: "
     .. "%d creates (%d answered to the workers), %d responses 429, %s %% of the create budget used "
-    .. "(create %d arrived %.2f s after the first; the account allows %d s); errors: %s%s"):format(mode, n, where, skewed,
-    seconds, limit, window, latency * 1000, #times, r.ok, over, pct and ("%.1f"):format(pct) or "?", nth, took, allowed,
+    .. "(create %d arrived %.2f s after the first; the account allows %d s); errors: %s%s"):format(
+    mode, n, where, skewed, seconds, limit, window, latency * 1000, #times, r.ok, over,
+    pct and ("%.1f"):format(pct) or "?", nth, took, allowed,
     #errs > 0 and table.concat(errs, ", ") or "none",
     (#r.stderr > 0 or r.unfinished > 0) and (" (%d workers wrote to stderr, %d killed at the end)"):format(
       #r.stderr, r.unfinished) or ""))
