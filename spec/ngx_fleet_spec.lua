@@ -79,15 +79,7 @@ return M
 ]==]
 
 -- the largest number of times within any half-open window [t, t + width)
-local function max_in_window(times, width)
-  table.sort(times)
-  local best, j = 0, 1
-  for i = 1, #times do
-    while times[i] - times[j] >= width do j = j + 1 end
-    if i - j + 1 > best then best = i - j + 1 end
-  end
-  return best
-end
+local max_in_window = require("spec.support.fleet_run").max_in_window
 
 local function urlencode(s)
   return (tostring(s):gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))
