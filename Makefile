@@ -132,7 +132,8 @@ GC_MODES ?= $(GC_GEN) $(GC_INC)
 bench:
 	@sh bench/run.sh
 
-# fleet pacing across processes (bench/fleet.lua; FLEET_PROCS, FLEET_SECONDS, FLEET_MODE ...)
+# fleet pacing across processes on network namespaces, skewed clocks, with and without latency
+# (bench/fleet.lua; FLEET_PROCS, FLEET_HOSTS, FLEET_SECONDS, FLEET_LATENCY, FLEET_MODE ...): about 4.5 minutes
 bench-fleet:
 	@$(MAKE) --no-print-directory build build-fleet LUA=lua5.4 >/dev/null
 	@LUA_PATH='./lua/?.lua;./lua/?/init.lua;./?.lua;;' LUA_CPATH='./build/lua5.4/?.so;;' lua5.4 bench/fleet.lua

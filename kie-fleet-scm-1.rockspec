@@ -7,9 +7,11 @@ source = {
 description = {
   summary = "Fleet mode for lua-kie: many processes on one kie.ai account through Redis",
   detailed = [[
-kie.redis (a Redis client on hiredis) and kie.fleet (account-wide pacing shared
-through Redis). Only programs that use kie.new{fleet = ...} need this rock; the
-kie rock itself never links hiredis.
+kie.redis (a Redis client on hiredis), kie.fleet (account-wide pacing shared
+through Redis), kie.fleet_journal (intents, task ids and leases in Redis),
+kie.fleet_events (callbacks that wake waits in every process) and kie.redis_ngx
+(the same over lua-resty-redis cosockets in OpenResty). Only programs that use
+kie.new{fleet = ...} need this rock; the kie rock itself never links hiredis.
 ]],
   license = "MIT",
 }

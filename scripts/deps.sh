@@ -14,9 +14,11 @@ libcurl4-openssl-dev libssl-dev lua-socket lua-argparse nginx libnginx-mod-http-
 # luajit2 is OpenResty's branch: Debian's own `luajit` package removes nginx's Lua module;
 # love comes after it so that apt keeps libluajit2 for LÖVE too. lua-nginx-redis is
 # lua-resty-redis for kie.ngx with `fleet` (as nginx.redis in /usr/share/lua/5.1).
+# faketime skews the clocks of some fleet workers (spec/fleet_netns_spec.lua); iproute2
+# gives ip for its network namespaces.
 test="$runtime lua-busted luarocks valgrind strace lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev \
 lua5.3 liblua5.3-dev luajit2 libluajit2-5.1-dev lua-check curl lua-ldoc \
-love xvfb xauth libgl1-mesa-dri clang libclang-rt-14-dev redis-server libhiredis-dev lua-nginx-redis"
+love xvfb xauth libgl1-mesa-dri clang libclang-rt-14-dev redis-server libhiredis-dev lua-nginx-redis faketime iproute2"
 
 case "$group" in
   runtime) want=$runtime ;;

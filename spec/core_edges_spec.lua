@@ -373,6 +373,9 @@ describe("kie.core edges #core", function()
         end
         error("transfers never finished")
       end
+      -- two reads in flight at once (slow answers: a fast build may otherwise read the
+      -- first before the second starts, and reuse its connection) open two connections
+      m:fault{ path = "/api/v1/jobs/recordInfo", fault = "delay", seconds = 0.3, times = 2 }
       settle_all{ c:get_task_start("warm 1"), c:get_task_start("warm 2") }
       assert.equals(2, m:connections())
       m:fault{ path = CREATE, fault = "close_after_read", times = 2 }

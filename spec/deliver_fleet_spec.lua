@@ -4,6 +4,7 @@
 -- placed after the model's learned run time, and every task ends with few reads.
 -- Real redis-server and the mock on 127.0.0.1; the waits run in child processes.
 local kie = require "kie"
+local core = require "kie.core"
 local mock = require "spec.support.mock"
 local server = require "spec.support.redis"
 local procs = require "spec.support.procs"
@@ -149,6 +150,17 @@ describe("client:deliver across a fleet #fleet #integration", function()
       assert.is_nil(ev)
       assert.equal("fleet", err.kind)
       assert.is_true(err.retryable)
+      -- one naming a journal intent or a batch item (as every fleet create with a
+      -- callBackUrl does): the same kind, worth a 5xx so that kie.ai sends it again
+      for _, tag in ipairs{ "kie_intent=intent_1_ab:1", "kie_batch=kb:b1:1:w" } do
+        local param = core.encode{ model = "ideogram/character", callBackUrl = "https://h/cb?" .. tag }
+        local tagged = core.encode{ code = 200, msg = "ok", data = { taskId = id, state = "success",
+          param = param } }
+        ev, err = c:deliver(tagged, callback.sign(HMAC, id, os.time()), { hmac_key = HMAC })
+        assert.is_nil(ev)
+        assert.equal("fleet", err.kind, tostring(err))
+        assert.is_true(err.retryable)
+      end
       local info, werr
       if spawned then
         local h = kie.spawn(function() return c:wait(id, { timeout = 1 }) end)

@@ -188,4 +188,49 @@ describe("fleet batches: submit, work, batch #fleet #integration", function()
     assert.equals(1, creates_by_prompt()[reqs[1].input.prompt])
     c:close()
   end)
+
+  it("a worker's create names its batch intent in callBackUrl (kie_batch); a callback naming it, "
+    .. "handed to deliver, gives the unknown item its task id and it is waited on", function()
+    local name = fresh_name()
+    local c = client(name)
+    local cb = m.url .. "/_mock/callback_sink?x=1"
+    local reqs = { request(1, name), request(2, name) }
+    reqs[1].callBackUrl, reqs[2].callBackUrl = cb, cb
+    local id = assert(c:submit(reqs))
+    -- item 1: a worker claimed it, sent its create and died before recording the task id
+    local store = require "kie.fleet_batch_store"
+    local s = assert(store.open(c))
+    local r = assert(s:claim(id, 1, "deadworker", 0.2))
+    local intent = r[2]
+    s:close()
+    local sent = {}
+    for k, v in pairs(reqs[1]) do sent[k] = v end
+    sent.callBackUrl = cb .. "&kie_batch=" .. intent
+    local task = assert(client():create_task(sent))
+    local st = assert(c:work{ batch = id, lease = 0.2, max_interval = 0.1 })
+    assert.equals("unknown_outcome", st.results[1].kind)
+    -- item 2's create, sent by work, carries its own batch intent
+    local url
+    for _, q in ipairs(m:requests(CREATE)) do
+      local body = mock.json.decode(q.body)
+      if body.input.prompt == reqs[2].input.prompt then url = body.callBackUrl end
+    end
+    assert.truthy(url:find(cb, 1, true) == 1, url)
+    assert.truthy(url:match("[?&]kie_batch=kb:[^&#]+"), url)
+    -- kie.ai's callback echoes the create body in param
+    local core = require "kie.core"
+    local body = core.encode{ code = 200, msg = "done", data = { taskId = task.taskId,
+      model = sent.model, state = "success", param = core.encode(sent),
+      resultJson = '{"resultUrls":["https://example.com/a.png"]}' } }
+    local hk = "fb-hmac" -- only a signed callback resolves anything
+    assert.is_nil(c:batch(id).results[1].task_id)
+    assert(c:deliver(body, {})) -- unsigned: wakes waits, resolves nothing
+    assert.equals("failed", c:batch(id).results[1].state)
+    assert(c:deliver(body, require("kie.callback").sign(hk, task.taskId, os.time()), { hmac_key = hk }))
+    local st2 = assert(c:work{ batch = id, lease = 0.2, max_interval = 0.1 })
+    assert.equals(2, st2.done)
+    assert.equals(task.taskId, st2.results[1].task_id)
+    assert.equals(1, creates_by_prompt()[reqs[1].input.prompt]) -- the dead worker's only
+    c:close()
+  end)
 end)

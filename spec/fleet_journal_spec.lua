@@ -168,6 +168,33 @@ describe("fleet journal: intents, tasks, leases and resume in Redis #fleet #inte
     os.remove(script)
   end)
 
+  it("a callback handed to deliver in another process resolves the fleet intent its callBackUrl names", function()
+    local name = fresh_name()
+    local a = client(name, { fleet = { lease = 0.2 } })
+    local plain = kie.new{ api_key = KEY, base_url = m.url, timeout = 5, max_retries = 0,
+      rate_limits = { create = false, poll = false } }
+    -- a's create is tagged with its intent; its answer never reaches a
+    local sent
+    local intent = assert(a._journal:intent("fp-cb", MODEL))
+    sent = request(9, { callBackUrl = m.url .. "/_mock/callback_sink" })
+    require("kie.paid").tag_callback(sent, "kie_intent", intent)
+    assert.truthy(sent.callBackUrl:find("kie_intent=" .. intent, 1, true))
+    local task = assert(plain:create_task(sent))
+    -- kie.ai echoes the create body in the callback's param
+    local core = require "kie.core"
+    local body = core.encode{ code = 200, msg = "done", data = { taskId = task.taskId, model = MODEL,
+      state = "success", param = core.encode(sent), resultJson = '{"resultUrls":["https://example.com/a.png"]}' } }
+    local receiver = client(name)
+    local hk = "fj-hmac"
+    assert(receiver:deliver(body, require("kie.callback").sign(hk, task.taskId, os.time()), { hmac_key = hk }))
+    socket.sleep(0.3)
+    local got = assert(client(name):resume())
+    assert.equals(1, #got)
+    assert.equals(task.taskId, got[1].taskId)
+    assert.is_nil(got[1].unknown)
+    a:close() plain:close() receiver:close()
+  end)
+
   it("created() on an intent another process wrote resolves it (a callback naming it)", function()
     local name = fresh_name()
     local a = client(name, { fleet = { lease = 0.2 } })

@@ -5,25 +5,14 @@
 -- pacing and must see 429s.
 local mock = require "spec.support.mock"
 local server = require "spec.support.redis"
-local procs = require "spec.support.procs"
+local run = require "spec.support.fleet_run"
 local util = require "spec.support.util"
 local socket = require "socket"
 
 local KEY = "sk-fleet-spec"
 local CREATE = "/api/v1/jobs/createTask"
 local LIMIT = { limit = 5, window = 2 }
-local CHILD = "spec/support/fleet_child.lua"
-
--- the largest number of times within any half-open window [t, t + width)
-local function max_in_window(times, width)
-  table.sort(times)
-  local best, j = 0, 1
-  for i = 1, #times do
-    while times[i] - times[j] >= width do j = j + 1 end
-    if i - j + 1 > best then best = i - j + 1 end
-  end
-  return best
-end
+local max_in_window = run.max_in_window
 
 describe("fleet mode: pacing across processes #fleet #integration", function()
   local m, srv, dir
@@ -45,47 +34,19 @@ describe("fleet mode: pacing across processes #fleet #integration", function()
   end)
 
   -- Runs n children (mode "fleet" or "local"), each making `count` creates from
-  -- `start_at` on, until `stop_at`; returns the lines each printed, once all ended.
+  -- `start_at` on, until `stop_at`; returns what they printed, once all ended.
   local function run_children(n, mode, count, start_at, stop_at, during)
     names = names + 1
-    local name = "procs" .. names .. "-" .. math.random(1, 1e9)
-    local pids, outs = {}, {}
-    for i = 1, n do
-      outs[i] = dir .. "/child" .. names .. "-" .. i
-      local cmd = procs.lua_command(CHILD, { m.url, mode, srv.url, name, LIMIT.limit, LIMIT.window,
-        ("%.3f"):format(start_at), count, ("%.3f"):format(stop_at), "p" .. i })
-      pids[i] = procs.spawn(cmd, outs[i] .. ".out", outs[i] .. ".err")
-    end
-    if during then during() end
-    local deadline = stop_at + 10
-    for _, pid in ipairs(pids) do
-      while procs.alive(pid) and socket.gettime() < deadline do socket.sleep(0.05) end
-      assert.is_false(procs.alive(pid), "a child did not end")
-    end
-    local results = { ok = 0, errs = {} }
-    for i = 1, n do
-      local err = util.read_file(outs[i] .. ".err") or ""
-      assert.equals("", err)
-      for line in (util.read_file(outs[i] .. ".out") or ""):gmatch("[^\n]+") do
-        local kind = line:match("^err (%S+)")
-        if kind then
-          results.errs[kind] = (results.errs[kind] or 0) + 1
-        else
-          assert.matches("^ok ", line)
-          results.ok = results.ok + 1
-        end
-      end
-    end
-    return results
+    local r = run.children{ n = n, mode = mode, mock = m.url, redis = srv.url,
+      name = "procs" .. names .. "-" .. math.random(1, 1e9), limit = LIMIT.limit, window = LIMIT.window,
+      start_at = start_at, count = count, stop_at = stop_at, dir = dir, during = during }
+    assert.equals(0, r.unfinished, "a child did not end")
+    assert.same({}, r.stderr)
+    assert.same({}, r.bad)
+    return r
   end
 
-  local function arrivals()
-    local times, over = {}, 0
-    for _, r in ipairs(m:requests(CREATE)) do
-      if r.fault == "account_limit" then over = over + 1 else times[#times + 1] = r.arrived end
-    end
-    return times, over
-  end
+  local function arrivals() return run.arrivals(m) end
 
   it("4 processes at the account's limit, 0 - 300 ms latency: no 429 (control: alone, they overshoot)", function()
     m:config{ latency = { min = 0, max = 0.3 } }

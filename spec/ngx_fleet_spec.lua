@@ -32,12 +32,13 @@ local clients = {}
 
 local function client(a)
   local id = a.mode .. "|" .. tostring(a.name) .. "|" .. tostring(a.redis) .. "|" .. tostring(a.limit)
+    .. "|" .. tostring(a.lease)
   if clients[id] then return clients[id] end
   local o = { api_key = @KEY@, base_url = a.mock, timeout = 5, max_retries = 0,
     rate_limits = { create = { limit = tonumber(a.limit) or @LIMIT@, window = tonumber(a.window) or @WINDOW@ },
       poll = false } }
   if a.mode == "dict" then o.shared_dict = "kie_pacing" end
-  if a.mode == "fleet" then o.fleet = { redis = a.redis, name = a.name, timeout = 1 } end
+  if a.mode == "fleet" then o.fleet = { redis = a.redis, name = a.name, timeout = 1, lease = tonumber(a.lease) } end
   clients[id] = kie.new(o)
   return clients[id]
 end
@@ -48,7 +49,7 @@ function M.create()
   local task, err = c:create_task{ model = "ideogram/character",
     input = { prompt = "ngx " .. tostring(a.i), reference_image_urls = { "https://example.com/ref.png" } } }
   ngx.say(cjson.encode{ ok = task ~= nil, kind = err and err.kind, message = err and err.message,
-    worker = ngx.worker.id() })
+    worker = ngx.worker.id(), task_id = task and task.taskId })
 end
 
 -- kie.redis_ngx's calls in a request: GET /t/redis?redis=URL
@@ -78,15 +79,7 @@ return M
 ]==]
 
 -- the largest number of times within any half-open window [t, t + width)
-local function max_in_window(times, width)
-  table.sort(times)
-  local best, j = 0, 1
-  for i = 1, #times do
-    while times[i] - times[j] >= width do j = j + 1 end
-    if i - j + 1 > best then best = i - j + 1 end
-  end
-  return best
-end
+local max_in_window = require("spec.support.fleet_run").max_in_window
 
 local function urlencode(s)
   return (tostring(s):gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))
@@ -280,6 +273,29 @@ describe("kie.ngx pacing shared by nginx's workers (4 workers) #ngx #fleet #inte
     assert.equals(N, t.ok)
     assert.equals(0, over)
     assert.equals(LIMIT.limit, max_in_window(times, LIMIT.window))
+  end)
+
+  it("fleet: the journal is in Redis; a plain process's resume() claims what the workers left", function()
+    local name = fresh_name()
+    local docs = load(6, "fleet", name, srv.url, nil, "&lease=0.3")
+    assert.equals(6, tally(docs).ok)
+    local made = {}
+    for _, d in ipairs(docs) do made[#made + 1] = d.task_id end
+    assert.equals(6, #made)
+    socket.sleep(0.5) -- the creators' leases lapse (their requests ended)
+    local kie = require "kie"
+    local c = kie.new{ api_key = KEY, base_url = m.url, rate_limits = { create = false, poll = false },
+      fleet = { redis = srv.url, name = name } }
+    local got = assert(c:resume())
+    local ids = {}
+    for _, e in ipairs(got) do
+      assert.is_nil(e.unknown)
+      ids[#ids + 1] = e.taskId
+    end
+    table.sort(ids)
+    table.sort(made)
+    assert.same(made, ids)
+    c:close()
   end)
 
   it("fleet, mixed: nginx workers and a plain kie.fleet process on one fleet name: 0 429s", function()

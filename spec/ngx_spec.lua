@@ -971,7 +971,7 @@ describe("kie.ngx in nginx #ngx", function()
 
     it("with KIE_REDIS_URL through the fleet on Redis: 9 /generate at once, 0 429s", function()
       local name = "example-" .. math.random(1, 1e9)
-      local e = example{ KIE_REDIS_URL = srv.url, KIE_FLEET_NAME = name }
+      local e = example{ KIE_REDIS_URL = srv.url, KIE_FLEET = name }
       local ok, statuses, over = pcall(generate_all, e, 9)
       e.stop()
       assert(ok, statuses)
@@ -983,7 +983,7 @@ describe("kie.ngx in nginx #ngx", function()
     it("with KIE_REDIS_URL a callback at /kie-callback (client:deliver) ends /generate's wait "
       .. "in whichever worker waits", function()
       local e = start_example(m.url, nil, { workers = 4,
-        env = { KIE_REDIS_URL = srv.url, KIE_FLEET_NAME = "example-cb-" .. math.random(1, 1e9) },
+        env = { KIE_REDIS_URL = srv.url, KIE_FLEET = "example-cb-" .. math.random(1, 1e9) },
         -- polls 20 s apart: only the callback can end the wait sooner
         subs = { { "interval = 0%.05, max_interval = 0%.1", "interval = 20, max_interval = 20" },
           { "timeout = 30,            %-%- per HTTP request", "timeout = 30, " .. LIMIT } } })

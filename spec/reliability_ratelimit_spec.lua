@@ -15,15 +15,7 @@ local function request(i)
 end
 
 -- the largest number of times within any half-open window [t, t + width)
-local function max_in_window(times, width)
-  table.sort(times)
-  local best, j = 0, 1
-  for i = 1, #times do
-    while times[i] - times[j] >= width do j = j + 1 end
-    if i - j + 1 > best then best = i - j + 1 end
-  end
-  return best
-end
+local max_in_window = require("spec.support.fleet_run").max_in_window
 
 describe("reliability: client-side rate limits (fake clock) #integration", function()
   local m

@@ -113,7 +113,7 @@ local function _create_attempt(self, ctx, req)
       if lim then lim:release(slot, env.now(), false) end
       return nil, jerr
     end
-    if self._fleet then paid.tag_callback(req, ctx.intent) end
+    if self._fleet then paid.tag_callback(req, "kie_intent", ctx.intent) end
   end
   if self._opts.logger then self:_log("debug", "request", { op = "create_task", model = req.model }) end
   ctx.slot = slot -- a cancel leaves the answer to _on_orphan, which releases it

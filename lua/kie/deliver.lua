@@ -11,16 +11,17 @@ local Client = {}
 
 local wake -- kie.wake, loaded on first use
 
--- The intent id in a callBackUrl's query (`kie_intent=ID`), if it is one.
-local function intent_of(param)
+-- The value of query parameter `key` in a callBackUrl (an intent id: letters,
+-- digits, `_ - . :`, at most 128), if there is one.
+local function tag_of(param, key)
   local url = type(param) == "table" and param.callBackUrl
   if type(url) ~= "string" then return nil end
   local query = url:match("^[^?#]*%?([^#]*)")
   if not query then return nil end
   for pair in query:gmatch("[^&]+") do
     local k, v = pair:match("^([^=]*)=(.*)$")
-    if k == "kie_intent" then
-      if #v <= 128 and v:match("^[%w_%-]+$") then return v end
+    if k == key then
+      if #v <= 128 and v:match("^[%w_%-%.:]+$") then return v end
       return nil
     end
   end
@@ -37,7 +38,9 @@ end
 --
 -- A verified callback whose `param.callBackUrl` carries `kie_intent=ID` resolves
 -- that journal intent with its task id (`journal:created`), so a create whose
--- answer was lost is not left unknown.
+-- answer was lost is not left unknown; with `fleet`, one that carries
+-- `kie_batch=ID` gives that batch item its task id (`batch_created`). An
+-- unsigned callback resolves nothing (its task id could be anyone's).
 --
 -- Answer kie.ai 200 when an event is returned; a `signature` or `protocol` error
 -- is a callback to refuse (401/400); a `fleet` error (Redis failed: this
@@ -58,20 +61,34 @@ function Client:deliver(body, headers, opts)
       .. ("%q"):format(ev.task_id:sub(1, 64)) .. ")", { op = "callback" })
   end
   local j = self._journal
-  local intent = ev.verified and j and intent_of(ev.task.param)
+  local param = type(ev.task.param) == "table" and ev.task.param or {}
+  local model = ev.task.model or param.model
+  local failed -- what could not be recorded: the sender should try again
+  local intent = ev.verified and j and tag_of(param, "kie_intent")
   if intent then
-    local ok, msg = j:created(ev.task_id, ev.task.model or ev.task.param.model, intent)
-    if not ok then -- the sender may try again: the task id is not lost
+    local ok, msg, kind = j:created(ev.task_id, model, intent)
+    if not ok then -- the task id is not lost: kie.ai sends the callback again
       self:_log("error", "journal write failed: " .. tostring(msg), { op = "callback", task_id = ev.task_id })
-      return nil, errors.new("io", "callback: the journal cannot be written (" .. tostring(msg) .. ")",
-        { op = "callback", task_id = ev.task_id })
+      failed = errors.new(kind == "fleet" and "fleet" or "io", "callback: the journal cannot be written ("
+        .. tostring(msg) .. ")", { op = "callback", task_id = ev.task_id, retryable = kind == "fleet" })
     end
   end
-  local ok, ferr = wake.deliver(self, ev)
-  if not ok then
-    return nil, errors.new("fleet", "callback: recording it in the fleet failed: "
-      .. tostring(ferr and ferr.message or ferr) .. "; this process's waits were woken",
-      { op = "callback", task_id = ev.task_id, retryable = true })
+  local item = ev.verified and self._fleet and tag_of(param, "kie_batch")
+  if item then -- a batch item whose create's answer was lost gets its task id
+    local r, berr = self:batch_created(ev.task_id, model, item)
+    if r == nil then
+      failed = failed or errors.new("fleet", "callback: recording it in its batch failed: "
+        .. tostring(berr and berr.message or berr), { op = "callback", task_id = ev.task_id, retryable = true })
+    end
+  end
+  local ok, ferr = wake.deliver(self, ev) -- this process's waits are woken whatever failed
+  if not ok and not failed then
+    failed = errors.new("fleet", "callback: recording it in the fleet failed: "
+      .. tostring(ferr and ferr.message or ferr), { op = "callback", task_id = ev.task_id, retryable = true })
+  end
+  if failed then
+    failed.message = failed.message .. "; this process's waits were woken"
+    return nil, failed
   end
   self:_log("info", "callback delivered", { op = "callback", task_id = ev.task_id, state = ev.state })
   return ev

@@ -210,10 +210,9 @@ end
 -- nil, err. A connection that broke since its last use (Redis restarted) is tried
 -- once more on a new one; not one that got no answer in time (`err.timeout`: Redis
 -- is stopped or cut off, and may still run it). Every command sent through here
--- may run twice (a slot or
--- a waiter is a set member; a journal record is written with the same value; an
--- event read or written twice wakes a wait twice). A pooled transport
--- (kie.redis_ngx) may hand out an old socket at any call.
+-- may run twice (a slot or a waiter is a set member; a journal record is written
+-- with the same value; an event read or written twice wakes a wait twice). A
+-- pooled transport (kie.redis_ngx) may hand out an old socket at any call.
 function Fleet:_run(method, ...)
   local conn, fresh = self._conn, false
   if not conn then

@@ -18,6 +18,7 @@ local errors = require "kie.errors"
 local models = require "kie.models"
 local lifecycle = require "kie.lifecycle"
 local store = require "kie.fleet_batch_store"
+local paid = require "kie.paid"
 
 local type, pairs, tostring, error, pcall, select = type, pairs, tostring, error, pcall, select
 local format, min = string.format, math.min
@@ -196,6 +197,7 @@ local function _item(w, it)
       _must(w, s.ack, s, id, it.entry)
       return
     end
+    paid.tag_callback(req, "kie_batch", intent) -- its callback resolves the item if the answer is lost
     it.phase = "create"
     local task
     repeat -- kind fleet: the pacer's Redis failed, nothing was sent

@@ -118,8 +118,8 @@ function M.look(fleet, task_id)
   if not r then return nil, err end
   local durations = {}
   for i = 8, #r do
-    local ms = tonumber(r[i])
-    if ms then durations[#durations + 1] = ms / 1000 end
+    local n = tonumber(r[i])
+    if n then durations[#durations + 1] = n / 1000 end
   end
   return {
     last = r[1], state = r[2] ~= "" and r[2] or nil, created = tonumber(r[3]),

@@ -310,9 +310,10 @@ function FleetJournal:_write(what, script, ...)
 end
 
 -- A string message for the `kie.journal` callers that log it.
+-- true, or nil, a message and "fleet" (Redis failed)
 local function _say(ok, err)
   if ok then return true end
-  return nil, tostring(err)
+  return nil, tostring(err), "fleet"
 end
 
 local function _json(rec)
@@ -348,7 +349,8 @@ end
 
 --- Records a created task, resolving `intent` when given, whoever wrote it (a
 -- callback that names an unresolved intent of a process that died). A task
--- already recorded keeps its record. Returns true, or nil and a message.
+-- already recorded keeps its record. Returns true, or nil, a message and, when
+-- Redis failed (not the file), "fleet".
 function FleetJournal:created(task_id, model, intent)
   local file = self.file
   local fok, fmsg = true, nil

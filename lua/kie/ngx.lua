@@ -33,7 +33,9 @@
 -- `lua_shared_dict`) shares them among this nginx's workers (kie.ngx_shared);
 -- `fleet = {redis =, name =}` shares them through Redis with every client of the
 -- fleet, nginx or not, with kie.fleet's scripts over lua-resty-redis cosockets
--- (kie.redis_ngx: a worker never blocks). Without either, each worker paces alone.
+-- (kie.redis_ngx: a worker never blocks), and keeps the task journal in Redis
+-- (kie.fleet_journal: any client of the fleet resumes what a dead worker left).
+-- Without either, each worker paces alone.
 --
 -- Not available here (they drive the core's own event loop): `step`,
 -- `poll_timeout`, `wakeup`, the `*_async` calls and `kie.spawn`; use
@@ -526,7 +528,10 @@ function M.new(opts)
   if store then
     if c._create_lim then c._create_lim = store:limiter("create", c._create_lim) end
     if c._poll_lim then c._poll_lim = store:limiter("poll", c._poll_lim) end
-    if fleet_spec then c._fleet = store end
+    if fleet_spec then -- the journal in Redis too (the file, if any, stays the write-ahead record)
+      c._fleet = store
+      c._journal = store:journal(c._journal)
+    end
   end
   return setmetatable(c, NgxClient)
 end

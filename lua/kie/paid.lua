@@ -64,14 +64,15 @@ function M.intend(self, ctx)
   return true
 end
 
---- Puts `intent` into request `req`'s `callBackUrl` (when it has one) as the
--- query parameter `kie_intent`: kie.ai echoes the create body in a callback's
--- `param`, so a callback names the intent its task resolves (fleet mode).
-function M.tag_callback(req, intent)
+--- Puts `value` into request `req`'s `callBackUrl` (when it has one) as the
+-- query parameter `key` (`kie_intent`: the journal intent; `kie_batch`: a batch
+-- item's): kie.ai echoes the create body in a callback's `param`, so a callback
+-- names what its task resolves (fleet mode; `client:deliver` reads them back).
+function M.tag_callback(req, key, value)
   local url = req.callBackUrl
-  if type(url) ~= "string" or not intent then return end
+  if type(url) ~= "string" or not value then return end
   local base, frag = url:match("^([^#]*)(.*)$")
-  req.callBackUrl = base .. (base:find("?", 1, true) and "&" or "?") .. "kie_intent=" .. intent .. frag
+  req.callBackUrl = base .. (base:find("?", 1, true) and "&" or "?") .. key .. "=" .. value .. frag
 end
 
 --- Ends the call of request `req`: `res` (the create's answer) or `err`.

@@ -16,9 +16,10 @@
 --   time to its next poll (and half the fleet's `timeout`).
 -- * blocking without `fleet`: the client's sleep; once `deliver` was called on the
 --   client, in slices of `SLICE` s (a host whose sleep yields, as kie.ngx's, may
---   deliver meanwhile). A host whose sleep yields sets `client._nap_slice` (s)
---   so that a wait never blocks on Redis: it reads the stream without blocking
---   between slices.
+--   deliver meanwhile). In kie.ngx with `fleet`, the XREAD BLOCK above goes over a
+--   cosocket and suspends only the request. A host whose sleep yields but whose
+--   Redis calls block may set `client._nap_slice` (s): its waits then read the
+--   stream without blocking, between sleeps of that length.
 --
 -- A callback delivered before the wait began is seen too: from Redis's per-task
 -- record (fleet), or this client's own table of delivered tasks.
@@ -200,7 +201,7 @@ end
 function M.nap(c, w, seconds)
   local s = state(c)
   if take(s, w) then return true end
-  local woken = false
+  local woken
   local id = w.task_id
   local list = s.waiters[id]
   if not list then list = {} s.waiters[id] = list end

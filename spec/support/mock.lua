@@ -23,9 +23,12 @@
 --     watchdog = true,               -- nginx stops itself when this process dies
 --     nginx = "/usr/sbin/nginx", log_level = "warn", start_timeout = 10,
 --     main_conf, http_conf, server_conf = <nginx.conf text added at main / http / server level>,
+--     listen = nil,                  -- more addresses to listen on (HTTP, the same port), e.g.
+--                                    -- a bridge's for network namespaces (spec/support/netns.lua)
 --     lua_package_path, lua_package_cpath = <prepended to nginx's Lua paths>,
 --   }
 --   m.url, m.https_url, m.ca_file, m.prefix, m.port, m.https_port, m.pid, m.error_log
+--   m:url_at(address)          the HTTP URL on one of the `listen` addresses
 --   m:fault{ path = "/api/v1/jobs/createTask", fault = "html_502", times = 1, delay = nil, ... }
 --       path exact, prefix when it ends in "*", any request when nil; optional method;
 --       times = -1: every matching request. Kinds and parameters: see mock/faults.lua.
@@ -236,6 +239,7 @@ local function nginx_conf(o)
   if o.http_conf then add(o.http_conf) end
   add("  server {")
   add("    listen 127.0.0.1:" .. o.port .. ";")
+  for _, address in ipairs(o.listen or {}) do add("    listen " .. address .. ":" .. o.port .. ";") end
   if o.https_port then
     add("    listen 127.0.0.1:" .. o.https_port .. " ssl;")
     add("    ssl_certificate " .. o.cert .. ";")
@@ -392,6 +396,11 @@ function Mock:stop()
   end
 end
 
+-- The HTTP URL on `address`, one of the `listen` addresses of mock.start.
+function Mock:url_at(address)
+  return "http://" .. address .. ":" .. self.port
+end
+
 function Mock:running()
   return not self._stopped and self.pid ~= nil and alive(self.pid)
 end
@@ -408,7 +417,7 @@ local SETTINGS = {   -- go to config.json (changeable later with m:config)
 local LAUNCH = {     -- launcher-only options
   https = true, watchdog = true, nginx = true, main_conf = true, http_conf = true,
   server_conf = true, lua_package_path = true, lua_package_cpath = true,
-  log_level = true, start_timeout = true,
+  log_level = true, start_timeout = true, listen = true,
 }
 
 local seeded = false
@@ -470,7 +479,7 @@ function M.start(opts)
     settings.prefix, settings.owner_pid = prefix, owner
     write_file(prefix .. "/config.json", json.encode(settings))
     write_file(prefix .. "/nginx.conf", nginx_conf({
-      prefix = prefix, root = is_root, port = port, https_port = https_port,
+      prefix = prefix, root = is_root, port = port, https_port = https_port, listen = opts.listen,
       cert = cert, key = key, log_level = opts.log_level,
       main_conf = opts.main_conf, http_conf = opts.http_conf, server_conf = opts.server_conf,
       lua_package_path = opts.lua_package_path, lua_package_cpath = opts.lua_package_cpath,

@@ -4,6 +4,8 @@
 --
 --   local redis = require "spec.support.redis"
 --   local r = redis.start()          -- r.port, r.url ("redis://127.0.0.1:PORT/0"), r.pid, r.dir
+--   redis.start{ bind = { "10.1.2.1" } }  -- also on these addresses (network namespaces' bridge);
+--   r:url_at("10.1.2.1")             -- "redis://10.1.2.1:PORT/0"
 --   r:cli("DBSIZE")                  -- one command over a raw socket: the reply line(s)
 --   r:stop()                         -- kill -9 by pid (idempotent); the data is gone
 --   r:restart()                      -- a new, empty server on the same port
@@ -63,10 +65,12 @@ end
 
 local function launch(self)
   util.write_file(self.dir .. "/redis.conf", table.concat({
-    "port " .. self.port, "bind 127.0.0.1", 'save ""',
+    "port " .. self.port, "bind " .. table.concat(self.bind, " "), 'save ""',
     self.persist and "appendonly yes\nappendfsync always" or "appendonly no",
     "dir " .. self.dir, "logfile " .. self.dir .. "/redis.log", "daemonize no",
-    "protected-mode yes", "databases 4", "",
+    -- protected mode refuses every client not on loopback: the extra addresses are the
+    -- private bridge of the spec's own network namespaces
+    "protected-mode " .. (#self.bind > 1 and "no" or "yes"), "databases 4", "",
   }, "\n"))
   local pidfile = self.dir .. "/pid"
   os.remove(pidfile)
@@ -88,12 +92,20 @@ local function launch(self)
     .. tostring(util.read_file(self.dir .. "/redis.log")))
 end
 
---- Starts a server; returns it. opts: `persist` (an AOF, fsync'd at every write).
+--- Starts a server; returns it. opts: `bind` (more addresses to listen on),
+-- `persist` (an AOF, fsync'd at every write).
 function M.start(opts)
+  local bind = { "127.0.0.1" }
+  for _, address in ipairs(opts and opts.bind or {}) do bind[#bind + 1] = address end
   local self = setmetatable({ dir = util.tmpdir("kie-redis"), port = util.free_port(),
-    owner = owner_pid(), persist = opts and opts.persist or false }, Server)
+    owner = owner_pid(), bind = bind, persist = opts and opts.persist or false }, Server)
   self.url = "redis://127.0.0.1:" .. self.port .. "/0"
   return launch(self)
+end
+
+--- The URL on `address`, one of the `bind` addresses of start.
+function Server:url_at(address)
+  return "redis://" .. address .. ":" .. self.port .. "/0"
 end
 
 -- Does anything accept connections on the port?
