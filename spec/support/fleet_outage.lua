@@ -255,9 +255,9 @@ function M.report(f)
     .. "429s %d; workers' fleet errors %d (first %.2f s after it went, last %.2f s after it was back); "
     .. "creates tried meanwhile %d, each failed (kind fleet) within %.2f s; "
     .. "first create %.2f s after it was back; claimed by resume() %d, by the later client %d, "
-    .. "open left %d; violations %d\n  a create meanwhile: %s"):format(f.kind, f.seed, f.procs, f.outage, f.creates, f.tasks,
-    f.over, f.fleet_errors, f.first_error, f.last_error, f.probes, f.probe_slowest, f.first_create, f.claimed, f.swept,
-    f.open_left, f.violations, f.probe_message)
+    .. "open left %d; violations %d\n  a create meanwhile: %s"):format(f.kind, f.seed, f.procs, f.outage,
+    f.creates, f.tasks, f.over, f.fleet_errors, f.first_error, f.last_error, f.probes, f.probe_slowest,
+    f.first_create, f.claimed, f.swept, f.open_left, f.violations, f.probe_message)
 end
 
 return M
