@@ -36,7 +36,8 @@ local M = {}
 
 local KEY = "sk-fleet-outage"
 local POLL = { limit = 10, window = 1 }
-local GRACE = 0.5    -- a request whose slot was granted right before the outage may arrive late
+local GRACE = 1      -- a request whose slot was granted right before the outage may arrive late
+                     -- (on a loaded machine, its process may wait for a core)
 local PROMPT = 5     -- seconds within which a create fails while Redis is away (no hang)
 local SETTLE = 2.5   -- seconds after Redis is back (and, back empty, a window) by which the
                      -- last fleet errors ended and creates go again
