@@ -82,7 +82,7 @@ end
 function M.read_mock(m, timeout)
   local creates = {}
   for _, r in ipairs(m:requests(CREATE)) do
-    if not r.fault then creates[#creates + 1] = r.body end
+    if not r.fault or r.fault == "delay" then creates[#creates + 1] = r.body end -- (a delay creates)
   end
   local tasks, n
   local deadline = socket.gettime() + timeout

@@ -1,6 +1,7 @@
 -- The Redis outage proof of fleet mode (issue 11): N worker processes
 -- (spec/support/outage_child.lua) create and wait tasks at the mock's account limits,
--- paced by the fleet and journaled in Redis and in a file each, while Redis is
+-- paced by the fleet and journaled in Redis and in a file each, while Redis is (from
+-- when a create is in flight, its answer held back by the mock so that it comes meanwhile)
 --   "restart": killed (-9) for `outage` seconds and started again with its data
 --              (an AOF fsync'd at every write),
 --   "empty":   killed for `outage` seconds and started again empty (the limiter
@@ -35,10 +36,12 @@ local socket = require "socket"
 local M = {}
 
 local KEY = "sk-fleet-outage"
+local CREATE = "/api/v1/jobs/createTask"
 local POLL = { limit = 10, window = 1 }
 local GRACE = 1      -- a request whose slot was granted right before the outage may arrive late
                      -- (on a loaded machine, its process may wait for a core)
 local PROMPT = 5     -- seconds within which a create fails while Redis is away (no hang)
+local HELD = 0.5     -- seconds the mock holds back the answer of the create in flight as Redis goes
 local SETTLE = 2.5   -- seconds after Redis is back (and, back empty, a window) by which the
                      -- last fleet errors ended and creates go again
 
@@ -175,6 +178,15 @@ function M.run(opts)
     rate_limits = { create = { limit = limit, window = window }, poll = POLL },
     fleet = { redis = url, name = name, timeout = 0.5, connect_timeout = 0.5 } }, {}
   socket.sleep(t0 + before - socket.gettime())
+  -- Redis goes while a create is in flight: the mock makes the next one's task, logs
+  -- it, and holds its answer back HELD s, so the answer comes while Redis is away
+  m:fault{ path = CREATE, fault = "delay", seconds = HELD, times = 1 }
+  local deadline = socket.gettime() + 5
+  repeat
+    local sent = false
+    for _, r in ipairs(m:requests(CREATE)) do sent = sent or r.fault == "delay" end
+    if not sent then socket.sleep(0.02) end
+  until sent or socket.gettime() > deadline
   local gone, back = outage(srv, kind, opts.outage or 5, probe, probes, cut)
   probe:close()
   local violations, stuck = {}, 0
@@ -230,7 +242,7 @@ function M.run(opts)
   if stuck > 0 then violations[#violations + 1] = stuck .. " workers did not end" end
   for _, e in ipairs(stderr) do violations[#violations + 1] = "a worker's stderr: " .. e end
   local first_after = math.huge
-  for _, r in ipairs(m:requests("/api/v1/jobs/createTask")) do
+  for _, r in ipairs(m:requests(CREATE)) do
     if r.time > back and r.time < first_after then first_after = r.time end
   end
   if first_after > back + (kind == "empty" and window or 0) + SETTLE then
