@@ -181,12 +181,12 @@ function M.run(opts)
   -- Redis goes while a create is in flight: the mock makes the next one's task, logs
   -- it, and holds its answer back HELD s, so the answer comes while Redis is away
   m:fault{ path = CREATE, fault = "delay", seconds = HELD, times = 1 }
-  local deadline = socket.gettime() + 5
+  local give_up = socket.gettime() + 5
   repeat
     local sent = false
     for _, r in ipairs(m:requests(CREATE)) do sent = sent or r.fault == "delay" end
     if not sent then socket.sleep(0.02) end
-  until sent or socket.gettime() > deadline
+  until sent or socket.gettime() > give_up
   local gone, back = outage(srv, kind, opts.outage or 5, probe, probes, cut)
   probe:close()
   local violations, stuck = {}, 0
