@@ -52,11 +52,14 @@ function M.available()
     return false, "network namespaces need root (ip netns add is not permitted)"
   end
   if not util.run("command -v ip") then return false, "iproute2's ip is not installed" end
-  local probe = new_prefix() .. "-probe"
-  local added, why = util.run("ip netns add " .. q(probe))
-  util.run("ip netns del " .. q(probe))
-  if not added then
-    return false, "ip netns add is not permitted here: " .. why:gsub("%s+$", "")
+  -- `ip netns add` may work where entering a namespace does not (a chroot: `ip -n`
+  -- and `ip netns exec` remount / as a slave, which needs / to be a mount point)
+  local probe = q(new_prefix() .. "-probe")
+  local usable, why = util.run("ip netns add " .. probe .. " && ip -n " .. probe .. " link set lo up && "
+    .. "ip netns exec " .. probe .. " true")
+  util.run("ip netns del " .. probe)
+  if not usable then
+    return false, "network namespaces cannot be made or entered here: " .. why:gsub("%s+$", "")
   end
   return true
 end
