@@ -27,7 +27,7 @@ local wake = _lazy "kie.wake"
 
 local type, pairs, ipairs, tostring, setmetatable, pcall, error, select =
   type, pairs, ipairs, tostring, setmetatable, pcall, error, select
-local max, min, huge = math.max, math.min, math.huge
+local max, huge = math.max, math.huge
 local unpack = table.unpack or unpack
 local wrap = errors.wrap
 local _check = options.check
@@ -372,14 +372,8 @@ function Client:wait(task_id, opts)
   end
   local w = wake.start(self, task_id) -- callbacks end its sleeps; where its polls go
   local now = env.now
-  local function nap(s) -- sleeps until the next poll or a callback, renewing the lease
-    if not renew then return wake.nap(self, w, s) end
-    local stop = now() + s
-    while true do
-      local left = min(stop - now(), renew())
-      if left <= 0 or wake.nap(self, w, left) then return end
-    end
-  end
+  local function nap(s) return wake.nap(self, w, s) end -- until the next poll or a callback
+  if renew then nap = j:renewing({ now = now, sleep = nap }, renew).sleep end
   local info, err = schedule.wait(function(id) return self:_get(id, by) end, task_id, {
     timeout = timeout, interval = opts.interval, max_interval = opts.max_interval, reserve = reserve,
     first = placed and w.first or nil, delay = placed and w.delay or nil,

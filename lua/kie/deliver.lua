@@ -11,6 +11,13 @@ local Client = {}
 
 local wake -- kie.wake, loaded on first use
 
+-- What callback `ev` could not be recorded in: kind `fleet` (Redis; retryable, as
+-- kie.ai sends the callback again) or `io` (the journal file).
+local function unrecorded(ev, kind, what)
+  return errors.new(kind, "callback: " .. what, { op = "callback", task_id = ev.task_id,
+    retryable = kind == "fleet" })
+end
+
 -- The value of query parameter `key` in a callBackUrl (an intent id: letters,
 -- digits, `_ - . :`, at most 128), if there is one.
 local function tag_of(param, key)
@@ -69,22 +76,21 @@ function Client:deliver(body, headers, opts)
     local ok, msg, kind = j:created(ev.task_id, model, intent)
     if not ok then -- the task id is not lost: kie.ai sends the callback again
       self:_log("error", "journal write failed: " .. tostring(msg), { op = "callback", task_id = ev.task_id })
-      failed = errors.new(kind == "fleet" and "fleet" or "io", "callback: the journal cannot be written ("
-        .. tostring(msg) .. ")", { op = "callback", task_id = ev.task_id, retryable = kind == "fleet" })
+      failed = unrecorded(ev, kind == "fleet" and "fleet" or "io",
+        "the journal cannot be written (" .. tostring(msg) .. ")")
     end
   end
   local item = ev.verified and self._fleet and tag_of(param, "kie_batch")
   if item then -- a batch item whose create's answer was lost gets its task id
     local r, berr = self:batch_created(ev.task_id, model, item)
     if r == nil then
-      failed = failed or errors.new("fleet", "callback: recording it in its batch failed: "
-        .. tostring(berr and berr.message or berr), { op = "callback", task_id = ev.task_id, retryable = true })
+      failed = failed or unrecorded(ev, "fleet", "recording it in its batch failed: "
+        .. tostring(berr and berr.message or berr))
     end
   end
   local ok, ferr = wake.deliver(self, ev) -- this process's waits are woken whatever failed
   if not ok and not failed then
-    failed = errors.new("fleet", "callback: recording it in the fleet failed: "
-      .. tostring(ferr and ferr.message or ferr), { op = "callback", task_id = ev.task_id, retryable = true })
+    failed = unrecorded(ev, "fleet", "recording it in the fleet failed: " .. tostring(ferr and ferr.message or ferr))
   end
   if failed then
     failed.message = failed.message .. "; this process's waits were woken"

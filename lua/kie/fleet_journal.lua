@@ -500,7 +500,8 @@ function FleetJournal:renewer(task_id, now, log)
 end
 
 --- `env` whose sleep calls `renew` (a `renewer`) between sleeps no longer than
--- the time to the next renewal.
+-- the time to the next renewal. A sleep of `env` that returns true (a wait's nap
+-- that a callback ended) ends it early, returning true.
 function FleetJournal.renewing(_, env, renew)
   local sleep, now = env.sleep, env.now
   return { now = now, random = env.random, sleep = function(s)
@@ -509,7 +510,7 @@ function FleetJournal.renewing(_, env, renew)
       local next_in = renew()
       local left = stop - now()
       if left <= 0 then return end
-      sleep(min(left, next_in))
+      if sleep(min(left, next_in)) then return true end
     end
   end }
 end
